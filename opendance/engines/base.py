@@ -1,0 +1,157 @@
+"""The engine interface: one resolved job in, frames (+ audio) out.
+
+A ``Job`` is plain data (it is stored with the task and crosses process boundaries). The worker
+turns its stored media references into ``Inputs`` (decoded images, local video/audio files) and
+calls ``engine.generate(job, inputs, ctx)``. The engine reports progress through ``ctx`` after
+every step and calls ``ctx.check_cancelled()`` between steps, which raises ``Cancelled``.
+
+An ``Output`` holds exactly ``job.num_frames`` RGB frames of ``job.width`` x ``job.height``
+(uint8, H x W x 3), as a sequence or an iterator (so long videos stream into the encoder), and
+optional audio. ``media.encode`` checks both and writes the MP4.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..domain import Mode
+from ..errors import Cancelled
+
+
+@dataclass
+class MediaRef:
+    """One input stored at create time: where its bytes are and what probing found."""
+
+    key: str  # storage key of the original bytes
+    kind: str  # "image" | "video" | "audio"
+    width: int | None = None
+    height: int | None = None
+    duration: float | None = None  # seconds (video, audio)
+    has_audio: bool = False  # a video with a sound track
+    format: str | None = None  # "png", "jpeg", "mp4", "mov", "wav", "mp3", ...
+
+
+@dataclass
+class Job:
+    task_id: str
+    model: str
+    mode: Mode
+    prompt: str
+    width: int
+    height: int
+    fps: int
+    duration: int  # seconds of output
+    seed: int  # 0..4294967295, already resolved (never -1 here)
+    engine: dict[str, Any]  # the model's EngineSpec for this mode (engine + options)
+    negative_prompt: str = ""
+    image: MediaRef | None = None
+    last_image: MediaRef | None = None
+    images: list[MediaRef] = field(default_factory=list)
+    videos: list[MediaRef] = field(default_factory=list)
+    audios: list[MediaRef] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # generate_audio, watermark, camera_fixed ...
+
+    @property
+    def num_frames(self) -> int:
+        return self.duration * self.fps
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mode"] = self.mode.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        d = dict(d)
+        d["mode"] = Mode(d["mode"])
+        for one in ("image", "last_image"):
+            if d.get(one) is not None:
+                d[one] = MediaRef(**d[one])
+        for many in ("images", "videos", "audios"):
+            d[many] = [MediaRef(**m) for m in d.get(many) or []]
+        return cls(**d)
+
+
+@dataclass
+class Inputs:
+    """A job's media, ready to use: images decoded (RGB, EXIF-rotated), videos/audios as local files."""
+
+    image: Any = None  # PIL.Image.Image
+    last_image: Any = None
+    images: list[Any] = field(default_factory=list)
+    videos: list[Path] = field(default_factory=list)
+    audios: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Audio:
+    samples: np.ndarray  # float32, shape (channels, n), values in [-1, 1]
+    sample_rate: int
+
+
+@dataclass
+class Output:
+    frames: Iterable[np.ndarray]  # exactly job.num_frames frames, uint8 H x W x 3
+    fps: int
+    audio: Audio | None = None
+
+
+class StepContext:
+    """What an engine may call while it works: progress, cancellation, checkpoints."""
+
+    def __init__(
+        self,
+        progress: Callable[[int, int], None] = lambda done, total: None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._progress = progress
+        self._cancelled = cancelled
+
+    def progress(self, done: int, total: int) -> None:
+        """``done`` of ``total`` steps are finished (across all chunks of the job)."""
+        self._progress(done, total)
+
+    def check_cancelled(self) -> None:
+        if self._cancelled():
+            raise Cancelled()
+
+
+class Engine(ABC):
+    """Makes videos for one (model, mode) configuration. Built once per worker and kept."""
+
+    name: ClassVar[str]
+
+    def __init__(self, spec: dict[str, Any], device: str = "cpu") -> None:
+        self.spec = spec
+        self.device = device
+
+    @abstractmethod
+    def generate(self, job: Job, inputs: Inputs, ctx: StepContext) -> Output: ...
+
+    def close(self) -> None:
+        """Free what the engine holds (GPU memory)."""
+
+
+REGISTRY: dict[str, str] = {
+    "preview": "opendance.engines.preview:PreviewEngine",
+    "scenario": "opendance.testing.scenario:ScenarioEngine",
+    "wan": "opendance.engines.wan:WanEngine",
+    "ltx": "opendance.engines.ltx:LTXEngine",
+    "ltx2": "opendance.engines.ltx2:LTX2Engine",
+}
+
+
+def engine_class(name: str) -> type[Engine]:
+    """Resolve a short engine name or a ``module:Class`` path."""
+    target = REGISTRY.get(name, name)
+    if ":" not in target:
+        raise ValueError(f"unknown engine {name!r}; one of {sorted(REGISTRY)} or 'package.module:Class'")
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,57 @@
+"""Frame helpers shared by engines: fit an image to the output size, read a reference video."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def fit_cover(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale ``image`` to cover ``width`` x ``height`` and crop the centre: no bars, no stretch.
+
+    This is the one definition of "the input resized to the output" (frame 0 of an
+    image-to-video task is exactly this image).
+    """
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = max(width / w, height / h)
+    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
+    resized = image.resize((new_w, new_h), Image.Resampling.LANCZOS)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def to_array(image: Image.Image) -> np.ndarray:
+    """RGB uint8 H x W x 3."""
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_video_frames(path: Path, fps: int, width: int, height: int, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Decode a video file resampled to ``fps`` (for each output tick, the latest source frame
+    at or before it) and fitted with ``fit_cover`` to ``width`` x ``height``. RGB uint8 arrays."""
+    import av
+
+    limit = max_frames if max_frames is not None else float("inf")
+    n = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        prev: np.ndarray | None = None
+        end = 0.0
+        for frame in container.decode(stream):
+            t = frame.time if frame.time is not None else n / fps
+            while prev is not None and n / fps < t - 1e-6 and n < limit:
+                yield prev
+                n += 1
+            if n >= limit:
+                return
+            prev = to_array(fit_cover(frame.to_image(), width, height))
+            step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 1 / fps
+            end = max(end, t + step)
+        # The last frame holds until the end of the stream.
+        while prev is not None and n / fps < end - 1e-6 and n < limit:
+            yield prev
+            n += 1

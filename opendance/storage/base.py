@@ -1,0 +1,57 @@
+"""The storage interface. Keys are ``/``-separated relative paths such as
+``tasks/<task_id>/video.mp4``; every write is atomic (a reader never sees half a file)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class LocalFile:
+    """Serve this file from the API process (with Range)."""
+
+    path: Path
+    size: int
+
+
+@dataclass
+class Redirect:
+    """Send the client here (a presigned URL)."""
+
+    url: str
+
+
+class Storage(ABC):
+    @abstractmethod
+    def put_file(self, key: str, path: Path, content_type: str) -> None:
+        """Store the file at ``path`` under ``key``, atomically."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    @contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        """A local file holding the object, for as long as the context lasts."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object whose key starts with ``prefix``."""
+
+    @abstractmethod
+    def locate(self, key: str) -> LocalFile | Redirect | None:
+        """How the API should serve ``key`` to a client, or None if it does not exist."""
+
+    def check_writable(self) -> None:
+        """Raise if the storage cannot take writes now (used by /readyz)."""
+        self.put_bytes(".readyz", b"ok", "text/plain")
