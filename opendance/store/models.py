@@ -1,0 +1,66 @@
+"""SQLAlchemy models of the task store. The schema itself is owned by the Alembic migrations
+in ``migrations/versions``; a test checks the two agree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+
+    # Internal order of creation (pagination); never shown. The public id is ``id``.
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True, nullable=False)
+    owner: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    mode: Mapped[str] = mapped_column(String(40), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    raw_status: Mapped[str] = mapped_column(String(20), nullable=False)
+    progress: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    duration: Mapped[int] = mapped_column(Integer, nullable=False)
+    aspect_ratio: Mapped[str] = mapped_column(String(8), nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    fps: Mapped[int] = mapped_column(Integer, nullable=False)
+    seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    engine: Mapped[str] = mapped_column(String(200), nullable=False)
+    job: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    extra_body: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    base_url: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    video_key: Mapped[str | None] = mapped_column(String(300))
+    last_frame_key: Mapped[str | None] = mapped_column(String(300))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    engine_seconds: Mapped[float | None] = mapped_column(Float)
+    idempotency_key: Mapped[str | None] = mapped_column(String(300))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_tasks_owner_seq", "owner", "seq"),
+        Index("ix_tasks_raw_status", "raw_status"),
+        Index("ix_tasks_owner_idem", "owner", "idempotency_key", unique=True),
+    )
+
+
+class MetaRow(Base):
+    """Small server-wide values shared by every API process (e.g. the URL-signing secret)."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)

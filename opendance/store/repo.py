@@ -1,0 +1,262 @@
+"""The task store: every read and write of task state goes through ``TaskStore``.
+
+Transitions are guarded in the database itself (``UPDATE ... WHERE raw_status IN (...)``) so
+two processes (API and runner, or several API servers on PostgreSQL) can never move a task
+backwards, and ``progress`` only ever grows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, create_engine, delete, event, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+
+from ..domain import TRANSITIONS, IllegalTransition, RawStatus, Status
+from .models import MetaRow, TaskRow
+
+
+@dataclass(frozen=True)
+class Task:
+    """A snapshot of one task row."""
+
+    id: str
+    owner: str
+    model: str
+    mode: str
+    status: Status
+    raw_status: RawStatus
+    progress: int
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    completed_at: float | None
+    error_code: str | None
+    error_message: str | None
+    error_type: str | None
+    duration: int
+    aspect_ratio: str
+    width: int
+    height: int
+    fps: int
+    seed: int
+    engine: str
+    job: dict[str, Any]
+    extra_body: dict[str, Any]
+    callback_url: str | None
+    base_url: str
+    video_key: str | None
+    last_frame_key: str | None
+    attempts: int
+    engine_seconds: float | None
+    idempotency_key: str | None
+    request_hash: str | None
+
+    @classmethod
+    def from_row(cls, row: TaskRow) -> Task:
+        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
+        values["status"] = Status(values["status"])
+        values["raw_status"] = RawStatus(values["raw_status"])
+        return cls(**values)
+
+
+class DuplicateIdempotencyKey(Exception):
+    """Another task of this owner already holds the idempotency key."""
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=16)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+class TaskStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._session = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> TaskStore:
+        return cls(make_engine(url))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self._session() as s:
+            s.execute(select(1))
+
+    # -- create / read -------------------------------------------------------------------
+
+    def create(self, **fields: Any) -> Task:
+        now = time.time()
+        row = TaskRow(
+            status=Status.QUEUED.value,
+            raw_status=RawStatus.QUEUED.value,
+            progress=0,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+            **fields,
+        )
+        with self._session() as s:
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError as exc:
+                if fields.get("idempotency_key"):
+                    raise DuplicateIdempotencyKey() from exc
+                raise
+            return Task.from_row(row)
+
+    def get(self, task_id: str, owner: str | None = None) -> Task | None:
+        q = select(TaskRow).where(TaskRow.id == task_id)
+        if owner is not None:
+            q = q.where(TaskRow.owner == owner)
+        with self._session() as s:
+            row = s.scalars(q).first()
+            return Task.from_row(row) if row else None
+
+    def get_by_idempotency_key(self, owner: str, key: str) -> Task | None:
+        q = select(TaskRow).where(TaskRow.owner == owner, TaskRow.idempotency_key == key)
+        with self._session() as s:
+            row = s.scalars(q).first()
+            return Task.from_row(row) if row else None
+
+    def list(
+        self,
+        owner: str,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        status: Status | None = None,
+        model: str | None = None,
+        newest_first: bool = True,
+    ) -> tuple[list[Task], bool]:
+        """One page of the owner's tasks and whether more follow. ``after`` is a task id (cursor)."""
+        q = select(TaskRow).where(TaskRow.owner == owner)
+        if after is not None:
+            cursor = select(TaskRow.seq).where(TaskRow.id == after, TaskRow.owner == owner).scalar_subquery()
+            q = q.where(TaskRow.seq < cursor if newest_first else TaskRow.seq > cursor)
+        if status is not None:
+            q = q.where(TaskRow.status == status.value)
+        if model is not None:
+            q = q.where(TaskRow.model == model)
+        q = q.order_by(TaskRow.seq.desc() if newest_first else TaskRow.seq.asc()).limit(limit + 1)
+        with self._session() as s:
+            rows = s.scalars(q).all()
+        return [Task.from_row(r) for r in rows[:limit]], len(rows) > limit
+
+    def unfinished(self) -> list[Task]:
+        """Tasks queued or running, oldest first (what a runner must take up again on start)."""
+        q = (
+            select(TaskRow)
+            .where(TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value]))
+            .order_by(TaskRow.seq)
+        )
+        with self._session() as s:
+            return [Task.from_row(r) for r in s.scalars(q).all()]
+
+    def count_unfinished(self, owner: str | None = None) -> int:
+        q = select(func.count()).select_from(TaskRow).where(
+            TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value])
+        )
+        if owner is not None:
+            q = q.where(TaskRow.owner == owner)
+        with self._session() as s:
+            return int(s.scalar(q) or 0)
+
+    def count_by_status(self) -> dict[str, int]:
+        q = select(TaskRow.raw_status, func.count()).group_by(TaskRow.raw_status)
+        with self._session() as s:
+            return {k: int(v) for k, v in s.execute(q).all()}
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def transition(self, task_id: str, to: RawStatus, **fields: Any) -> Task:
+        """Move a task to ``to`` if the lifecycle allows it from its current state.
+
+        Timestamps are set here and only here: RUNNING sets ``started_at`` once (and counts an
+        attempt), a terminal state sets ``completed_at``; COMPLETED sets progress 100.
+        Raises ``IllegalTransition`` (or ``KeyError`` for an unknown task).
+        """
+        allowed_from = [s.value for s, targets in TRANSITIONS.items() if to in targets]
+        now = time.time()
+        values: dict[str, Any] = {"raw_status": to.value, "status": to.status.value, "updated_at": now, **fields}
+        if to is RawStatus.RUNNING:
+            values["started_at"] = func.coalesce(TaskRow.started_at, now)
+            values["attempts"] = TaskRow.attempts + 1
+        if to.is_terminal():
+            values["completed_at"] = now
+        if to is RawStatus.COMPLETED:
+            values["progress"] = 100
+        with self._session() as s:
+            result = s.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id, TaskRow.raw_status.in_(allowed_from))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            s.commit()
+            if result.rowcount == 0:
+                current = s.scalars(select(TaskRow.raw_status).where(TaskRow.id == task_id)).first()
+                if current is None:
+                    raise KeyError(task_id)
+                raise IllegalTransition(f"{task_id}: {current} -> {to.value} is not allowed")
+        task = self.get(task_id)
+        assert task is not None
+        return task
+
+    def fail(self, task_id: str, to: RawStatus, code: str, message: str, error_type: str = "server_error") -> Task:
+        return self.transition(task_id, to, error_code=code, error_message=message, error_type=error_type)
+
+    def set_progress(self, task_id: str, progress: int) -> None:
+        """Raise progress (never lower it; 99 at most while not completed)."""
+        p = max(0, min(99, int(progress)))
+        with self._session() as s:
+            s.execute(
+                update(TaskRow)
+                .where(
+                    TaskRow.id == task_id,
+                    TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value]),
+                )
+                .values(progress=case((TaskRow.progress < p, p), else_=TaskRow.progress), updated_at=time.time())
+                .execution_options(synchronize_session=False)
+            )
+            s.commit()
+
+    def delete(self, task_id: str) -> None:
+        with self._session() as s:
+            s.execute(delete(TaskRow).where(TaskRow.id == task_id))
+            s.commit()
+
+    # -- meta ----------------------------------------------------------------------------
+
+    def meta_secret(self, key: str) -> str:
+        """A random secret created once and shared by every process on this database."""
+        with self._session() as s:
+            row = s.get(MetaRow, key)
+            if row is not None:
+                return row.value
+            s.add(MetaRow(key=key, value=secrets.token_urlsafe(32)))
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+            return s.get(MetaRow, key).value
