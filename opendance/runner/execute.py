@@ -1,0 +1,132 @@
+"""Run one job to a stored MP4: inputs -> engine -> encoder -> storage.
+
+Shared by every runner (the local worker process, a Temporal activity), so a task makes the
+same file whoever runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..engines.base import Engine, Inputs, Job, StepContext
+from ..errors import Cancelled
+from ..media.encode import encode_mp4
+from ..media.images import load_image
+from ..storage import Storage
+
+log = logging.getLogger(__name__)
+
+# Share of the progress bar for generation; encoding and storing take the rest up to 99.
+ENGINE_SHARE = 90
+
+
+@dataclass
+class JobResult:
+    video_key: str
+    last_frame_key: str | None
+    engine_seconds: float
+    wall_seconds: float
+
+
+def video_key(task_id: str) -> str:
+    return f"tasks/{task_id}/video.mp4"
+
+
+def last_frame_key(task_id: str) -> str:
+    return f"tasks/{task_id}/last_frame.png"
+
+
+def input_prefix(task_id: str) -> str:
+    return f"tasks/{task_id}/inputs/"
+
+
+def run_job(
+    job: Job,
+    engine: Engine,
+    storage: Storage,
+    *,
+    progress: Callable[[int], None],
+    cancelled: Callable[[], bool],
+    tmp_dir: Path | None = None,
+) -> JobResult:
+    started = time.perf_counter()
+    engine_seconds = 0.0
+    last_pct = -1
+
+    def report(pct: float) -> None:
+        nonlocal last_pct
+        p = min(99, int(pct))
+        if p > last_pct:
+            last_pct = p
+            progress(p)
+
+    def on_step(done: int, total: int) -> None:
+        report(ENGINE_SHARE * done / max(total, 1))
+
+    def on_frame(n: int) -> None:
+        if cancelled():
+            raise Cancelled()
+        report(max(last_pct, ENGINE_SHARE + (99 - ENGINE_SHARE) * n / max(job.num_frames, 1) - 1))
+
+    with contextlib.ExitStack() as stack:
+        # 1. Inputs: images decoded, videos/audios as local files.
+        inputs = Inputs(
+            image=_image(storage, job.image),
+            last_image=_image(storage, job.last_image),
+            images=[_image(storage, ref) for ref in job.images],
+            videos=[stack.enter_context(storage.local_path(ref.key)) for ref in job.videos],
+            audios=[stack.enter_context(storage.local_path(ref.key)) for ref in job.audios],
+        )
+        # 2. Generate. Engines may return an iterator, so the time the encoder spends pulling
+        #    frames from it counts as engine time too.
+        def add_engine_time(dt: float) -> None:
+            nonlocal engine_seconds
+            engine_seconds += dt
+
+        t0 = time.perf_counter()
+        output = engine.generate(job, inputs, StepContext(progress=on_step, cancelled=cancelled))
+        add_engine_time(time.perf_counter() - t0)
+        output.frames = _timed(output.frames, add_engine_time)
+
+        # 3. Encode to a private temp file, then 4. store atomically.
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_dir, prefix="job-")))
+        mp4 = work / "video.mp4"
+        info = encode_mp4(output, mp4, width=job.width, height=job.height, num_frames=job.num_frames, on_frame=on_frame)
+        if cancelled():
+            raise Cancelled()
+        lf_key = None
+        if job.options.get("return_last_frame"):
+            from PIL import Image
+
+            buf = io.BytesIO()
+            Image.fromarray(info.last_frame).save(buf, format="PNG")
+            lf_key = last_frame_key(job.task_id)
+            storage.put_bytes(lf_key, buf.getvalue(), "image/png")
+        storage.put_file(video_key(job.task_id), mp4, "video/mp4")
+    wall = time.perf_counter() - started
+    log.info("task %s: %d frames in %.2fs (engine %.2fs)", job.task_id, job.num_frames, wall, engine_seconds)
+    return JobResult(video_key(job.task_id), lf_key, engine_seconds, wall)
+
+
+def _image(storage: Storage, ref):
+    return None if ref is None else load_image(storage.get_bytes(ref.key))
+
+
+def _timed(frames, add):
+    it = iter(frames)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            frame = next(it)
+        except StopIteration:
+            add(time.perf_counter() - t0)
+            return
+        add(time.perf_counter() - t0)
+        yield frame

@@ -1,0 +1,64 @@
+"""The few typed messages between the dispatcher and a worker process (pickled over a pipe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+# -- dispatcher -> worker -------------------------------------------------------------------
+
+
+@dataclass
+class RunJob:
+    task_id: str
+    job: dict[str, Any]  # Job.to_dict()
+
+
+@dataclass
+class CancelJob:
+    task_id: str
+
+
+@dataclass
+class Shutdown:
+    pass
+
+
+# -- worker -> dispatcher -------------------------------------------------------------------
+
+
+@dataclass
+class Ready:
+    device: str
+    pid: int
+
+
+@dataclass
+class Progress:
+    task_id: str
+    progress: int  # 0..99
+
+
+@dataclass
+class ModelLoaded:
+    engine: str
+    seconds: float
+
+
+@dataclass
+class Done:
+    task_id: str
+    video_key: str
+    last_frame_key: str | None
+    engine_seconds: float
+    wall_seconds: float
+
+
+@dataclass
+class Failed:
+    task_id: str
+    code: str
+    message: str
+    cancelled: bool = False
+    details: dict[str, Any] = field(default_factory=dict)

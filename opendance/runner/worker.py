@@ -1,0 +1,123 @@
+"""The worker process: owns the engines for one device and runs one job at a time.
+
+It is spawned (never forked), so a crash, OOM or hang in torch cannot take the API down. The
+parent talks to it over one pipe with the messages in ``messages.py``. A reader thread takes
+commands while a job runs, so a ``CancelJob`` reaches the engine at its next step. When the
+pipe closes (the parent died), the worker exits at once: the restarted server runs the task
+again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+
+from ..config import Settings
+from ..engines.base import Engine, Job, engine_class
+from ..errors import Cancelled, EngineError
+from ..storage import make_storage
+from .execute import run_job
+from .messages import CancelJob, Done, Failed, ModelLoaded, Progress, Ready, RunJob, Shutdown
+
+log = logging.getLogger("opendance.worker")
+
+
+class _Commands:
+    """Reads the pipe on a thread: jobs go to a queue, cancels set a flag at once."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.jobs: queue.Queue[RunJob | None] = queue.Queue()
+        self.cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name="commands", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                # The parent is gone: nobody will store our result. Exit now, without cleanup
+                # that could block; the server that starts next runs the task again.
+                os._exit(0)
+            if isinstance(msg, RunJob):
+                self.jobs.put(msg)
+            elif isinstance(msg, CancelJob):
+                with self._lock:
+                    self.cancelled.add(msg.task_id)
+            elif isinstance(msg, Shutdown):
+                self.jobs.put(None)
+                return
+
+    def is_cancelled(self, task_id: str) -> bool:
+        with self._lock:
+            return task_id in self.cancelled
+
+    def forget(self, task_id: str) -> None:
+        with self._lock:
+            self.cancelled.discard(task_id)
+
+
+def worker_main(conn: Connection, device: str, settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s worker[{device}] %(levelname)s %(message)s")
+    storage = make_storage(settings)
+    tmp_dir = settings.data_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    engines: dict[str, Engine] = {}
+    commands = _Commands(conn)
+    send_lock = threading.Lock()
+
+    def send(msg) -> None:
+        with send_lock:
+            conn.send(msg)
+
+    send(Ready(device=device, pid=os.getpid()))
+    while (cmd := commands.jobs.get()) is not None:
+        task_id = cmd.task_id
+        try:
+            job = Job.from_dict(cmd.job)
+            engine = _engine(engines, job.engine, device, send)
+            result = run_job(
+                job,
+                engine,
+                storage,
+                progress=lambda p: send(Progress(task_id, p)),
+                cancelled=lambda: commands.is_cancelled(task_id),
+                tmp_dir=tmp_dir,
+            )
+            send(Done(task_id, result.video_key, result.last_frame_key, result.engine_seconds, result.wall_seconds))
+        except Cancelled:
+            send(Failed(task_id, "cancelled", "the task was cancelled", cancelled=True))
+        except EngineError as exc:
+            send(Failed(task_id, exc.code, str(exc)))
+        except MemoryError:
+            send(Failed(task_id, "out_of_memory", "the worker ran out of memory making this video"))
+        except OSError as exc:
+            # A full disk or a failing write: this task fails, the worker keeps serving.
+            log.error("task %s: storage error\n%s", task_id, traceback.format_exc())
+            send(Failed(task_id, "storage_error", f"the video could not be stored: {exc.strerror or exc}"))
+        except Exception as exc:  # noqa: BLE001 - any engine bug must fail the task, not the worker
+            log.error("task %s failed\n%s", task_id, traceback.format_exc())
+            send(Failed(task_id, "engine_error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            commands.forget(task_id)
+    for engine in engines.values():
+        engine.close()
+
+
+def _engine(engines: dict[str, Engine], spec: dict, device: str, send) -> Engine:
+    """Build an engine once per distinct spec and keep it (models load once per worker)."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in engines:
+        t0 = time.perf_counter()
+        engines[key] = engine_class(spec["engine"])(spec, device)
+        seconds = time.perf_counter() - t0
+        log.info("engine %s loaded in %.2fs", spec["engine"], seconds)
+        send(ModelLoaded(engine=spec["engine"], seconds=seconds))
+    return engines[key]
