@@ -1,0 +1,177 @@
+"""``create_app(settings)``: builds every part from the settings; nothing exists at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..callbacks import CallbackSender
+from ..config import Settings
+from ..errors import OpenDanceError
+from ..media.fetch import SafeFetcher
+from ..metrics import CONTENT_TYPE, Metrics
+from ..storage import make_storage
+from ..store import TaskStore
+from ..store.migrate import upgrade
+from .auth import Auth, UrlSigner
+from .routes import router
+from .serving import TaskService
+
+log = logging.getLogger("opendance")
+
+
+def make_runner(settings: Settings, store, storage, metrics):
+    if settings.runner == "temporal":
+        from ..runner.temporal import TemporalRunner
+
+        return TemporalRunner(settings, store, storage, metrics)
+    from ..runner.local import LocalRunner
+
+    return LocalRunner(settings, store, storage, metrics)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    models = settings.models()  # a bad models file fails here, before anything starts
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = TaskStore.from_url(settings.sqlalchemy_url)
+        await asyncio.to_thread(upgrade, store.engine)
+        storage = make_storage(settings)
+        metrics = app.state.metrics
+        fetcher = SafeFetcher.from_settings(settings)
+        callbacks = CallbackSender(fetcher, settings.callback_attempts, settings.callback_timeout)
+        signer = UrlSigner(await asyncio.to_thread(store.meta_secret, "url_signing_secret"))
+        runner = make_runner(settings, store, storage, metrics)
+        service = TaskService(
+            settings, models, store, storage, runner, fetcher, callbacks, signer, metrics, signed_urls=app.state.auth.enabled
+        )
+        metrics.add_collector(lambda: _store_gauges(store, runner))
+        app.state.service = service
+        await runner.start()
+        log.info("opendance %s ready: %s runner, %s storage, models: %s", __version__, settings.runner, settings.storage, ", ".join(models))
+        try:
+            yield
+        finally:
+            await runner.stop()
+            await callbacks.drain()
+            await fetcher.aclose()
+            store.close()
+
+    app = FastAPI(title="opendance", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.auth = Auth(settings.api_keys)
+    app.state.metrics = Metrics()
+    app.include_router(router)
+    _add_health_routes(app)
+    _add_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def _store_gauges(store: TaskStore, runner) -> dict:
+    counts = store.count_by_status()
+    health = runner.health()
+    return {
+        "opendance_tasks": ("tasks in the store by raw status", {(k,): v for k, v in counts.items()}, ["raw_status"]),
+        "opendance_workers_alive": ("worker processes alive", {(): health.get("workers_alive", 0)}, []),
+    }
+
+
+def _add_health_routes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=True)
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "not ready"}})
+    async def readyz(request: Request) -> JSONResponse:
+        service: TaskService | None = getattr(request.app.state, "service", None)
+        checks: dict[str, object] = {}
+        ok = service is not None
+        if service is not None:
+            for name, check in (("store", service.store.ping), ("storage", service.storage.check_writable)):
+                try:
+                    await asyncio.to_thread(check)
+                    checks[name] = "ok"
+                except Exception as exc:  # noqa: BLE001 - readiness reports any failure
+                    checks[name] = f"failed: {type(exc).__name__}: {exc}"
+                    ok = False
+            runner = service.runner.health()
+            checks["runner"] = runner
+            ok = ok and bool(runner.get("ok"))
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request) -> Response:
+        body = await asyncio.to_thread(request.app.state.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE)
+
+
+def _error(exc: OpenDanceError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpenDanceError)
+    async def domain_error(request: Request, exc: OpenDanceError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "invalid_value"}}
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        body = {"error": {"message": "internal server error", "type": "server_error", "param": None, "code": "internal_error"}}
+        return JSONResponse(body, status_code=500)
+
+
+class MetricsMiddleware:
+    """Counts and times every request by its route template (pure ASGI: no body buffering)."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - t0)

@@ -1,0 +1,164 @@
+"""The legacy video task routes: HTTP only (parse, call the service, return)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+
+from ..errors import InvalidRequest, PayloadTooLarge
+from ..storage import LocalFile
+from .protocol import CreateVideoRequest, ErrorResponse, ModelList, TaskList, TaskObject
+from .serving import TaskService
+
+router = APIRouter()
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 429, 500, 503)
+}
+
+
+def get_service(request: Request) -> TaskService:
+    return request.app.state.service
+
+
+def get_owner(request: Request) -> str:
+    return request.app.state.auth.owner(request.headers.get("authorization"))
+
+
+Service = Annotated[TaskService, Depends(get_service)]
+Owner = Annotated[str, Depends(get_owner)]
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refusing (413) anything over ``limit`` bytes before reading it all."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise InvalidRequest(f"the body must be JSON (Content-Type: application/json), not {ctype}", code="unsupported_content_type")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is {int(declared)} bytes; at most {limit} bytes are accepted")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    try:
+        return json.loads(body, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": CreateVideoRequest.model_json_schema()}},
+    }
+}
+
+
+@router.post("/v1/video/generations", responses={200: {"model": TaskObject}, **ERRORS}, openapi_extra=CREATE_BODY)
+@router.post("/v1/videos/generations", responses={200: {"model": TaskObject}, **ERRORS}, openapi_extra=CREATE_BODY, include_in_schema=False)
+async def create_task(
+    request: Request,
+    service: Service,
+    owner: Owner,
+    idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
+) -> JSONResponse:
+    body = await read_json(request, service.settings.max_body_bytes)
+    task = await service.create(body, owner=owner, base_url=base_url(request), idempotency_key=idempotency_key)
+    return JSONResponse(service.render(task))
+
+
+@router.get("/v1/video/generations", responses={200: {"model": TaskList}, **ERRORS})
+async def list_tasks(
+    service: Service,
+    owner: Owner,
+    limit: str | None = None,
+    after: str | None = None,
+    status: str | None = None,
+    model: str | None = None,
+    order: str = "desc",
+) -> JSONResponse:
+    tasks, has_more = await service.list(owner, limit=limit, after=after, status=status, model=model, order=order)
+    data = [service.render(t) for t in tasks]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+    )
+
+
+@router.get("/v1/video/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS})
+@router.get("/v1/videos/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS}, include_in_schema=False)
+async def get_task(task_id: str, service: Service, owner: Owner) -> JSONResponse:
+    return JSONResponse(service.render(await service.get(task_id, owner)))
+
+
+@router.post("/v1/video/generations/{task_id}/cancel", responses={200: {"model": TaskObject}, **ERRORS})
+async def cancel_task(task_id: str, service: Service, owner: Owner) -> JSONResponse:
+    return JSONResponse(service.render(await service.cancel(task_id, owner)))
+
+
+@router.delete("/v1/video/generations/{task_id}", responses=ERRORS)
+async def delete_task(task_id: str, service: Service, owner: Owner) -> JSONResponse:
+    await service.delete(task_id, owner)
+    return JSONResponse({"id": task_id, "object": "video.generation.job.deleted", "deleted": True})
+
+
+@router.get(
+    "/v1/video/generations/{task_id}/content",
+    responses={200: {"content": {"video/mp4": {}, "image/png": {}}}, 206: {"description": "a byte range"}, **ERRORS},
+    response_class=Response,
+)
+async def get_content(
+    task_id: str,
+    request: Request,
+    service: Service,
+    variant: str = "video",
+    token: str | None = None,
+) -> Response:
+    # A signed link (video_url) needs no key; otherwise the caller must own the task.
+    owner = None if token is not None and request.headers.get("authorization") is None else get_owner(request)
+    task, where = await service.content(task_id, owner, variant, token)
+    if isinstance(where, LocalFile):
+        media_type = "video/mp4" if variant == "video" else "image/png"
+        filename = f"{task.id}.mp4" if variant == "video" else f"{task.id}-last-frame.png"
+        return FileResponse(
+            where.path,
+            media_type=media_type,
+            filename=filename,
+            content_disposition_type="inline",
+            headers={"Cache-Control": "private, max-age=86400"},
+        )
+    return RedirectResponse(where.url, status_code=302)
+
+
+@router.get("/v1/models", responses={200: {"model": ModelList}, **ERRORS})
+async def list_models(service: Service, owner: Owner) -> JSONResponse:
+    data = [
+        {
+            "id": m.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": m.owned_by,
+            "resolution": m.resolution,
+            "modes": [mode.value for mode in m.modes],
+        }
+        for m in service.models.values()
+    ]
+    return JSONResponse({"object": "list", "data": data})

@@ -1,0 +1,261 @@
+"""The task service: what each route does, with no HTTP in it.
+
+create: validate -> fetch/decode/probe media -> store inputs -> store the task -> runner.
+Everything that can be wrong with a request is found before the task exists, so a task that
+exists can always run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+from typing import Any
+
+from ..callbacks import CallbackSender
+from ..config import ModelConfig, Settings
+from ..domain import IllegalTransition, RawStatus, Status, new_task_id, nearest_aspect_ratio
+from ..engines.base import Job
+from ..errors import Conflict, InvalidRequest, NotFound
+from ..media.fetch import SafeFetcher
+from ..media.intake import MediaRequest, intake_media
+from ..metrics import Metrics
+from ..runner.base import Runner
+from ..runner.execute import input_prefix
+from ..storage import LocalFile, Redirect, Storage
+from ..store import DuplicateIdempotencyKey, Task, TaskStore
+from .auth import UrlSigner
+from .protocol import task_object
+from .validate import CreateRequest, parse_create
+
+log = logging.getLogger("opendance.service")
+
+VARIANTS = ("video", "last_frame")
+
+
+class TaskService:
+    def __init__(
+        self,
+        settings: Settings,
+        models: dict[str, ModelConfig],
+        store: TaskStore,
+        storage: Storage,
+        runner: Runner,
+        fetcher: SafeFetcher,
+        callbacks: CallbackSender,
+        signer: UrlSigner,
+        metrics: Metrics,
+        signed_urls: bool,
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.store = store
+        self.storage = storage
+        self.runner = runner
+        self.fetcher = fetcher
+        self.callbacks = callbacks
+        self.signer = signer
+        self.metrics = metrics
+        self.signed_urls = signed_urls
+        runner.add_listener(self.task_changed)
+
+    # -- rendering -----------------------------------------------------------------------
+
+    def content_url(self, task: Task, variant: str = "video") -> str:
+        base = (self.settings.public_url or task.base_url).rstrip("/")
+        url = f"{base}/v1/video/generations/{task.id}/content"
+        query = [] if variant == "video" else [f"variant={variant}"]
+        if self.signed_urls:
+            query.append(f"token={self.signer.sign(task.id, variant)}")
+        return url + ("?" + "&".join(query) if query else "")
+
+    def render(self, task: Task) -> dict[str, Any]:
+        done = task.raw_status is RawStatus.COMPLETED
+        return task_object(
+            task,
+            self.content_url(task) if done else None,
+            self.content_url(task, "last_frame") if done and task.last_frame_key else None,
+        )
+
+    async def task_changed(self, task: Task) -> None:
+        if task.callback_url:
+            self.callbacks.send(task.id, task.callback_url, self.render(task))
+
+    # -- create --------------------------------------------------------------------------
+
+    async def create(self, body: Any, *, owner: str, base_url: str, idempotency_key: str | None = None) -> Task:
+        req = parse_create(body, self.models)
+        request_hash = None
+        if idempotency_key is not None:
+            request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            earlier = await asyncio.to_thread(self.store.get_by_idempotency_key, owner, idempotency_key)
+            if earlier is not None:
+                return self._same_request(earlier, request_hash)
+        if req.callback_url:
+            await self.fetcher.check_url(req.callback_url, param="extra_body.callback_url")
+        task_id = new_task_id()
+        media = await intake_media(
+            MediaRequest(req.image, req.last_image, req.images, req.videos, req.audios),
+            fetcher=self.fetcher,
+            settings=self.settings,
+            key_prefix=input_prefix(task_id),
+        )
+        model = self.models[req.model]
+        aspect = req.aspect_ratio or self._default_aspect(media)
+        width, height = model.size(aspect)
+        spec = model.modes[req.mode]
+        job = Job(
+            task_id=task_id,
+            model=req.model,
+            mode=req.mode,
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            width=width,
+            height=height,
+            fps=model.fps,
+            duration=req.duration,
+            seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
+            engine={"engine": spec.engine, **spec.options},
+            image=media.image,
+            last_image=media.last_image,
+            images=media.images,
+            videos=media.videos,
+            audios=media.audios,
+            options=dict(req.options),
+        )
+        try:
+            task = await asyncio.to_thread(
+                self._store_new, req, job, aspect, media.blobs, owner, base_url, idempotency_key, request_hash
+            )
+        except DuplicateIdempotencyKey:
+            # Two requests with the same key raced; the other one made the task.
+            earlier = await asyncio.to_thread(self.store.get_by_idempotency_key, owner, idempotency_key)
+            return self._same_request(earlier, request_hash)
+        self.metrics.created.labels(task.model, task.mode).inc()
+        await self.runner.submit(task)
+        await self.task_changed(task)
+        return task
+
+    def _same_request(self, earlier: Task, request_hash: str | None) -> Task:
+        if earlier.request_hash != request_hash:
+            raise Conflict(
+                "this Idempotency-Key was already used with a different request body",
+                param="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
+        return earlier
+
+    @staticmethod
+    def _default_aspect(media) -> str:
+        """16:9 for text; else the ratio nearest to the first input image (or video)."""
+        first = media.image or (media.images[0] if media.images else None) or (media.videos[0] if media.videos else None)
+        if first is None or not first.width or not first.height:
+            return "16:9"
+        return nearest_aspect_ratio(first.width, first.height)
+
+    def _store_new(self, req: CreateRequest, job: Job, aspect: str, blobs, owner, base_url, idempotency_key, request_hash) -> Task:
+        for blob in blobs:
+            self.storage.put_bytes(blob.key, blob.data, blob.content_type)
+        try:
+            return self.store.create(
+                id=job.task_id,
+                owner=owner,
+                model=job.model,
+                mode=job.mode.value,
+                duration=job.duration,
+                aspect_ratio=aspect,
+                width=job.width,
+                height=job.height,
+                fps=job.fps,
+                seed=job.seed,
+                engine=job.engine["engine"],
+                job=job.to_dict(),
+                extra_body=req.extra_body,
+                callback_url=req.callback_url,
+                base_url=base_url,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+            )
+        except BaseException:
+            self.storage.delete_prefix(f"tasks/{job.task_id}/")
+            raise
+
+    # -- read ----------------------------------------------------------------------------
+
+    async def get(self, task_id: str, owner: str) -> Task:
+        task = await asyncio.to_thread(self.store.get, task_id, owner)
+        if task is None:
+            raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")
+        return task
+
+    async def list(self, owner: str, *, limit: Any, after: str | None, status: str | None, model: str | None, order: str = "desc"):
+        limit_n = _int_param("limit", limit, 20, 1, 100)
+        status_v = None
+        if status is not None:
+            try:
+                status_v = Status(status)
+            except ValueError:
+                raise InvalidRequest(f"status must be one of {', '.join(s.value for s in Status)}; got {status!r}", param="status")
+        if order not in ("asc", "desc"):
+            raise InvalidRequest(f"order must be asc or desc; got {order!r}", param="order")
+        return await asyncio.to_thread(
+            self.store.list, owner, limit=limit_n, after=after, status=status_v, model=model, newest_first=order == "desc"
+        )
+
+    # -- cancel / delete -----------------------------------------------------------------
+
+    async def cancel(self, task_id: str, owner: str) -> Task:
+        task = await self.get(task_id, owner)
+        try:
+            task = await asyncio.to_thread(
+                self.store.fail, task_id, RawStatus.CANCELLED, "cancelled", "the task was cancelled by the client", "cancelled"
+            )
+        except IllegalTransition:
+            raise Conflict(f"the task is already {task.status.value} ({task.raw_status.value}); only queued or in_progress tasks can be cancelled", param="task_id", code="task_not_cancellable")
+        await self.runner.cancel(task_id)
+        self.metrics.finished.labels(task.model, RawStatus.CANCELLED.value).inc()
+        await self.task_changed(task)
+        return task
+
+    async def delete(self, task_id: str, owner: str) -> None:
+        task = await self.get(task_id, owner)
+        if not task.status.is_terminal():
+            raise Conflict(f"the task is {task.status.value}; cancel it first, then delete it", param="task_id", code="task_not_finished")
+        await asyncio.to_thread(self.store.delete, task_id)
+        await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{task_id}/")
+
+    # -- content -------------------------------------------------------------------------
+
+    async def content(self, task_id: str, owner: str | None, variant: str, token: str | None) -> tuple[Task, LocalFile | Redirect]:
+        """Where the file is. ``owner`` None means: authorised by ``token`` instead of a key."""
+        if variant not in VARIANTS:
+            raise InvalidRequest(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}", param="variant")
+        if owner is None:
+            task = await asyncio.to_thread(self.store.get, task_id)
+            if task is None or token is None or not self.signer.verify(task_id, variant, token):
+                raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")
+        else:
+            task = await self.get(task_id, owner)
+        if task.raw_status is not RawStatus.COMPLETED:
+            raise Conflict(f"the task is {task.status.value}; its video exists once it is completed", param="task_id", code="task_not_completed")
+        key = task.video_key if variant == "video" else task.last_frame_key
+        if key is None:
+            raise NotFound("this task has no last frame (set extra_body.return_last_frame)", param="variant", code="content_not_found")
+        where = await asyncio.to_thread(self.storage.locate, key)
+        if where is None:
+            raise NotFound("the file of this task is gone (retention or manual deletion)", param="task_id", code="content_not_found")
+        return task, where
+
+
+def _int_param(name: str, value: Any, default: int, lo: int, hi: int) -> int:
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{name} must be an integer; got {value!r}", param=name, code="invalid_type")
+    if not lo <= n <= hi:
+        raise InvalidRequest(f"{name} must be between {lo} and {hi}; got {n}", param=name)
+    return n

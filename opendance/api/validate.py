@@ -1,0 +1,248 @@
+"""Every rule of the create body (spec/api.md), each refused with a 400 naming its field.
+
+``parse_create`` checks shape and values only; media content (fetching, decoding, durations)
+is ``media.intake``'s job. It never corrects bad input silently.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ModelConfig
+from ..domain import ASPECT_RATIOS, DEFAULT_DURATION, MAX_DURATION, MIN_DURATION, Mode
+from ..errors import InvalidRequest
+
+MAX_PROMPT = 5000
+MAX_SEED = 4294967295
+LIMITS = {"images": 9, "videos": 3, "audios": 3}
+BOOL_KEYS = ("generate_audio", "watermark", "camera_fixed", "return_last_frame")
+
+
+@dataclass
+class CreateRequest:
+    model: str
+    mode: Mode
+    prompt: str
+    duration: int
+    aspect_ratio: str | None  # None: choose from the first input image (or 16:9 for text)
+    image: str | None = None
+    last_image: str | None = None
+    images: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+    audios: list[str] = field(default_factory=list)
+    seed: int | None = None  # None: random
+    negative_prompt: str = ""
+    callback_url: str | None = None
+    options: dict[str, bool] = field(default_factory=dict)
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _bad(param: str, message: str, code: str = "invalid_value") -> InvalidRequest:
+    return InvalidRequest(message, param=param, code=code)
+
+
+def _string(body: dict, key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad(key, f"{key} must be a string, not {_type_name(value)}", "invalid_type")
+    return value
+
+
+def _media_url(value: str, param: str) -> str:
+    if value.startswith("data:"):
+        return value
+    scheme = urllib.parse.urlsplit(value.strip()).scheme.lower()
+    if scheme in ("http", "https"):
+        return value.strip()
+    if not scheme:
+        raise _bad(param, f"{param} must be an http(s):// URL or a data: URI", "invalid_url")
+    raise _bad(param, f"{param}: the URL scheme {scheme!r} is not allowed; use http(s):// or a data: URI", "unsupported_url_scheme")
+
+
+def _media_list(body: dict, key: str) -> list[str]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]  # a bare string counts as a one-item array
+    if not isinstance(value, list):
+        raise _bad(key, f"{key} must be an array of URLs, not {_type_name(value)}", "invalid_type")
+    limit = LIMITS[key]
+    if not 1 <= len(value) <= limit:
+        raise _bad(key, f"{key} must hold 1 to {limit} items; got {len(value)}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _bad(f"{key}[{i}]", f"{key}[{i}] must be a string URL, not {_type_name(item)}", "invalid_type")
+        out.append(_media_url(item, f"{key}[{i}]"))
+    return out
+
+
+_INT_STRING = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")
+
+
+def parse_duration(value: Any) -> int:
+    """5 to 15 whole seconds: an integer, an integral float (5.0), or a string holding one."""
+    if value is None:
+        return DEFAULT_DURATION
+    if isinstance(value, bool):
+        raise _bad("duration", "duration must be an integer number of seconds (5-15), not a boolean", "invalid_type")
+    if isinstance(value, str):
+        if not _INT_STRING.match(value):
+            raise _bad("duration", f"duration must be a whole number of seconds (5-15); got {value!r}", "invalid_type")
+        value = float(value)
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise _bad("duration", f"duration must be a whole number of seconds (5-15); got {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        raise _bad("duration", f"duration must be an integer, not {_type_name(value)}", "invalid_type")
+    if not MIN_DURATION <= value <= MAX_DURATION:
+        raise _bad("duration", f"duration must be between {MIN_DURATION} and {MAX_DURATION} seconds; got {value}")
+    return value
+
+
+def parse_aspect_ratio(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad("aspect_ratio", f"aspect_ratio must be a string, not {_type_name(value)}", "invalid_type")
+    if value not in ASPECT_RATIOS:
+        raise _bad("aspect_ratio", f"aspect_ratio must be one of {', '.join(ASPECT_RATIOS)}; got {value!r}")
+    return value
+
+
+def _extra_body(body: dict) -> tuple[dict[str, Any], int | None, str, str | None, dict[str, bool]]:
+    extra = body.get("extra_body")
+    if extra is None:
+        return {}, None, "", None, {}
+    if not isinstance(extra, dict):
+        raise _bad("extra_body", f"extra_body must be an object, not {_type_name(extra)}", "invalid_type")
+    seed = extra.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            if isinstance(seed, float) and seed.is_integer():
+                seed = int(seed)
+            else:
+                raise _bad("extra_body.seed", f"extra_body.seed must be an integer, not {_type_name(seed)}", "invalid_type")
+        if not -1 <= seed <= MAX_SEED:
+            raise _bad("extra_body.seed", f"extra_body.seed must be between -1 and {MAX_SEED}; got {seed}")
+        if seed == -1:
+            seed = None
+    negative = extra.get("negative_prompt")
+    if negative is None:
+        negative = ""
+    elif not isinstance(negative, str):
+        raise _bad("extra_body.negative_prompt", f"extra_body.negative_prompt must be a string, not {_type_name(negative)}", "invalid_type")
+    elif len(negative) > MAX_PROMPT:
+        raise _bad("extra_body.negative_prompt", f"extra_body.negative_prompt is {len(negative)} characters; at most {MAX_PROMPT}")
+    options: dict[str, bool] = {}
+    for key in BOOL_KEYS:
+        value = extra.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            raise _bad(f"extra_body.{key}", f"extra_body.{key} must be a boolean, not {_type_name(value)}", "invalid_type")
+        options[key] = value
+    callback = extra.get("callback_url")
+    if callback is not None:
+        if not isinstance(callback, str):
+            raise _bad("extra_body.callback_url", f"extra_body.callback_url must be a string, not {_type_name(callback)}", "invalid_type")
+        parts = urllib.parse.urlsplit(callback)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise _bad("extra_body.callback_url", "extra_body.callback_url must be an http(s):// URL", "invalid_url")
+    return extra, seed, negative, callback, options
+
+
+def choose_mode(image: str | None, last_image: str | None, images: list, videos: list, audios: list) -> Mode:
+    """The mode from the input form (the seed's overview table); conflicts are errors."""
+    if last_image is not None and image is None:
+        raise _bad("last_image", "last_image needs image: first-and-last-frame takes both", "mode_conflict")
+    refs = [k for k, v in (("images", images), ("videos", videos), ("audios", audios)) if v]
+    if refs and (image is not None or last_image is not None):
+        frame = "image" if image is not None else "last_image"
+        raise _bad(
+            refs[0],
+            f"{refs[0]} cannot be combined with {frame}: image/last_image select image-to-video or "
+            "first-and-last-frame, images/videos/audios select omni-reference",
+            "mode_conflict",
+        )
+    if audios and not images and not videos:
+        raise _bad("audios", "audios need at least one reference image or video (audio alone is not a mode)", "mode_conflict")
+    if refs:
+        return Mode.OMNI_REFERENCE
+    if image is not None:
+        return Mode.FIRST_AND_LAST_FRAME if last_image is not None else Mode.IMAGE_TO_VIDEO
+    return Mode.TEXT_TO_VIDEO
+
+
+def parse_create(body: Any, models: dict[str, ModelConfig]) -> CreateRequest:
+    if not isinstance(body, dict):
+        raise _bad(None, f"the request body must be a JSON object, not {_type_name(body)}", "invalid_body")  # type: ignore[arg-type]
+    # 1. The model.
+    model = body.get("model")
+    if model is None:
+        raise _bad("model", "model is required", "missing_field")
+    if not isinstance(model, str):
+        raise _bad("model", f"model must be a string, not {_type_name(model)}", "invalid_type")
+    config = models.get(model)
+    if config is None:
+        raise _bad("model", f"the model {model!r} does not exist; one of: {', '.join(models)}", "model_not_found")
+    # 2. The input form decides the mode.
+    image, last_image = _string(body, "image"), _string(body, "last_image")
+    image = _media_url(image, "image") if image is not None else None
+    last_image = _media_url(last_image, "last_image") if last_image is not None else None
+    images, videos, audios = (_media_list(body, k) for k in ("images", "videos", "audios"))
+    mode = choose_mode(image, last_image, images, videos, audios)
+    if mode not in config.modes:
+        can = ", ".join(m.value for m in config.modes)
+        raise _bad("model", f"the model {model!r} cannot do {mode.value}; it is configured for: {can}", "mode_not_supported")
+    # 3. The prompt: required for text-to-video only.
+    prompt = _string(body, "prompt")
+    if prompt is None:
+        if mode is Mode.TEXT_TO_VIDEO:
+            raise _bad("prompt", "prompt is required for text-to-video (no image, images, videos or audios given)", "missing_field")
+        prompt = ""
+    if len(prompt) > MAX_PROMPT:
+        raise _bad("prompt", f"prompt is {len(prompt)} characters; at most {MAX_PROMPT}")
+    # 4. Duration, aspect ratio, extra_body.
+    duration = parse_duration(body.get("duration"))
+    aspect_ratio = parse_aspect_ratio(body.get("aspect_ratio"))
+    extra, seed, negative, callback, options = _extra_body(body)
+    return CreateRequest(
+        model=model,
+        mode=mode,
+        prompt=prompt,
+        duration=duration,
+        aspect_ratio=aspect_ratio,
+        image=image,
+        last_image=last_image,
+        images=images,
+        videos=videos,
+        audios=audios,
+        seed=seed,
+        negative_prompt=negative,
+        callback_url=callback,
+        options=options,
+        extra_body=extra,
+    )

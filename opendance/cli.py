@@ -1,0 +1,82 @@
+"""The ``opendance`` command: a thin shell over the settings, the server and the client."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _settings(args: argparse.Namespace):
+    from .config import Settings
+
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    return Settings(**given)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api.app import create_app
+
+    settings = _settings(args)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from .store import TaskStore
+    from .store.migrate import upgrade
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = TaskStore.from_url(settings.sqlalchemy_url)
+    upgrade(store.engine)
+    store.close()
+    print(f"database at the newest schema: {settings.sqlalchemy_url.split('@')[-1]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opendance", description="Seedance-2.0-style video generation server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API server (with its in-process runner by default)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--data-dir", dest="data_dir", type=Path, help="data directory (default ./opendance-data)")
+    serve.add_argument("--config", type=Path, help="models TOML file (default: seed names on the preview engine)")
+    serve.add_argument("--runner", choices=["local", "temporal"], help="who runs tasks (default local)")
+    serve.add_argument("--storage", choices=["local", "s3"], help="where videos are stored (default local)")
+    serve.set_defaults(func=cmd_serve)
+
+    db = sub.add_parser("db", help="database commands")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="apply the migrations to OPENDANCE_DATABASE_URL")
+    up.add_argument("--data-dir", dest="data_dir", type=Path)
+    up.set_defaults(func=cmd_db_upgrade)
+
+    try:  # the client commands (generate, status, list, cancel, models), when present
+        from .cli_client import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Prometheus metrics, in a registry owned by one app (nothing global, nothing at import)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from .store import Task
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("opendance_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
+        self.latency = Histogram(
+            "opendance_http_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.created = Counter("opendance_tasks_created", "tasks created", ["model", "mode"], registry=r)
+        self.finished = Counter("opendance_tasks_finished", "tasks that reached a final state", ["model", "raw_status"], registry=r)
+        self.task_seconds = Histogram(
+            "opendance_task_seconds", "wall time from start to completion", ["model"],
+            buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600), registry=r,
+        )
+        self.engine_seconds = Histogram(
+            "opendance_engine_seconds", "engine time per completed task", ["model"],
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=r,
+        )
+        self.model_load = Gauge("opendance_model_load_seconds", "time the last load of an engine took", ["engine"], registry=r)
+        self.model_loads = Counter("opendance_model_loads", "engine loads by workers", ["engine"], registry=r)
+
+    def add_collector(self, collect) -> None:
+        """``collect()`` returns {name: (help, {labels tuple: value}, label names)} at scrape time."""
+
+        class _C:
+            def collect(self_inner):
+                for name, (help_, values, labels) in collect().items():
+                    fam = GaugeMetricFamily(name, help_, labels=labels)
+                    for label_values, v in values.items():
+                        fam.add_metric(list(label_values), v)
+                    yield fam
+
+        self.registry.register(_C())
+
+    def model_loaded(self, engine: str, seconds: float) -> None:
+        self.model_load.labels(engine).set(seconds)
+        self.model_loads.labels(engine).inc()
+
+    def task_finished(self, task: Task, engine_seconds: float | None) -> None:
+        self.finished.labels(task.model, task.raw_status.value).inc()
+        if task.raw_status.value == "COMPLETED" and task.started_at and task.completed_at:
+            self.task_seconds.labels(task.model).observe(task.completed_at - task.started_at)
+            if engine_seconds is not None:
+                self.engine_seconds.labels(task.model).observe(engine_seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
