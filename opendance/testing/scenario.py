@@ -1,0 +1,75 @@
+"""A scenario engine: one behaviour per test (sleep, fail, crash, hang, ignore cancel).
+
+Configure it like any engine in a models TOML::
+
+    [models."slow"]
+    resolution = "480p"
+    fps = 8
+    [models."slow".default]
+    engine = "scenario"
+    behaviour = "sleep"      # sleep | fail | crash | crash_once | hang | slow_cancel
+    steps = 20
+    step_seconds = 0.2
+
+Every step sleeps ``step_seconds``, reports progress and checks for cancellation (except
+``slow_cancel``, which ignores it for ``ignore_cancel_seconds``). The frames are a plain
+colour ramp made after the last step: cheap, exact in size and count, deterministic per seed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..engines.base import Engine, Inputs, Job, Output, StepContext
+from ..errors import EngineError
+
+BEHAVIOURS = ("sleep", "fail", "crash", "crash_once", "hang", "slow_cancel")
+
+
+class ScenarioEngine(Engine):
+    name = "scenario"
+
+    def __init__(self, spec: dict, device: str = "cpu") -> None:
+        super().__init__(spec, device)
+        self.behaviour = spec.get("behaviour", "sleep")
+        if self.behaviour not in BEHAVIOURS:
+            raise ValueError(f"scenario behaviour must be one of {BEHAVIOURS}; got {self.behaviour!r}")
+        self.steps = int(spec.get("steps", 10))
+        self.step_seconds = float(spec.get("step_seconds", 0.1))
+        self.ignore_cancel_seconds = float(spec.get("ignore_cancel_seconds", 5.0))
+        # crash_once: a marker file per task remembers that the first run already crashed.
+        self.marker_dir = Path(spec.get("marker_dir", "/tmp"))
+
+    def generate(self, job: Job, inputs: Inputs, ctx: StepContext) -> Output:
+        if self.behaviour == "fail":
+            raise EngineError("the scenario engine was told to fail", code="scenario_failure")
+        marker = self.marker_dir / f"{job.task_id}.crashed"
+        for step in range(self.steps):
+            if step == self.steps // 2:
+                if self.behaviour == "crash" or (self.behaviour == "crash_once" and not marker.exists()):
+                    marker.touch()
+                    os._exit(17)  # a hard crash: no exception, no cleanup, as an OOM kill would be
+            if self.behaviour == "hang" and step == 1:
+                while True:
+                    time.sleep(1.0)  # never checks for cancellation: only a kill stops it
+            time.sleep(self.step_seconds)
+            ctx.progress(step + 1, self.steps)
+            if self.behaviour != "slow_cancel":
+                ctx.check_cancelled()
+        if self.behaviour == "slow_cancel":
+            time.sleep(self.ignore_cancel_seconds)
+            ctx.check_cancelled()
+        return Output(frames=self._frames(job), fps=job.fps)
+
+    @staticmethod
+    def _frames(job: Job):
+        rng = np.random.default_rng(job.seed)
+        base = rng.integers(0, 256, size=3, dtype=np.uint8)
+        for i in range(job.num_frames):
+            frame = np.empty((job.height, job.width, 3), dtype=np.uint8)
+            frame[:] = (base.astype(np.int32) + i * 3) % 256
+            yield frame
