@@ -9,7 +9,7 @@ import pytest
 from opendance.testing import media
 
 M = "jisudance2.0-480p"
-PNG = media.data_uri(media.image_bytes(320, 240), "image/png")
+PNG = media.data_uri(media.image_bytes(400, 240), "image/png")
 
 
 def err(r, status: int, param: str | None, text: str, code: str | None = None) -> dict:
@@ -160,7 +160,7 @@ def test_images_bare_string_counts_as_one(client):
     r = client.post("/v1/video/generations", json={"model": M, "images": PNG})
     assert r.status_code == 200, r.text
     assert r.json()["mode"] == "omni-reference"
-    assert r.json()["aspect_ratio"] == "16:9"  # 320x240 is nearest to 16:9 of the three
+    assert r.json()["aspect_ratio"] == "16:9"  # 400x240 is nearest to 16:9 of the three
 
 
 def test_callback_url_to_loopback_refused(strict_server):
