@@ -11,11 +11,12 @@ MiB = 1024 * 1024
 
 
 def format_size(n: int) -> str:
-    """``31457280`` -> ``"30 MiB"``: byte caps as people write them."""
-    if n >= MiB:
-        return f"{n // MiB} MiB" if n % MiB == 0 else f"{n / MiB:.1f} MiB"
-    if n >= 1024:
-        return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n / 1024:.1f} KiB"
+    """``31457280`` -> ``"30 MiB"``: byte caps as people write them, never rounded (a rounded
+    cap would tell a client that a file of exactly that size is too large)."""
+    if n and n % MiB == 0:
+        return f"{n // MiB} MiB"
+    if n and n % 1024 == 0:
+        return f"{n // 1024} KiB"
     return f"{n} bytes"
 
 

@@ -35,6 +35,7 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LEGACY_IPV4_CHARS = set("0123456789abcdefxABCDEFX.")
 # Checked in this order; each is the ``ipaddress`` flag ``is_<kind>``.
 _REFUSED_KINDS = ("unspecified", "loopback", "link-local", "multicast", "private", "reserved")
 
@@ -74,12 +75,10 @@ def parse_ip_literal(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host)
     except ValueError:
         pass
-    if host and all(c in "0123456789abcdefxABCDEFX." for c in host):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    return None
+    try:  # inet_aton ignores what follows a space, so only digits, dots and hex letters go in
+        return ipaddress.IPv4Address(socket.inet_aton(host)) if host and set(host) <= _LEGACY_IPV4_CHARS else None
+    except OSError:
+        return None
 
 
 async def _system_resolver(host: str, port: int) -> list[str]:
