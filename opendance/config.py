@@ -139,6 +139,9 @@ class Settings(BaseSettings):
 
     max_attempts: int = Field(3, description="runs of a task (crash, restart) before it fails")
     task_timeout: float = Field(3600.0, description="seconds a task may run before it is EXPIRED")
+    retention_hours: float = Field(
+        0.0, description="finished tasks and their files are deleted this long after they finish; 0 keeps them until deleted"
+    )
     callback_attempts: int = Field(5, description="deliveries tried per callback_url POST")
     callback_timeout: float = Field(10.0, description="seconds per callback_url POST")
     log_level: str = Field("info", description="log level")

@@ -58,10 +58,12 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.add_collector(lambda: _store_gauges(store, runner))
         app.state.service = service
         await runner.start()
+        sweeper = asyncio.create_task(_sweep_forever(service), name="retention")
         log.info("opendance %s ready: %s runner, %s storage, models: %s", __version__, settings.runner, settings.storage, ", ".join(models))
         try:
             yield
         finally:
+            sweeper.cancel()
             await runner.stop()
             await callbacks.drain()
             await fetcher.aclose()
@@ -76,6 +78,15 @@ def create_app(settings: Settings) -> FastAPI:
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+async def _sweep_forever(service: TaskService, every: float = 600.0) -> None:
+    while True:
+        try:
+            await service.sweep_retention()
+        except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
+            log.exception("retention sweep failed")
+        await asyncio.sleep(min(every, max(1.0, service.settings.retention_hours * 3600 / 10)))
 
 
 def _store_gauges(store: TaskStore, runner) -> dict:

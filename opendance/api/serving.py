@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from typing import Any
 
 from ..callbacks import CallbackSender
@@ -225,6 +226,19 @@ class TaskService:
             raise Conflict(f"the task is {task.status.value}; cancel it first, then delete it", param="task_id", code="task_not_finished")
         await asyncio.to_thread(self.store.delete, task_id)
         await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{task_id}/")
+
+    async def sweep_retention(self) -> int:
+        """Delete tasks (rows and files) that finished more than ``retention_hours`` ago."""
+        if self.settings.retention_hours <= 0:
+            return 0
+        cutoff = time.time() - self.settings.retention_hours * 3600
+        ids = await asyncio.to_thread(self.store.finished_before, cutoff)
+        for task_id in ids:
+            await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{task_id}/")
+            await asyncio.to_thread(self.store.delete, task_id)
+        if ids:
+            log.info("retention: deleted %d finished tasks", len(ids))
+        return len(ids)
 
     # -- content -------------------------------------------------------------------------
 

@@ -241,6 +241,17 @@ class TaskStore:
             )
             s.commit()
 
+    def finished_before(self, ts: float, limit: int = 500) -> list[str]:
+        """Ids of tasks that reached a final state before ``ts`` (for retention)."""
+        q = (
+            select(TaskRow.id)
+            .where(TaskRow.completed_at.is_not(None), TaskRow.completed_at < ts)
+            .order_by(TaskRow.completed_at)
+            .limit(limit)
+        )
+        with self._session() as s:
+            return list(s.scalars(q).all())
+
     def delete(self, task_id: str) -> None:
         with self._session() as s:
             s.execute(delete(TaskRow).where(TaskRow.id == task_id))

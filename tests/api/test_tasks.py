@@ -198,3 +198,16 @@ def test_models_health_metrics(client):
 def test_unknown_route_has_the_error_shape(client):
     r = client.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_retention_deletes_finished_tasks(tmp_path):
+    """With a retention of ~1 s, a finished task and its file are gone shortly after."""
+    with LiveServer(tmp_path / "data", env={"OPENDANCE_RETENTION_HOURS": "0.0003"}) as s, s.client() as c:
+        tid = c.post("/v1/video/generations", json={"model": M, "prompt": "short-lived"}).json()["id"]
+        assert wait_for_task(c, tid)["status"] == "completed"
+        video = s.data_dir / "files" / "tasks" / tid / "video.mp4"
+        deadline = time.monotonic() + 30
+        while c.get(f"/v1/video/generations/{tid}").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.get(f"/v1/video/generations/{tid}").status_code == 404
+        assert not video.exists()
