@@ -39,19 +39,27 @@ def read_video_frames(path: Path, fps: int, width: int, height: int, max_frames:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        prev: np.ndarray | None = None
+        rate = float(stream.average_rate or fps)
+        # The latest decoded frame, converted only when a tick first shows it: a source faster
+        # than ``fps`` has frames no tick shows, and fitting each costs more than decoding it.
+        prev = None
+        prev_array: np.ndarray | None = None
         end = 0.0
-        for frame in container.decode(stream):
-            t = frame.time if frame.time is not None else n / fps
+        for k, frame in enumerate(container.decode(stream)):
+            t = frame.time if frame.time is not None else k / rate
             while prev is not None and n / fps < t - 1e-6 and n < limit:
-                yield prev
+                if prev_array is None:
+                    prev_array = to_array(fit_cover(prev.to_image(), width, height))
+                yield prev_array
                 n += 1
             if n >= limit:
                 return
-            prev = to_array(fit_cover(frame.to_image(), width, height))
-            step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 1 / fps
+            prev, prev_array = frame, None
+            step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 1 / rate
             end = max(end, t + step)
         # The last frame holds until the end of the stream.
         while prev is not None and n / fps < end - 1e-6 and n < limit:
-            yield prev
+            if prev_array is None:
+                prev_array = to_array(fit_cover(prev.to_image(), width, height))
+            yield prev_array
             n += 1
