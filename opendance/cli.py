@@ -18,6 +18,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api.app import create_app
+    from .logging import uvicorn_log_config
 
     settings = _settings(args)
     app = create_app(settings)
@@ -26,6 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings.log_level),  # keys, tokens and data: URIs redacted
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )

@@ -137,6 +137,15 @@ class Settings(BaseSettings):
     fetch_total_timeout: float = Field(120.0, description="seconds one media download may take in all")
     fetch_max_redirects: int = Field(5, description="redirects followed per media URL")
 
+    rate_limit_per_minute: int = Field(
+        1200, ge=0, description="requests a minute per API key (per client address on an open server); 0 = off"
+    )
+    rate_limit_burst: int = Field(200, ge=1, description="requests a key may make at once before the per-minute rate applies")
+    max_queued_per_key: int = Field(
+        100, ge=0, description="unfinished (queued or running) tasks per API key; more is a 429; 0 = off"
+    )
+    max_queued_total: int = Field(1000, ge=0, description="unfinished tasks on the whole server; more is a 503; 0 = off")
+
     max_attempts: int = Field(3, description="runs of a task (crash, restart) before it fails")
     task_timeout: float = Field(3600.0, description="seconds a task may run before it is EXPIRED")
     retention_hours: float = Field(

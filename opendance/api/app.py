@@ -16,12 +16,13 @@ from .. import __version__
 from ..callbacks import CallbackSender
 from ..config import Settings
 from ..errors import OpenDanceError
-from ..media.fetch import SafeFetcher
+from ..media.fetch import Resolver, SafeFetcher
 from ..metrics import CONTENT_TYPE, Metrics
 from ..storage import make_storage
 from ..store import TaskStore
 from ..store.migrate import upgrade
 from .auth import Auth, UrlSigner
+from .limits import QueueAdmission, RateLimiter
 from .routes import router
 from .serving import TaskService
 
@@ -38,7 +39,9 @@ def make_runner(settings: Settings, store, storage, metrics):
     return LocalRunner(settings, store, storage, metrics)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastAPI:
+    """``resolver`` (host, port) -> addresses replaces the system DNS for media and callback
+    URLs (split-horizon DNS; tests play DNS rebinding with it)."""
     models = settings.models()  # a bad models file fails here, before anything starts
 
     @contextlib.asynccontextmanager
@@ -48,12 +51,18 @@ def create_app(settings: Settings) -> FastAPI:
         await asyncio.to_thread(upgrade, store.engine)
         storage = make_storage(settings)
         metrics = app.state.metrics
-        fetcher = SafeFetcher.from_settings(settings)
+        fetcher = SafeFetcher.from_settings(settings, resolver=resolver)
         callbacks = CallbackSender(fetcher, settings.callback_attempts, settings.callback_timeout)
         signer = UrlSigner(await asyncio.to_thread(store.meta_secret, "url_signing_secret"))
         runner = make_runner(settings, store, storage, metrics)
         service = TaskService(
-            settings, models, store, storage, runner, fetcher, callbacks, signer, metrics, signed_urls=app.state.auth.enabled
+            settings, models, store, storage, runner, fetcher, callbacks, signer, metrics,
+            signed_urls=app.state.auth.enabled,
+            admission=QueueAdmission(
+                settings.max_queued_per_key,
+                settings.max_queued_total,
+                lambda owner: (store.count_unfinished(owner), store.count_unfinished()),
+            ),
         )
         metrics.add_collector(lambda: _store_gauges(store, runner))
         app.state.service = service
@@ -72,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="opendance", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.auth = Auth(settings.api_keys)
+    app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.state.metrics = Metrics()
     app.include_router(router)
     _add_health_routes(app)

@@ -25,7 +25,17 @@ def get_service(request: Request) -> TaskService:
 
 
 def get_owner(request: Request) -> str:
-    return request.app.state.auth.owner(request.headers.get("authorization"))
+    """The caller's owner id (401 without a valid key), after taking a request from its rate limit."""
+    owner = request.app.state.auth.owner(request.headers.get("authorization"))
+    rate_limit(request, owner)
+    return owner
+
+
+def rate_limit(request: Request, owner: str) -> None:
+    """429 when the caller is over its request rate: keyed by API key, or by client address on
+    an open server (``owner`` "") and for signed links, which carry no key."""
+    address = request.client.host if request.client else "unknown"
+    request.app.state.limiter.check(owner or f"address:{address}")
 
 
 Service = Annotated[TaskService, Depends(get_service)]
@@ -136,6 +146,8 @@ async def get_content(
 ) -> Response:
     # A signed link (video_url) needs no key; otherwise the caller must own the task.
     owner = None if token is not None and request.headers.get("authorization") is None else get_owner(request)
+    if owner is None:
+        rate_limit(request, "")
     task, where = await service.content(task_id, owner, variant, token)
     if isinstance(where, LocalFile):
         media_type = "video/mp4" if variant == "video" else "image/png"

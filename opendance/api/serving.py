@@ -19,7 +19,7 @@ from ..callbacks import CallbackSender
 from ..config import ModelConfig, Settings
 from ..domain import IllegalTransition, RawStatus, Status, new_task_id, nearest_aspect_ratio
 from ..engines.base import Job
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from ..media.fetch import SafeFetcher
 from ..media.intake import MediaRequest, intake_media
 from ..metrics import Metrics
@@ -28,6 +28,7 @@ from ..runner.execute import input_prefix
 from ..storage import LocalFile, Redirect, Storage
 from ..store import DuplicateIdempotencyKey, Task, TaskStore
 from .auth import UrlSigner
+from .limits import QueueAdmission
 from .protocol import task_object
 from .validate import CreateRequest, parse_create
 
@@ -49,6 +50,7 @@ class TaskService:
         signer: UrlSigner,
         metrics: Metrics,
         signed_urls: bool,
+        admission: QueueAdmission | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
@@ -60,6 +62,7 @@ class TaskService:
         self.signer = signer
         self.metrics = metrics
         self.signed_urls = signed_urls
+        self.admission = admission or QueueAdmission(0, 0, lambda owner: (0, 0))  # no limits
         runner.add_listener(self.task_changed)
 
     # -- rendering -----------------------------------------------------------------------
@@ -94,46 +97,53 @@ class TaskService:
             earlier = await asyncio.to_thread(self.store.get_by_idempotency_key, owner, idempotency_key)
             if earlier is not None:
                 return self._same_request(earlier, request_hash)
-        if req.callback_url:
-            await self.fetcher.check_url(req.callback_url, param="extra_body.callback_url")
-        task_id = new_task_id()
-        media = await intake_media(
-            MediaRequest(req.image, req.last_image, req.images, req.videos, req.audios),
-            fetcher=self.fetcher,
-            settings=self.settings,
-            key_prefix=input_prefix(task_id),
-        )
-        model = self.models[req.model]
-        aspect = req.aspect_ratio or self._default_aspect(media)
-        width, height = model.size(aspect)
-        spec = model.modes[req.mode]
-        job = Job(
-            task_id=task_id,
-            model=req.model,
-            mode=req.mode,
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt,
-            width=width,
-            height=height,
-            fps=model.fps,
-            duration=req.duration,
-            seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
-            engine={"engine": spec.engine, **spec.options},
-            image=media.image,
-            last_image=media.last_image,
-            images=media.images,
-            videos=media.videos,
-            audios=media.audios,
-            options=dict(req.options),
-        )
-        try:
-            task = await asyncio.to_thread(
-                self._store_new, req, job, aspect, media.blobs, owner, base_url, idempotency_key, request_hash
+        # Counted before any media is fetched, so a full queue costs the server nothing.
+        async with self.admission.admit(owner):
+            if req.callback_url:
+                await self.fetcher.check_url(req.callback_url, param="extra_body.callback_url")
+            task_id = new_task_id()
+            media = await intake_media(
+                MediaRequest(req.image, req.last_image, req.images, req.videos, req.audios),
+                fetcher=self.fetcher,
+                settings=self.settings,
+                key_prefix=input_prefix(task_id),
             )
-        except DuplicateIdempotencyKey:
-            # Two requests with the same key raced; the other one made the task.
-            earlier = await asyncio.to_thread(self.store.get_by_idempotency_key, owner, idempotency_key)
-            return self._same_request(earlier, request_hash)
+            model = self.models[req.model]
+            aspect = req.aspect_ratio or self._default_aspect(media)
+            width, height = model.size(aspect)
+            spec = model.modes[req.mode]
+            job = Job(
+                task_id=task_id,
+                model=req.model,
+                mode=req.mode,
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt,
+                width=width,
+                height=height,
+                fps=model.fps,
+                duration=req.duration,
+                seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
+                engine={"engine": spec.engine, **spec.options},
+                image=media.image,
+                last_image=media.last_image,
+                images=media.images,
+                videos=media.videos,
+                audios=media.audios,
+                options=dict(req.options),
+            )
+            try:
+                task = await asyncio.to_thread(
+                    self._store_new, req, job, aspect, media.blobs, owner, base_url, idempotency_key, request_hash
+                )
+            except OSError as exc:
+                # A full disk or a failing write while storing the inputs: the server's fault, not
+                # the request's; nothing was stored (``_store_new`` removes what it wrote).
+                message = f"the server could not store this task's inputs ({exc.strerror or exc}); try again later"
+                raise ServiceUnavailable(message, code="storage_error", retry_after=30) from None
+            except DuplicateIdempotencyKey:
+                # Two requests with the same key raced; the other one made the task.
+                earlier = await asyncio.to_thread(self.store.get_by_idempotency_key, owner, idempotency_key)
+                return self._same_request(earlier, request_hash)
         self.metrics.created.labels(task.model, task.mode).inc()
         await self.runner.submit(task)
         await self.task_changed(task)
@@ -157,9 +167,9 @@ class TaskService:
         return nearest_aspect_ratio(first.width, first.height)
 
     def _store_new(self, req: CreateRequest, job: Job, aspect: str, blobs, owner, base_url, idempotency_key, request_hash) -> Task:
-        for blob in blobs:
-            self.storage.put_bytes(blob.key, blob.data, blob.content_type)
         try:
+            for blob in blobs:  # inside the try: a write that fails half-way leaves nothing behind
+                self.storage.put_bytes(blob.key, blob.data, blob.content_type)
             return self.store.create(
                 id=job.task_id,
                 owner=owner,

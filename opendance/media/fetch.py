@@ -127,9 +127,12 @@ class SafeFetcher:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any) -> SafeFetcher:
+    def from_settings(cls, settings: Any, *, resolver: Resolver | None = None) -> SafeFetcher:
         s = settings
-        return cls(s.allow_hosts, s.fetch_connect_timeout, s.fetch_read_timeout, s.fetch_total_timeout, s.fetch_max_redirects)
+        return cls(
+            s.allow_hosts, s.fetch_connect_timeout, s.fetch_read_timeout, s.fetch_total_timeout, s.fetch_max_redirects,
+            resolver=resolver,
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

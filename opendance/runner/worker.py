@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from ..config import Settings
 from ..engines.base import Engine, Job, engine_class
 from ..errors import Cancelled, EngineError
+from ..logging import install as install_log_redaction
 from ..storage import make_storage
 from .execute import run_job
 from .messages import CancelJob, Done, Failed, ModelLoaded, Progress, Ready, RunJob, Shutdown
@@ -66,6 +67,7 @@ class _Commands:
 
 def worker_main(conn: Connection, device: str, settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s worker[{device}] %(levelname)s %(message)s")
+    install_log_redaction()  # the worker's lines go to the same log as the server's
     storage = make_storage(settings)
     tmp_dir = settings.data_dir / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
