@@ -23,6 +23,7 @@ from ..store import TaskStore
 from ..store.migrate import upgrade
 from .auth import Auth, UrlSigner
 from .limits import QueueAdmission, RateLimiter
+from .openai_routes import router as openai_router
 from .routes import router
 from .serving import TaskService
 
@@ -84,6 +85,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.state.metrics = Metrics()
     app.include_router(router)
+    app.include_router(openai_router)  # /v1/videos: OpenAI's Videos API and the legacy alias
     _add_health_routes(app)
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

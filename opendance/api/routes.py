@@ -115,7 +115,6 @@ async def list_tasks(
 
 @router.get("/v1/video/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS})
 @router.get("/v1/videos/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS}, include_in_schema=False)
-@router.get("/v1/videos/{task_id}", responses={200: {"model": TaskObject}, **ERRORS}, include_in_schema=False)
 async def get_task(task_id: str, service: Service, owner: Owner) -> JSONResponse:
     return JSONResponse(service.render(await service.get(task_id, owner)))
 
@@ -136,7 +135,6 @@ async def delete_task(task_id: str, service: Service, owner: Owner) -> JSONRespo
     responses={200: {"content": {"video/mp4": {}, "image/png": {}}}, 206: {"description": "a byte range"}, **ERRORS},
     response_class=Response,
 )
-@router.get("/v1/videos/{task_id}/content", response_class=Response, include_in_schema=False)
 async def get_content(
     task_id: str,
     request: Request,
