@@ -254,7 +254,7 @@ def build_all(root: Path, names: list[str] | None = None) -> dict[str, Path]:
 
 def _toml_table(d: dict[str, Any]) -> str:
     lines = []
-    for k, v in d.items():
+    for k, v in sorted(d.items(), key=lambda kv: kv[0] != "engine"):  # engine first
         if isinstance(v, dict):
             inner = ", ".join(f"{ik} = {json.dumps(iv)}" for ik, iv in v.items())
             lines.append(f"{k} = {{ {inner} }}")
@@ -289,10 +289,12 @@ def tiny_models(folders: dict[str, Path], *, fps: int = TEST_FPS, steps: int = 2
     }
 
 
-def write_models_toml(path: Path, folders: dict[str, Path], **kw: Any) -> Path:
-    """Write a ``--config`` TOML that points the seed model names at the tiny pipelines."""
+def write_models_toml(path: Path, folders: dict[str, Path], extra: dict[str, dict[str, Any]] | None = None,
+                      **kw: Any) -> Path:
+    """Write a ``--config`` TOML that points the seed model names (and any ``extra`` models, in
+    the shape ``tiny_models`` returns) at the tiny pipelines."""
     out = []
-    for name, model in tiny_models(folders, **kw).items():
+    for name, model in {**tiny_models(folders, **kw), **(extra or {})}.items():
         out.append(f'[models."{name}"]\nresolution = "{model["resolution"]}"\nfps = {model["fps"]}\n')
         if "default" in model:
             out.append(f'[models."{name}".default]\n{_toml_table(model["default"])}\n')
