@@ -22,13 +22,17 @@ REDACTED = "[redacted]"
 _AUTH = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\",;}\]]+")
 # "Authorization: <anything>" or "'authorization': '<anything>'" up to the end of the value.
 _AUTH_HEADER = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?!\[redacted\])[^'\"\r\n,}]+")
-# Secret query parameters: our signed links, S3 presigned links, the usual key parameters.
+# Secret query parameters: our signed links, S3 presigned links, the usual key parameters; also
+# percent-encoded, as when a whole signed URL is itself a query value.
 _SECRET_QUERY = re.compile(
-    r"(?i)([?&;](?:token|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|"
-    r"api_key|apikey|access_token|key)=)[^&#\s'\"]*"
+    r"(?i)((?:[?&;]|%3F|%26)(?:token|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|"
+    r"api_key|apikey|access_token|key)(?:=|%3D))[^&#\s'\"]*"
 )
-# data:[<type>][;params],<payload>: the payload goes, the type stays (it helps reading logs).
-_DATA_URI = re.compile(r"(?i)\bdata:([a-z0-9.+-]+/[a-z0-9.+-]+)?((?:;[a-z0-9.+=-]*)*),[^\s'\"<>)\]}]*")
+# data:[<type>][;params],<payload>, plain or percent-encoded (a data: URI sent in a query string
+# reaches the access log encoded): the payload goes, the type stays (it helps reading logs).
+_DATA_URI = re.compile(
+    r"(?i)\bdata(?::|%3A)((?:[a-z0-9.+-]|/|%2F)*)((?:(?:;|%3B)(?:[a-z0-9.+-]|=|%3D)*)*)(?:,|%2C)[^\s&'\"<>)\]}]*"
+)
 
 
 def redact(text: str) -> str:

@@ -70,7 +70,6 @@ def worker_main(conn: Connection, device: str, settings: Settings) -> None:
     install_log_redaction()  # the worker's lines go to the same log as the server's
     storage = make_storage(settings)
     tmp_dir = settings.data_dir / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     engines: dict[str, Engine] = {}
     commands = _Commands(conn)
     send_lock = threading.Lock()
@@ -83,6 +82,9 @@ def worker_main(conn: Connection, device: str, settings: Settings) -> None:
     while (cmd := commands.jobs.get()) is not None:
         task_id = cmd.task_id
         try:
+            # Made per job, not at start: a scratch folder that cannot be made fails the task
+            # with a storage_error instead of making every restarted worker die at birth.
+            tmp_dir.mkdir(parents=True, exist_ok=True)
             job = Job.from_dict(cmd.job)
             engine = _engine(engines, job.engine, device, send)
             result = run_job(
