@@ -21,6 +21,7 @@ from ..config import ModelConfig
 from ..domain import MAX_DURATION, MIN_DURATION, OUTPUT_SIZES
 from ..errors import InvalidRequest
 from ..store import Task
+from .protocol import TaskObject
 
 OPENAI_SHORTEST = 4  # OpenAI's shortest clip (and its default); lifted to MIN_DURATION
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
@@ -48,6 +49,19 @@ class Video(BaseModel):
     seconds: str = Field(description="the clip's length in whole seconds")
     size: str = Field(description="WIDTHxHEIGHT of the MP4")
     prompt: str | None
+    remixed_from_video_id: str | None
+
+
+class VideoOrTask(TaskObject):
+    """``GET /v1/videos/{id}``: the legacy task object and the ``video`` object in one; only
+    ``object`` depends on the caller (docs/openai.md)."""
+
+    object: Literal["video", "video.generation.job"]  # type: ignore[assignment]
+    error: VideoError | None  # type: ignore[assignment]
+    seconds: str
+    size: str
+    prompt: str | None
+    expires_at: int | None
     remixed_from_video_id: str | None
 
 

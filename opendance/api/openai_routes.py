@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InvalidRequest, PayloadTooLarge
-from .openai_protocol import CreateVideoForm, Video, VideoDeleted, VideoList
+from .openai_protocol import CreateVideoForm, Video, VideoDeleted, VideoList, VideoOrTask
 from .openai_serving import Upload, VideoService
 from .routes import ERRORS, Owner, Service, base_url, get_content, get_owner, read_json
 
@@ -114,7 +114,7 @@ async def list_videos(videos: Videos, owner: Owner, after: str | None = None, li
     return JSONResponse(await videos.page(owner, after=after, limit=limit, order=order))
 
 
-@router.get("/v1/videos/{video_id}", responses={200: {"model": Video}, **ERRORS})
+@router.get("/v1/videos/{video_id}", responses={200: {"model": VideoOrTask}, **ERRORS})
 async def get_video(video_id: str, request: Request, videos: Videos, owner: Owner, shape: str | None = None) -> JSONResponse:
     openai = wants_openai_shape(request, shape)
     task = await videos.get(video_id, owner)

@@ -11,6 +11,7 @@ import openai.types
 import pytest
 from PIL import Image
 
+from opendance.api.openai_protocol import VideoOrTask
 from opendance.api.protocol import TaskObject
 from opendance.testing.media import image_bytes
 
@@ -135,8 +136,12 @@ def test_one_path_two_shapes(http, finished):
     TaskObject.model_validate(legacy)
     assert legacy["video_url"] and legacy["result"]["outputs"] == [legacy["video_url"]] and legacy["task_id"] == tid
     assert (legacy["seconds"], legacy["size"], legacy["progress"]) == ("5", "1280x720", 100)
-    video = openai.types.Video.model_validate(http.get(f"/v1/videos/{tid}", headers=STAINLESS).json())
+    sdk_shaped = http.get(f"/v1/videos/{tid}", headers=STAINLESS).json()
+    video = openai.types.Video.model_validate(sdk_shaped)
     assert video.status == "completed" and video.completed_at
+    # And both match the documented response of the route.
+    for body in (legacy, sdk_shaped):
+        VideoOrTask.model_validate(body)
     # The legacy route itself never changes shape.
     assert http.get(f"/v1/video/generations/{tid}", headers=STAINLESS).json()["object"] == "video.generation.job"
 
