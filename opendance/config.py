@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .domain import OUTPUT_SIZES, Mode
@@ -155,7 +155,52 @@ class Settings(BaseSettings):
     callback_timeout: float = Field(10.0, description="seconds per callback_url POST")
     log_level: str = Field("info", description="log level")
 
-    @field_validator("api_keys", "allow_hosts", "devices", mode="before")
+    # -- scale-out: checkpoints, S3 storage, the Temporal runner and its workers (docs/scale-out.md)
+    checkpoint_every: int = Field(
+        5, ge=0, description="engine steps between resume checkpoints in storage (denoising steps; frames for preview); 0 = off"
+    )
+    s3_bucket: str | None = Field(None, description="S3 bucket for videos, inputs and checkpoints (storage=s3)")
+    s3_prefix: str = Field("", description="key prefix inside the bucket, e.g. 'opendance/'")
+    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint (SeaweedFS, MinIO, R2 ...); default AWS")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="endpoint written into presigned links, when clients reach S3 at another address than servers do"
+    )
+    s3_region: str | None = Field(None, description="S3 region, e.g. us-east-1")
+    s3_access_key_id: str | None = Field(None, description="S3 access key; default boto3's chain (env, profile, instance role)")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key, with s3_access_key_id")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="bucket in the path (SeaweedFS, MinIO) or in the host name (AWS)"
+    )
+    s3_create_bucket: bool = Field(False, description="create the bucket at start when it is missing (development)")
+    s3_presign_seconds: int = Field(3600, ge=60, description="lifetime of presigned content links")
+    content_serving: Literal["redirect", "proxy"] = Field(
+        "redirect", description="S3 content: a 302 to a presigned link, or streamed through the API with Range"
+    )
+    temporal_address: str = Field("127.0.0.1:7233", description="Temporal frontend host:port (runner=temporal, workers)")
+    temporal_namespace: str = Field("default", description="Temporal namespace")
+    temporal_control_queue: str = Field(
+        "opendance-control", description="task queue of the workflows and bookkeeping activities; API servers poll it"
+    )
+    temporal_queue_prefix: str = Field(
+        "opendance-model-", description="a model's generate activities go to the task queue <prefix><model name>"
+    )
+    temporal_heartbeat_timeout: float = Field(
+        15.0, gt=0, description="seconds without a heartbeat after which a worker counts as dead and the task is retried"
+    )
+    temporal_retry_interval: float = Field(1.0, gt=0, description="seconds before the first retry of a task; doubles per retry")
+    temporal_retry_max_interval: float = Field(30.0, gt=0, description="longest wait between two retries")
+    temporal_execution_deadline: float = Field(
+        86400.0, gt=0, description="seconds from submit (queueing and retries included) after which a task is EXPIRED"
+    )
+    temporal_reconcile_interval: float = Field(
+        60.0, gt=0, description="seconds between checks that every unfinished task in the store has a workflow"
+    )
+    worker_models: CommaList = Field(default_factory=list, description="models an 'opendance worker' serves (one task queue each)")
+    worker_slots: int | None = Field(
+        None, ge=1, description="tasks an 'opendance worker' runs at once per model queue; default one per device"
+    )
+
+    @field_validator("api_keys", "allow_hosts", "devices", "worker_models", mode="before")
     @classmethod
     def _split_commas(cls, v: Any) -> Any:
         if isinstance(v, str):

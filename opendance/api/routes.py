@@ -9,9 +9,10 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from ..errors import InvalidRequest, PayloadTooLarge
-from ..storage import LocalFile
+from ..storage import LocalFile, Stream
 from .protocol import CreateVideoRequest, ErrorResponse, ModelList, TaskList, TaskObject
 from .serving import TaskService
+from .streaming import stream_response
 
 router = APIRouter()
 
@@ -157,6 +158,10 @@ async def get_content(
             content_disposition_type="inline",
             headers={"Cache-Control": "private, max-age=86400"},
         )
+    if isinstance(where, Stream):  # S3 with content_serving = "proxy"
+        media_type = "video/mp4" if variant == "video" else "image/png"
+        filename = f"{task.id}.mp4" if variant == "video" else f"{task.id}-last-frame.png"
+        return stream_response(where, request, media_type, filename, {"Cache-Control": "private, max-age=86400"})
     return RedirectResponse(where.url, status_code=302)
 
 

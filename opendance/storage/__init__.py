@@ -1,9 +1,9 @@
 """Where videos, last frames and stored inputs live: a local directory or an S3 bucket."""
 
-from .base import LocalFile, Redirect, Storage
+from .base import LocalFile, Redirect, Storage, Stream
 from .local import LocalStorage
 
-__all__ = ["LocalFile", "LocalStorage", "Redirect", "Storage", "make_storage"]
+__all__ = ["LocalFile", "LocalStorage", "Redirect", "Storage", "Stream", "make_storage"]
 
 
 def make_storage(settings) -> Storage:

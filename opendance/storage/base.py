@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,16 @@ class Redirect:
     """Send the client here (a presigned URL)."""
 
     url: str
+
+
+@dataclass
+class Stream:
+    """Stream the object through the API process (with Range): for object stores that clients
+    cannot or should not reach directly."""
+
+    size: int
+    read: Callable[[int, int], Iterator[bytes]]  # (first, last) byte, inclusive -> chunks
+    etag: str | None = None
 
 
 class Storage(ABC):
@@ -49,7 +59,7 @@ class Storage(ABC):
         """Delete every object whose key starts with ``prefix``."""
 
     @abstractmethod
-    def locate(self, key: str) -> LocalFile | Redirect | None:
+    def locate(self, key: str) -> LocalFile | Redirect | Stream | None:
         """How the API should serve ``key`` to a client, or None if it does not exist."""
 
     def check_writable(self) -> None:
