@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
-from ..errors import InvalidRequest, PayloadTooLarge
+from ..errors import AuthenticationError, InvalidRequest, PayloadTooLarge
 from ..storage import LocalFile, Stream
 from .protocol import CreateVideoRequest, ErrorResponse, ModelList, TaskList, TaskObject
 from .serving import TaskService
@@ -27,7 +27,11 @@ def get_service(request: Request) -> TaskService:
 
 def get_owner(request: Request) -> str:
     """The caller's owner id (401 without a valid key), after taking a request from its rate limit."""
-    owner = request.app.state.auth.owner(request.headers.get("authorization"))
+    try:
+        owner = request.app.state.auth.owner(request.headers.get("authorization"))
+    except AuthenticationError:
+        rate_limit(request, "")  # failed attempts spend the client address's requests: no free guessing
+        raise
     rate_limit(request, owner)
     return owner
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
+import sys
 
 import httpx
 import pytest
 
+from uvicorn.logging import AccessFormatter
+
+from opendance.logging import RedactingFilter
 from opendance.testing import media
 from opendance.testing.server import LiveServer, wait_for_task
 
@@ -148,3 +153,22 @@ def test_logs_hold_no_key_token_or_data_uri(two_keys):
     assert "GET /v1/video/generations" in log and "token=[redacted]" in log  # the access log is on
     for secret in (ALICE, BOB, "k-mallory-guess", payload, picture.split(",")[1][:40], tasks[ALICE]["video_url"].split("token=")[1]):
         assert secret not in log, secret
+
+
+def test_the_log_filter_on_uvicorn_access_lines_and_tracebacks():
+    """The filter keeps uvicorn's access-log fields a tuple (its formatter unpacks them) and
+    redacts exception text too."""
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/v1/x/content?variant=video&token=0123abcd", "1.1", 200), None,
+    )
+    assert RedactingFilter().filter(record)
+    line = AccessFormatter(fmt="%(client_addr)s %(request_line)s %(status_code)s", use_colors=False).format(record)
+    assert line == "127.0.0.1:5 GET /v1/x/content?variant=video&token=[redacted] HTTP/1.1 200 OK"
+    try:
+        raise ValueError(f"bad header Authorization: Bearer {ALICE} for data:image/png;base64,AAAABBBB")
+    except ValueError:
+        record = logging.LogRecord("opendance", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    RedactingFilter().filter(record)
+    text = logging.Formatter().format(record)
+    assert ALICE not in text and "AAAABBBB" not in text and "Authorization: [redacted]" in text

@@ -64,8 +64,22 @@ def test_request_rate_is_limited_per_key(limited):
         assert "at most 1 a minute" in r.json()["error"]["message"]
         assert c.get("/v1/video/generations").status_code == 429  # every route, not just one
         assert other.get("/v1/models").status_code == 200  # another key has its own bucket
-        assert stranger.get("/v1/models").status_code == 401  # a bad key is refused before counting
+        assert stranger.get("/v1/models").status_code == 401  # a bad key is refused, not counted as k-rate
     assert httpx.get(limited.url + "/healthz").status_code == 200  # probes are not limited
+
+
+def test_guessing_keys_is_rate_limited_per_address(limited):
+    """Failed attempts spend the client address's bucket (shared by every bad key from it)."""
+    statuses = []
+    for i in range(BURST + 1):
+        with limited.client(f"k-guess-{i}") as guess:
+            statuses.append(guess.get("/v1/models").status_code)
+            if statuses[-1] == 429:
+                refused(guess.get("/v1/models"), 429, "rate_limited", "rate_limit_error")
+                break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {401}, statuses
+    with limited.client("k-other") as other:
+        assert other.get("/v1/models").status_code == 200  # a valid key is not slowed by the guesser
 
 
 def test_unfinished_tasks_per_key_and_in_all(limited):
@@ -133,3 +147,34 @@ def test_body_limit(limited):
 
         streamed = c.post("/v1/video/generations", content=chunks(), headers={"Content-Type": "application/json"})
         assert streamed.status_code == 413 and "larger than 100000 bytes" in streamed.json()["error"]["message"]
+
+
+def test_token_bucket_arithmetic():
+    """The bucket with a clock the test moves: refill rate, burst cap, Retry-After, pruning."""
+    from opendance.api.limits import PRUNE_AT, RateLimiter
+    from opendance.errors import RateLimited
+
+    now = [0.0]
+    limiter = RateLimiter(per_minute=30, burst=3, clock=lambda: now[0])  # a token every 2 s
+    for _ in range(3):
+        limiter.check("k")
+    with pytest.raises(RateLimited) as info:
+        limiter.check("k")
+    assert info.value.retry_after == 2 and info.value.code == "rate_limited"
+    now[0] = 1.0  # half a token: still refused, one more second to wait
+    with pytest.raises(RateLimited) as info:
+        limiter.check("k")
+    assert info.value.retry_after == 1
+    now[0] = 2.0
+    limiter.check("k")  # the refilled token
+    now[0] = 1000.0
+    for _ in range(3):  # a long pause refills the burst, never more
+        limiter.check("k")
+    with pytest.raises(RateLimited):
+        limiter.check("k")
+    limiter.check("other")  # buckets are per caller
+    for i in range(PRUNE_AT):
+        limiter._buckets[f"idle-{i}"] = type(limiter._buckets["k"])(tokens=3.0, stamp=0.0)
+    limiter.check("newcomer")  # full (idle) buckets are dropped before a new one is added
+    assert "idle-0" not in limiter._buckets and "k" in limiter._buckets
+    assert RateLimiter(per_minute=0, burst=1).enabled is False

@@ -23,8 +23,8 @@ from opendance.errors import InvalidRequest
 MODELS = default_models()
 FIELDS = ["model", "prompt", "image", "last_image", "images", "videos", "audios", "duration", "aspect_ratio", "extra_body"]
 EXTRA_KEYS = ["seed", "negative_prompt", "generate_audio", "watermark", "camera_fixed", "return_last_frame", "callback_url"]
-DIRECT = settings(max_examples=400, derandomize=True, deadline=None, database=None)
-HTTP = settings(max_examples=40, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+DIRECT = settings(max_examples=200, derandomize=True, deadline=None, database=None)
+HTTP = settings(max_examples=30, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
