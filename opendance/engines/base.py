@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -103,16 +103,56 @@ class Output:
     audio: Audio | None = None
 
 
+class Checkpoints(Protocol):
+    """Where a task's checkpoints live (``runner.checkpoints.TaskCheckpoints`` in storage)."""
+
+    every: int
+
+    def save(self, state: bytes | dict[str, Any], step: int, parts: dict[str, bytes] | None = None) -> bool: ...
+
+    def load(self) -> tuple[bytes | dict[str, Any], int] | None: ...
+
+    def load_part(self, name: str) -> bytes: ...
+
+
 class StepContext:
-    """What an engine may call while it works: progress, cancellation, checkpoints."""
+    """What an engine may call while it works: progress, cancellation, checkpoints.
+
+    Checkpoints let a task that runs again (a worker died; the scale-out runner retried it
+    elsewhere) continue instead of starting over. An engine that supports them calls
+    ``load_checkpoint()`` before its first step and resumes after the step it returns, then
+    ``save_checkpoint(state, step)`` whenever ``step % checkpoint_every == 0``. ``state`` is
+    bytes (e.g. ``torch.save`` of the latents) or a JSON-able dict; ``parts`` are extra
+    write-once blobs (``load_checkpoint_part(name)`` reads one back). Without a checkpoint store
+    ``checkpoint_every`` is 0, saving does nothing and loading finds nothing.
+    """
 
     def __init__(
         self,
         progress: Callable[[int, int], None] = lambda done, total: None,
         cancelled: Callable[[], bool] = lambda: False,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self._progress = progress
         self._cancelled = cancelled
+        self._checkpoints = checkpoints
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self._checkpoints.every if self._checkpoints is not None else 0
+
+    def save_checkpoint(self, state: bytes | dict[str, Any], step: int, parts: dict[str, bytes] | None = None) -> bool:
+        """Keep ``state`` as reached after ``step`` steps; True when it was stored."""
+        return self._checkpoints.save(state, step, parts) if self._checkpoints is not None and self.checkpoint_every > 0 else False
+
+    def load_checkpoint(self) -> tuple[bytes | dict[str, Any], int] | None:
+        """The last saved (state, step) of this task, or None: start from the beginning."""
+        return self._checkpoints.load() if self._checkpoints is not None else None
+
+    def load_checkpoint_part(self, name: str) -> bytes:
+        if self._checkpoints is None:
+            raise FileNotFoundError(name)
+        return self._checkpoints.load_part(name)
 
     def progress(self, done: int, total: int) -> None:
         """``done`` of ``total`` steps are finished (across all chunks of the job)."""

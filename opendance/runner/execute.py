@@ -20,6 +20,7 @@ from ..errors import Cancelled
 from ..media.encode import encode_mp4
 from ..media.images import load_image
 from ..storage import Storage
+from .checkpoints import TaskCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ def run_job(
     progress: Callable[[int], None],
     cancelled: Callable[[], bool],
     tmp_dir: Path | None = None,
+    checkpoints: TaskCheckpoints | None = None,
 ) -> JobResult:
+    """``checkpoints``: where the engine keeps resume state (dropped once the video is stored)."""
     started = time.perf_counter()
     engine_seconds = 0.0
     last_pct = -1
@@ -91,7 +94,7 @@ def run_job(
             engine_seconds += dt
 
         t0 = time.perf_counter()
-        output = engine.generate(job, inputs, StepContext(progress=on_step, cancelled=cancelled))
+        output = engine.generate(job, inputs, StepContext(progress=on_step, cancelled=cancelled, checkpoints=checkpoints))
         add_engine_time(time.perf_counter() - t0)
         output.frames = _timed(output.frames, add_engine_time)
 
@@ -110,6 +113,8 @@ def run_job(
             lf_key = last_frame_key(job.task_id)
             storage.put_bytes(lf_key, buf.getvalue(), "image/png")
         storage.put_file(video_key(job.task_id), mp4, "video/mp4")
+        if checkpoints is not None:
+            checkpoints.clear()
     wall = time.perf_counter() - started
     log.info("task %s: %d frames in %.2fs (engine %.2fs)", job.task_id, job.num_frames, wall, engine_seconds)
     return JobResult(video_key(job.task_id), lf_key, engine_seconds, wall)

@@ -41,6 +41,12 @@ class Progress:
 
 
 @dataclass
+class Checkpointed:
+    task_id: str
+    step: int  # the engine saved its state after this many steps
+
+
+@dataclass
 class ModelLoaded:
     engine: str
     seconds: float

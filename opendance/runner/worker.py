@@ -23,8 +23,9 @@ from ..engines.base import Engine, Job, engine_class
 from ..errors import Cancelled, EngineError
 from ..logging import install as install_log_redaction
 from ..storage import make_storage
+from .checkpoints import TaskCheckpoints
 from .execute import run_job
-from .messages import CancelJob, Done, Failed, ModelLoaded, Progress, Ready, RunJob, Shutdown
+from .messages import CancelJob, Checkpointed, Done, Failed, ModelLoaded, Progress, Ready, RunJob, Shutdown
 
 log = logging.getLogger("opendance.worker")
 
@@ -94,6 +95,9 @@ def worker_main(conn: Connection, device: str, settings: Settings) -> None:
                 progress=lambda p: send(Progress(task_id, p)),
                 cancelled=lambda: commands.is_cancelled(task_id),
                 tmp_dir=tmp_dir,
+                checkpoints=TaskCheckpoints(
+                    storage, task_id, settings.checkpoint_every, on_saved=lambda step: send(Checkpointed(task_id, step))
+                ),
             )
             send(Done(task_id, result.video_key, result.last_frame_key, result.engine_seconds, result.wall_seconds))
         except Cancelled:

@@ -14,10 +14,16 @@ Configure it like any engine in a models TOML::
 Every step sleeps ``step_seconds``, reports progress and checks for cancellation (except
 ``slow_cancel``, which ignores it for ``ignore_cancel_seconds``). The frames are a plain
 colour ramp made after the last step: cheap, exact in size and count, deterministic per seed.
+
+Checkpoints: every ``ctx.checkpoint_every`` steps the engine saves ``{"step": n}``, and a run
+that finds a checkpoint starts after that step (as a diffusers engine resumes its latents).
+``record_dir`` (optional) gets one JSON line per run start, step and end in ``runs.jsonl``
+(task, pid, step, time): tests and benchmarks read which process ran which steps when.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -43,12 +49,16 @@ class ScenarioEngine(Engine):
         self.ignore_cancel_seconds = float(spec.get("ignore_cancel_seconds", 5.0))
         # crash_once: a marker file per task remembers that the first run already crashed.
         self.marker_dir = Path(spec.get("marker_dir", "/tmp"))
+        self.record_dir = Path(spec["record_dir"]) if spec.get("record_dir") else None
 
     def generate(self, job: Job, inputs: Inputs, ctx: StepContext) -> Output:
         if self.behaviour == "fail":
             raise EngineError("the scenario engine was told to fail", code="scenario_failure")
         marker = self.marker_dir / f"{job.task_id}.crashed"
-        for step in range(self.steps):
+        saved = ctx.load_checkpoint()
+        start = min(int(saved[0]["step"]), self.steps) if saved else 0
+        self._record(job, "start", start)
+        for step in range(start, self.steps):
             if step == self.steps // 2:
                 if self.behaviour == "crash" or (self.behaviour == "crash_once" and not marker.exists()):
                     marker.touch()
@@ -57,13 +67,28 @@ class ScenarioEngine(Engine):
                 while True:
                     time.sleep(1.0)  # never checks for cancellation: only a kill stops it
             time.sleep(self.step_seconds)
+            self._record(job, "step", step + 1)
+            if ctx.checkpoint_every and (step + 1) % ctx.checkpoint_every == 0 and step + 1 < self.steps:
+                ctx.save_checkpoint({"step": step + 1}, step + 1)
             ctx.progress(step + 1, self.steps)
             if self.behaviour != "slow_cancel":
                 ctx.check_cancelled()
         if self.behaviour == "slow_cancel":
             time.sleep(self.ignore_cancel_seconds)
             ctx.check_cancelled()
+        self._record(job, "end", self.steps)
         return Output(frames=self._frames(job), fps=job.fps)
+
+    def _record(self, job: Job, event: str, step: int) -> None:
+        if self.record_dir is None:
+            return
+        line = json.dumps({"task": job.task_id, "pid": os.getpid(), "event": event, "step": step, "t": time.time()})
+        # One short O_APPEND write per line: lines from several workers never interleave.
+        fd = os.open(self.record_dir / "runs.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _frames(job: Job):
