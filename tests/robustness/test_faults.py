@@ -39,7 +39,7 @@ fps = 8
 [models."slow".default]
 engine = "scenario"
 behaviour = "sleep"
-steps = 30
+steps = 60
 step_seconds = 0.1
 """
 QUICK = {"model": "quick", "prompt": "x"}
