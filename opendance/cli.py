@@ -47,6 +47,24 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .runner.temporal_worker import serve_worker
+
+    settings = _settings(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve_worker(settings, list(settings.worker_models)))
+    return 0
+
+
+def cmd_dev_cluster(args: argparse.Namespace) -> int:
+    from .devcluster import main as dev_cluster
+
+    return dev_cluster(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opendance", description="Seedance-2.0-style video generation server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     up = db_sub.add_parser("upgrade", help="apply the migrations to OPENDANCE_DATABASE_URL")
     up.add_argument("--data-dir", dest="data_dir", type=Path)
     up.set_defaults(func=cmd_db_upgrade)
+
+    worker = sub.add_parser("worker", help="run Temporal activities of some models on this machine (runner=temporal)")
+    worker.add_argument("--models", dest="worker_models", nargs="+", metavar="NAME", help="models to serve (one task queue each)")
+    worker.add_argument("--devices", help="comma-separated devices, one engine process each (default cpu)")
+    worker.add_argument("--slots", dest="worker_slots", type=int, help="tasks at once per model (default: one per device)")
+    worker.add_argument("--data-dir", dest="data_dir", type=Path, help="scratch folder for encoding (default ./opendance-data)")
+    worker.add_argument("--config", type=Path, help="models TOML file (the same as the API servers')")
+    worker.add_argument("--storage", choices=["local", "s3"], help="where videos are stored (default local)")
+    worker.add_argument("--temporal-address", dest="temporal_address", help="Temporal frontend host:port")
+    worker.set_defaults(func=cmd_worker)
+
+    from .devcluster import add_arguments as add_dev_cluster_arguments
+
+    cluster = sub.add_parser("dev-cluster", help="PostgreSQL, Temporal, SeaweedFS S3, 2 API servers and N workers on 127.0.0.1")
+    add_dev_cluster_arguments(cluster)
+    cluster.set_defaults(func=cmd_dev_cluster)
 
     try:  # the client commands (generate, status, list, cancel, models), when present
         from .cli_client import register

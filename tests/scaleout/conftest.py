@@ -42,6 +42,16 @@ fps = 8
 [models."fails".default]
 engine = "scenario"
 behaviour = "fail"
+
+[models."crashes"]
+resolution = "480p"
+fps = 8
+[models."crashes".default]
+engine = "scenario"
+behaviour = "crash"
+steps = 2
+step_seconds = 0.05
+record_dir = "{records}"
 """
 
 
@@ -104,6 +114,7 @@ def scaleout_env(pg, temporal, s3, tmp_path_factory) -> ScaleOutEnv:
         checkpoint_every="4",
         max_attempts="4",
         content_serving="redirect",
+        allow_hosts="127.0.0.1",  # callbacks to the test's receiver
         log_level="info",
     )
     return ScaleOutEnv(root, url, env, config, records)

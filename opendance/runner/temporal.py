@@ -1,0 +1,209 @@
+"""The scale-out runner, API side: every task is a Temporal workflow (workflow id = task id).
+
+The API server keeps no state of its own. ``submit`` starts the task's workflow, ``cancel``
+cancels it, and the server polls the control queue, where it runs the workflows and their two
+bookkeeping activities (``finish``: a guarded store transition when retries are used up or the
+deadline passed; ``notify``: the task's callbacks and metrics). Any API server can run any of
+these, so a second server serves the same tasks and a restart of either changes nothing.
+
+A task stored but without a workflow (Temporal unreachable at submit, or the server died
+between the store write and the start) gets one from ``reconcile``: at start, every
+``temporal_reconcile_interval`` seconds, and every few seconds for starts that failed here.
+Starting is idempotent: a running workflow with the task's id is kept, a closed one is
+replaced only while the store says the task is unfinished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from ..config import Settings
+from ..domain import IllegalTransition, RawStatus
+from ..storage import Storage
+from ..store import Task, TaskStore
+from .base import Runner
+from .checkpoints import checkpoint_prefix
+from .temporal_workflow import FINISH, NOTIFY, WORKFLOW, Finish, TaskInput, TaskWorkflow, connect, model_queue
+
+log = logging.getLogger("opendance.runner.temporal")
+
+RETRY_PENDING_EVERY = 2.0  # seconds between retries of starts/cancels that failed here
+
+
+class TemporalRunner(Runner):
+    def __init__(self, settings: Settings, store: TaskStore, storage: Storage, metrics: Any = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.metrics = metrics
+        self.client: Client | None = None
+        self._worker: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self._pending_starts: dict[str, str] = {}  # task id -> model
+        self._pending_cancels: set[str] = set()
+        self._temporal_error: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from temporalio.worker import Worker
+        from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+        s = self.settings
+        self.client = await connect(s.temporal_address, s.temporal_namespace)
+        # The workflow module is deterministic and keeps no state; passing the package through
+        # spares the sandbox from re-importing opendance (and httpx, through its __init__).
+        sandbox = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("opendance"))
+        self._worker = Worker(
+            self.client,
+            task_queue=s.temporal_control_queue,
+            workflows=[TaskWorkflow],
+            activities=[self.finish, self.notify],
+            workflow_runner=sandbox,
+        )
+        self._tasks = [
+            asyncio.create_task(self._worker.run(), name="temporal-control-worker"),
+            asyncio.create_task(self._reconcile_forever(), name="temporal-reconcile"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks[1:]:
+            t.cancel()
+        if self._worker is not None:
+            await self._worker.shutdown()
+
+    # -- the interface -------------------------------------------------------------------
+
+    async def submit(self, task: Task) -> None:
+        if not await self._start_workflow(task.id, task.model):
+            self._pending_starts[task.id] = task.model  # the task is stored: it will run
+
+    async def cancel(self, task_id: str) -> None:
+        self._pending_starts.pop(task_id, None)
+        if not await self._cancel_workflow(task_id):
+            self._pending_cancels.add(task_id)
+
+    def health(self) -> dict[str, object]:
+        worker_alive = bool(self._tasks) and not self._tasks[0].done()
+        return {
+            # Readiness needs the control worker; it does not need Temporal this second
+            # (reads never ask it, and starts that fail are retried).
+            "ok": worker_alive,
+            "runner": "temporal",
+            "address": self.settings.temporal_address,
+            "temporal": "ok" if self._temporal_error is None else f"unreachable: {self._temporal_error}",
+            "pending_starts": len(self._pending_starts),
+        }
+
+    # -- Temporal calls --------------------------------------------------------------------
+
+    def _input(self, task_id: str, model: str) -> TaskInput:
+        s = self.settings
+        return TaskInput(
+            task_id=task_id,
+            model_queue=model_queue(s.temporal_queue_prefix, model),
+            control_queue=s.temporal_control_queue,
+            heartbeat_timeout=s.temporal_heartbeat_timeout,
+            deadline=s.temporal_execution_deadline,
+            retry_interval=s.temporal_retry_interval,
+            retry_max_interval=s.temporal_retry_max_interval,
+            max_attempts=s.max_attempts,
+        )
+
+    async def _start_workflow(self, task_id: str, model: str) -> bool:
+        try:
+            await self.client.start_workflow(
+                WORKFLOW,
+                self._input(task_id, model),
+                id=task_id,
+                task_queue=self.settings.temporal_control_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+        except RPCError as exc:
+            self._temporal_error = exc.message
+            log.warning("task %s: workflow not started yet (%s); retrying", task_id, exc.message)
+            return False
+        self._temporal_error = None
+        return True
+
+    async def _cancel_workflow(self, task_id: str) -> bool:
+        handle: WorkflowHandle = self.client.get_workflow_handle(task_id)
+        try:
+            await handle.cancel()
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+                return True  # no workflow, or it already ended: nothing runs
+            self._temporal_error = exc.message
+            log.warning("task %s: workflow not cancelled yet (%s); retrying", task_id, exc.message)
+            return False
+        return True
+
+    async def _reconcile_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
+        while True:
+            try:
+                if loop.time() >= next_sweep:
+                    await self.reconcile()
+                    next_sweep = loop.time() + self.settings.temporal_reconcile_interval
+                await self._retry_pending()
+            except Exception:  # noqa: BLE001 - the loop must outlive a database or Temporal outage
+                log.exception("reconcile failed")
+            await asyncio.sleep(RETRY_PENDING_EVERY)
+
+    async def reconcile(self) -> int:
+        """Make sure every unfinished task in the store has a workflow; returns how many
+        could not be started now (they are retried)."""
+        missing = 0
+        for task in await asyncio.to_thread(self.store.unfinished):
+            if not await self._start_workflow(task.id, task.model):
+                self._pending_starts[task.id] = task.model
+                missing += 1
+        return missing
+
+    async def _retry_pending(self) -> None:
+        for task_id, model in list(self._pending_starts.items()):
+            task = await asyncio.to_thread(self.store.get, task_id)
+            if task is None or task.raw_status.is_terminal() or await self._start_workflow(task_id, model):
+                self._pending_starts.pop(task_id, None)
+        for task_id in list(self._pending_cancels):
+            if await self._cancel_workflow(task_id):
+                self._pending_cancels.discard(task_id)
+
+    # -- bookkeeping activities (control queue) --------------------------------------------
+
+    @activity.defn(name=FINISH)
+    async def finish(self, f: Finish) -> str:
+        """Move the task to a final state unless it is in one already; drop its checkpoints."""
+        try:
+            task = await asyncio.to_thread(self.store.fail, f.task_id, RawStatus(f.raw_status), f.code, f.message)
+        except (IllegalTransition, KeyError):
+            task = None
+        await asyncio.to_thread(self.storage.delete_prefix, checkpoint_prefix(f.task_id))
+        if task is None:
+            return "unchanged"
+        if self.metrics is not None:
+            self.metrics.task_finished(task, None)
+        await self._changed(task)
+        return f.raw_status.lower()
+
+    @activity.defn(name=NOTIFY)
+    async def notify(self, task_id: str, event: str) -> None:
+        """Callbacks and metrics for a change a worker made (``started`` or ``finished``)."""
+        task = await asyncio.to_thread(self.store.get, task_id)
+        if task is None:
+            return
+        if event == "started" and task.raw_status is not RawStatus.RUNNING:
+            return  # already over: its final notification says so
+        if event == "finished" and self.metrics is not None and task.raw_status is not RawStatus.CANCELLED:
+            self.metrics.task_finished(task, task.engine_seconds)
+        await self._changed(task)
