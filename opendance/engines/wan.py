@@ -182,8 +182,6 @@ class WanEngine(Engine):
             callback_on_step_end=StepReporter(ctx, opts.steps * len(chunks), self.device),
             **opts.call_kwargs,
         )
-        if opts.guidance_2 is not None:
-            call["guidance_scale_2"] = opts.guidance_2
 
         # 4. Denoise chunk by chunk; each one after the first continues the tail of the last.
         timeline = Timeline()
@@ -236,6 +234,8 @@ class WanEngine(Engine):
     def _call(self, pipe, call: dict[str, Any], **kwargs: Any) -> list[np.ndarray]:
         import torch
 
+        if self.opts.guidance_2 is not None and pipe.config.get("boundary_ratio") is not None:
+            kwargs["guidance_scale_2"] = self.opts.guidance_2  # only two-expert (Wan 2.2 A14B) pipelines take it
         reset_cache(pipe)
         with torch.inference_mode():
             return to_uint8_frames(pipe(**call, **kwargs).frames)

@@ -67,7 +67,7 @@ def test_grid_keeps_the_aspect_on_the_model_multiple(size):
 
 
 CASES = [
-    ("jisudance2.0-480p", Mode.TEXT_TO_VIDEO, {}),  # WanPipeline, then VACE extension
+    ("jisudance2.0-720p", Mode.TEXT_TO_VIDEO, {"guidance_2": 3.0}),  # Wan 2.2 two experts, then Wan VACE
     ("jisudance2.0-480p", Mode.FIRST_AND_LAST_FRAME, {"native_fps": 4, "frames": 13}),  # VACE throughout, 4 fps
     ("ltx-video-480p", Mode.FIRST_AND_LAST_FRAME, {}),
     ("jisudance2.0-fast-720p", Mode.IMAGE_TO_VIDEO, {}),  # LTX-2: video and sound in chunks
