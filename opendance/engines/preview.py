@@ -38,6 +38,7 @@ from ..errors import EngineError
 from ..media.audio import mix_reference_audio
 from ..media.frames import fit_cover, read_video_frames, to_array
 from .base import Engine, Inputs, Job, Output, StepContext
+from .frame_chunks import checkpointed
 
 PROGRESS_EVERY = 4  # frames between progress reports
 ZOOM = 1.12  # how far image modes zoom in over their clip
@@ -75,7 +76,10 @@ class PreviewEngine(Engine):
             audio = mix_reference_audio(list(inputs.audios), job.duration)
         ctx.check_cancelled()
         mark = _watermark(w, h) if job.options.get("watermark", False) else None
-        return Output(frames=_paced(frames, n, ctx, mark), fps=job.fps, audio=audio)
+        # Finished frames kept as checkpoint chunks only when the model asks (``checkpoint_frames``
+        # in its spec): preview frames are about as cheap to remake as to store.
+        paced = checkpointed(_paced(frames, n, ctx, mark), n, ctx, int(self.spec.get("checkpoint_frames", 0)))
+        return Output(frames=paced, fps=job.fps, audio=audio)
 
 
 def _paced(

@@ -15,8 +15,9 @@ Every step sleeps ``step_seconds``, reports progress and checks for cancellation
 ``slow_cancel``, which ignores it for ``ignore_cancel_seconds``). The frames are a plain
 colour ramp made after the last step: cheap, exact in size and count, deterministic per seed.
 
-Checkpoints: every ``ctx.checkpoint_every`` steps the engine saves ``{"step": n}``, and a run
-that finds a checkpoint starts after that step (as a diffusers engine resumes its latents).
+Checkpoints: every ``ctx.checkpoint_every`` steps and after the last one the engine saves
+``{"step": n}``, and a run that finds a checkpoint starts after that step (as a diffusers
+engine resumes its latents; after the last step only the frames are left to make).
 ``record_dir`` (optional) gets one JSON line per run start, step and end in ``runs.jsonl``
 (task, pid, step, time): tests and benchmarks read which process ran which steps when.
 """
@@ -68,7 +69,7 @@ class ScenarioEngine(Engine):
                     time.sleep(1.0)  # never checks for cancellation: only a kill stops it
             time.sleep(self.step_seconds)
             self._record(job, "step", step + 1)
-            if ctx.checkpoint_every and (step + 1) % ctx.checkpoint_every == 0 and step + 1 < self.steps:
+            if ctx.checkpoint_every and ((step + 1) % ctx.checkpoint_every == 0 or step + 1 == self.steps):
                 ctx.save_checkpoint({"step": step + 1}, step + 1)
             ctx.progress(step + 1, self.steps)
             if self.behaviour != "slow_cancel":

@@ -111,3 +111,47 @@ record_dir = "{records}"
     # The worker process died at step 4 (after the checkpoint of step 4); its successor went on from there.
     assert [r["step"] for r in runs if r["event"] == "start"] == [0, 4]
     assert len({r["pid"] for r in runs if r["event"] == "start"}) == 2
+
+
+def decoded(path) -> list:
+    import av
+
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+class PartsRead(TaskCheckpoints):
+    """Remembers which parts a run read back."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.read: list[str] = []
+
+    def load_part(self, name: str) -> bytes:
+        self.read.append(name)
+        return super().load_part(name)
+
+
+def test_preview_resumes_from_frame_chunks(tmp_path):
+    from opendance.engines.preview import PreviewEngine
+
+    storage = LocalStorage(tmp_path / "files")
+    engine = PreviewEngine({"engine": "preview", "checkpoint_frames": 8})
+    asked = iter(range(10**6))  # the engine and the encoder each ask once per frame: stop mid-way
+    first = TaskCheckpoints(storage, "task_p1", every=5)
+    with pytest.raises(Cancelled):
+        run_job(job("task_p1"), engine, storage, progress=lambda p: None, cancelled=lambda: next(asked) >= 50,
+                checkpoints=first)
+    state, frames_done = first.load()
+    assert state["kind"] == "frame-chunks" and frames_done % 8 == 0 and frames_done >= 16
+    assert state["parts"] == [f"frames-{i:06d}" for i in range(0, frames_done, 8)]
+    second = PartsRead(storage, "task_p1", every=5)
+    run_job(job("task_p1"), engine, storage, progress=lambda p: None, cancelled=lambda: False, checkpoints=second)
+    assert second.read == state["parts"]  # the resumed run took those frames from the checkpoint
+    # The same video as a run that was never interrupted (same seed, same frames).
+    run_job(job("task_p2"), engine, storage, progress=lambda p: None, cancelled=lambda: False)
+    with storage.local_path(video_key("task_p1")) as resumed, storage.local_path(video_key("task_p2")) as straight:
+        a, b = decoded(resumed), decoded(straight)
+    assert len(a) == len(b) == 40
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert first.load() is None  # dropped with the stored video
