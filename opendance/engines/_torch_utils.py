@@ -172,13 +172,17 @@ class StepReporter:
     VAE decode and nothing of the video is written.
     """
 
-    def __init__(self, ctx: StepContext, total: int, device: str) -> None:
-        self.ctx, self.total, self.device, self.done = ctx, total, device, 0
+    def __init__(self, ctx: StepContext, total: int, device: str, checkpoints=None) -> None:
+        self.ctx, self.total, self.device = ctx, total, device
+        self.checkpoints = checkpoints  # a DenoiseCheckpoints: resume state saved every K steps
+        self.done = checkpoints.done_before if checkpoints is not None else 0
 
     def __call__(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
         synchronize(self.device)
         self.done += 1
         self.ctx.progress(self.done, self.total)
+        if self.checkpoints is not None and "latents" in callback_kwargs:
+            self.checkpoints.on_step(pipe, self.done, callback_kwargs["latents"])
         try:
             self.ctx.check_cancelled()
         except Cancelled:

@@ -55,6 +55,7 @@ from ._torch_utils import (
     with_camera,
 )
 from .base import Engine, Inputs, Job, Output, StepContext
+from .diffusers_resume import DenoiseCheckpoints
 
 log = logging.getLogger("opendance.engines.wan")
 
@@ -169,7 +170,9 @@ class WanEngine(Engine):
             control = reference_video_frames(inputs, opts.native_fps, width, height, total)
             references = [im.convert("RGB") for im in inputs.images] or None
 
-        # 3. Arguments every call shares; progress counts steps across all chunks.
+        # 3. Arguments every call shares; progress counts steps across all chunks, which a run
+        #    that starts again continues from its checkpoint.
+        resume = self._resume = DenoiseCheckpoints(ctx, opts.steps)
         call = dict(
             prompt=with_camera(job.prompt, job.options),
             negative_prompt=job.negative_prompt or opts.negative_prompt,
@@ -179,15 +182,19 @@ class WanEngine(Engine):
             guidance_scale=opts.guidance,
             generator=make_generator(self.device, job.seed),
             output_type="np",
-            callback_on_step_end=StepReporter(ctx, opts.steps * len(chunks), self.device),
+            callback_on_step_end=StepReporter(ctx, opts.steps * len(chunks), self.device, resume),
             **opts.call_kwargs,
         )
 
         # 4. Denoise chunk by chunk; each one after the first continues the tail of the last.
+        resume.bind(call["generator"])
         timeline = Timeline()
         for chunk in chunks:
             ctx.check_cancelled()
-            frames = self._chunk(job.mode, chunk, len(chunks), timeline, image, last_image, control, references, call)
+            frames = resume.finished_frames(chunk.index)
+            if frames is None:
+                frames = self._chunk(job.mode, chunk, len(chunks), timeline, image, last_image, control, references, call)
+                resume.chunk_done(chunk.index, frames)
             timeline.add(chunk, frames)
 
         # 5. Exactly the requested frames and size; reference audio as the sound track.
@@ -237,7 +244,7 @@ class WanEngine(Engine):
         if self.opts.guidance_2 is not None and pipe.config.get("boundary_ratio") is not None:
             kwargs["guidance_scale_2"] = self.opts.guidance_2  # only two-expert (Wan 2.2 A14B) pipelines take it
         reset_cache(pipe)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._resume.into(pipe, kwargs):
             return to_uint8_frames(pipe(**call, **kwargs).frames)
 
     def close(self) -> None:

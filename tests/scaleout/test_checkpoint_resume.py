@@ -155,3 +155,4 @@ def test_preview_resumes_from_frame_chunks(tmp_path):
     assert len(a) == len(b) == 40
     assert all((x == y).all() for x, y in zip(a, b))
     assert first.load() is None  # dropped with the stored video
+
