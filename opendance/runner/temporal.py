@@ -49,6 +49,7 @@ class TemporalRunner(Runner):
         self._tasks: list[asyncio.Task] = []
         self._pending_starts: dict[str, str] = {}  # task id -> model
         self._pending_cancels: set[str] = set()
+        self._inflight: set[asyncio.Task] = set()
         self._temporal_error: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -77,17 +78,34 @@ class TemporalRunner(Runner):
     async def stop(self) -> None:
         for t in self._tasks[1:]:
             t.cancel()
+        if self._inflight:  # starts and cancels under way; what does not finish, reconcile does
+            await asyncio.wait(list(self._inflight), timeout=5.0)
         if self._worker is not None:
             await self._worker.shutdown()
 
     # -- the interface -------------------------------------------------------------------
 
     async def submit(self, task: Task) -> None:
-        if not await self._start_workflow(task.id, task.model):
-            self._pending_starts[task.id] = task.model  # the task is stored: it will run
+        # In the background: the task is stored, so the client has its answer now, even while
+        # Temporal is away (the SDK retries an unreachable server for ~5 s before giving up).
+        self._background(self._start_or_remember(task.id, task.model))
 
     async def cancel(self, task_id: str) -> None:
+        # The store already says CANCELLED, and workers look there every second; the workflow
+        # cancel makes the workflow end and reaches the engine through Temporal too.
         self._pending_starts.pop(task_id, None)
+        self._background(self._cancel_or_remember(task_id))
+
+    def _background(self, coro) -> None:
+        t = asyncio.create_task(coro)
+        self._inflight.add(t)
+        t.add_done_callback(self._inflight.discard)
+
+    async def _start_or_remember(self, task_id: str, model: str) -> None:
+        if not await self._start_workflow(task_id, model):
+            self._pending_starts[task_id] = model  # retried every few seconds
+
+    async def _cancel_or_remember(self, task_id: str) -> None:
         if not await self._cancel_workflow(task_id):
             self._pending_cancels.add(task_id)
 
