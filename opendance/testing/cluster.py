@@ -105,10 +105,12 @@ class Cluster:
         self.config = config
         self.models = models
         self.apis = [LiveServer(self.root / f"api-{i + 1}", env=env, config=config, startup_timeout=120) for i in range(apis)]
-        self.workers = [self._worker(i) for i in range(workers)]
+        self._made = 0
+        self.workers = [self._worker() for _ in range(workers)]
 
-    def _worker(self, i: int) -> WorkerProcess:
-        return WorkerProcess(self.root / f"worker-{i + 1}", self.models, env=self.env, config=self.config)
+    def _worker(self) -> WorkerProcess:
+        self._made += 1  # a new folder (and log) per worker, also for one replacing a dead one
+        return WorkerProcess(self.root / f"worker-{self._made}", self.models, env=self.env, config=self.config)
 
     def start(self) -> Cluster:
         for api in self.apis:
@@ -118,7 +120,7 @@ class Cluster:
         return self
 
     def add_worker(self) -> WorkerProcess:
-        w = self._worker(len(self.workers))
+        w = self._worker()
         self.workers.append(w.start(timeout=120))
         return w
 
