@@ -69,7 +69,9 @@ def part1(clients: int, creates: int, gets: int) -> list[str]:
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "models.toml"
         cfg.write_text(PARKED)
-        with LiveServer(Path(d) / "data", config=cfg) as server:
+        # The limits a public server wants (rate, queue caps) would measure themselves here.
+        no_limits = {"OPENDANCE_RATE_LIMIT_PER_MINUTE": "0", "OPENDANCE_MAX_QUEUED_PER_KEY": "0", "OPENDANCE_MAX_QUEUED_TOTAL": "0"}
+        with LiveServer(Path(d) / "data", config=cfg, env=no_limits) as server:
             ids: list[str] = []
             lock = threading.Lock()
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -47,6 +48,9 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Store and storage calls run in threads; asyncio's default pool (cores + 4) is too
+        # small for a server whose requests mostly wait on SQLite/PostgreSQL.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="io"))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = TaskStore.from_url(settings.sqlalchemy_url)
         await asyncio.to_thread(upgrade, store.engine)

@@ -73,10 +73,18 @@ def run_job(
     def on_step(done: int, total: int) -> None:
         report(ENGINE_SHARE * done / max(total, 1))
 
+    encode_base: int | None = None
+
     def on_frame(n: int) -> None:
+        # Encoding moves the bar from where generation stood when the first frame arrived:
+        # from ~90 for engines that finish before encoding (diffusers), from ~0 for engines
+        # that make frames as the encoder pulls them (preview), so neither jumps ahead.
+        nonlocal encode_base
         if cancelled():
             raise Cancelled()
-        report(max(last_pct, ENGINE_SHARE + (99 - ENGINE_SHARE) * n / max(job.num_frames, 1) - 1))
+        if encode_base is None:
+            encode_base = max(last_pct, 0)
+        report(encode_base + (99 - encode_base) * n / max(job.num_frames, 1) - 1)
 
     with contextlib.ExitStack() as stack:
         # 1. Inputs: images decoded, videos/audios as local files.

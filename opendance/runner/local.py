@@ -61,6 +61,7 @@ class LocalRunner(Runner):
         self._events: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
+        self._spawn_failures: dict[str, int] = {}  # device -> deaths before ready, in a row
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -279,12 +280,25 @@ class LocalRunner(Runner):
         await asyncio.to_thread(w.process.join, 5.0)
         code = w.process.exitcode
         log.error("worker for %s died (exit code %s) while running %s", w.device, code, w.task_id)
-        self._workers[self._workers.index(w)] = self._spawn(w.device)
+        if w.ready:
+            self._spawn_failures[w.device] = 0
+            self._respawn(w)
+        else:
+            # It died before it was ready: a broken start-up (a bad driver, a full disk) would
+            # otherwise restart it in a tight loop. Back off: 1, 2, 4 ... 30 s.
+            n = self._spawn_failures[w.device] = self._spawn_failures.get(w.device, 0) + 1
+            self._loop.call_later(min(30.0, 2.0 ** (n - 1)), self._respawn, w)
         if w.task_id is not None:
             task = await asyncio.to_thread(self.store.get, w.task_id)
             if task is not None and not task.raw_status.is_terminal():
                 # Run it again (the dispatcher fails it once it has used up its runs).
                 self._queue.appendleft(w.task_id)
+        self._pump()
+
+    def _respawn(self, w: _Worker) -> None:
+        if self._stopping or w not in self._workers:
+            return
+        self._workers[self._workers.index(w)] = self._spawn(w.device)
         self._pump()
 
     # -- deadlines -----------------------------------------------------------------------
