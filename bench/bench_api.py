@@ -36,6 +36,9 @@ steps = 100000
 step_seconds = 1.0
 """
 
+# The limits a public server wants (request rate, queue caps) would measure themselves here.
+NO_LIMITS = {"OPENDANCE_RATE_LIMIT_PER_MINUTE": "0", "OPENDANCE_MAX_QUEUED_PER_KEY": "0", "OPENDANCE_MAX_QUEUED_TOTAL": "0"}
+
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
@@ -69,9 +72,7 @@ def part1(clients: int, creates: int, gets: int) -> list[str]:
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "models.toml"
         cfg.write_text(PARKED)
-        # The limits a public server wants (rate, queue caps) would measure themselves here.
-        no_limits = {"OPENDANCE_RATE_LIMIT_PER_MINUTE": "0", "OPENDANCE_MAX_QUEUED_PER_KEY": "0", "OPENDANCE_MAX_QUEUED_TOTAL": "0"}
-        with LiveServer(Path(d) / "data", config=cfg, env=no_limits) as server:
+        with LiveServer(Path(d) / "data", config=cfg, env=NO_LIMITS) as server:
             ids: list[str] = []
             lock = threading.Lock()
 
@@ -100,7 +101,7 @@ def part1(clients: int, creates: int, gets: int) -> list[str]:
 
 def part2(tasks: int) -> list[str]:
     with tempfile.TemporaryDirectory() as d:
-        with LiveServer(Path(d) / "data") as server, server.client() as c:
+        with LiveServer(Path(d) / "data", env=NO_LIMITS) as server, server.client() as c:
             walls = []
             ids = []
             for i in range(tasks):
