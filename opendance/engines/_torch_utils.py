@@ -197,10 +197,13 @@ class StepReporter:
 
 def grid_size(width: int, height: int, max_area: int, multiple: int) -> tuple[int, int]:
     """The model grid with the output's aspect ratio, at most ``max_area`` pixels, both sides
-    multiples of ``multiple``."""
+    multiples of ``multiple`` (nearest multiples, or the ones below when those are too big)."""
     h = math.sqrt(max_area * height / width)
     w = h * width / height
-    return max(multiple, int(w // multiple) * multiple), max(multiple, int(h // multiple) * multiple)
+    gw, gh = (max(multiple, round(v / multiple) * multiple) for v in (w, h))
+    if gw * gh > max_area:
+        gw, gh = (max(multiple, int(v // multiple) * multiple) for v in (w, h))
+    return gw, gh
 
 
 def round_frames(n: int, temporal: int) -> int:

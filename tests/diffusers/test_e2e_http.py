@@ -27,7 +27,7 @@ def server(tmp_path_factory, tiny_folders, tiny_models):
         TEXT_ONLY: dict(resolution="480p", fps=8, modes={"text-to-video": t2v}),
     }
     config = tiny_pipelines.write_models_toml(root / "models.toml", tiny_folders, extra=extra)
-    env = {"OPENDANCE_ALLOW_HOSTS": "127.0.0.1", "OPENDANCE_LOG_LEVEL": "info"}
+    env = {"OPENDANCE_ALLOW_HOSTS": "127.0.0.1", "OPENDANCE_LOG_LEVEL": "info", "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0"}
     with LiveServer(root / "data", config=config, env=env, startup_timeout=120) as s:
         yield s
 
