@@ -197,7 +197,7 @@ def fast_tier(args) -> None:
     # One thread: CPU time is then the work done (several threads spin while they wait, which
     # counts as CPU time and swings with the load of a shared machine).
     torch.set_num_threads(args.threads)
-    pipe = tiny_pipelines._eval(tiny_pipelines.wan_t2v(width=args.width, layers=args.layers))
+    pipe = tiny_pipelines.eval_all(tiny_pipelines.wan_t2v(width=args.width, layers=args.layers))
     pipe.set_progress_bar_config(disable=True)
     width, height = grid_size(WIDTH, HEIGHT, args.area, 16)
     params = sum(p.numel() for p in pipe.transformer.parameters())

@@ -227,7 +227,7 @@ BUILDERS = {
 }
 
 
-def _eval(pipe):
+def eval_all(pipe):
     for component in pipe.components.values():
         if hasattr(component, "eval"):
             component.eval()  # fresh models are in train mode: T5 dropout would break determinism
@@ -236,7 +236,7 @@ def _eval(pipe):
 
 def build(name: str, folder: Path):
     """Build one tiny pipeline and ``save_pretrained`` it into ``folder`` (returned pipeline is eval)."""
-    pipe = _eval(BUILDERS[name]())
+    pipe = eval_all(BUILDERS[name]())
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return pipe
 
