@@ -66,7 +66,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             admission=QueueAdmission(
                 settings.max_queued_per_key,
                 settings.max_queued_total,
-                lambda owner: (store.count_unfinished(owner), store.count_unfinished()),
+                lambda owner, leave_out: (store.count_unfinished(owner, leave_out), store.count_unfinished(None, leave_out)),
             ),
         )
         metrics.add_collector(lambda: _store_gauges(store, runner))

@@ -21,7 +21,6 @@ or the database) and is documented in docs/security.md, not built here.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import math
 import time
@@ -86,7 +85,8 @@ class RateLimiter:
             del self._buckets[key]
 
 
-Counter = Callable[[str], tuple[int, int]]  # owner -> (that owner's unfinished tasks, all unfinished tasks)
+# (owner, ids to leave out) -> (that owner's unfinished tasks, all unfinished tasks)
+Counter = Callable[[str, frozenset[str]], tuple[int, int]]
 
 
 class QueueAdmission:
@@ -100,21 +100,25 @@ class QueueAdmission:
         self.total = total
         self._count = count
         self._lock = asyncio.Lock()
-        self._reserved: collections.Counter[str] = collections.Counter()
+        self._reserved: dict[str, str] = {}  # task id -> owner, for creates still under way
 
     @contextlib.asynccontextmanager
-    async def admit(self, owner: str) -> AsyncIterator[None]:
-        """Hold a place for one new task of ``owner`` until the block ends (the task is stored
-        by then, so the store's count includes it; or the create failed and it is given back)."""
+    async def admit(self, owner: str, task_id: str) -> AsyncIterator[None]:
+        """Hold a place for the new task ``task_id`` of ``owner`` until the block ends (the task
+        is stored by then, so the store's count includes it; or the create failed and the place
+        is given back)."""
         if not self.per_key and not self.total:
             yield
             return
         async with self._lock:
-            # Counted under the lock: a reservation is only given back (below, under the same
-            # lock) after its task is stored, so no count can miss both the row and the place.
-            mine, everyone = await asyncio.to_thread(self._count, owner)
-            mine += self._reserved[owner]
-            everyone += sum(self._reserved.values())
+            # Counted under the lock, and each reserved task exactly once: the store's count
+            # leaves the reserved ids out, whether their rows are written yet or not (counting
+            # both the row and the reservation of a create that is just finishing would refuse
+            # a create the limit allows).
+            reserved = frozenset(self._reserved)
+            mine, everyone = await asyncio.to_thread(self._count, owner, reserved)
+            mine += sum(1 for who in self._reserved.values() if who == owner)
+            everyone += len(reserved)
             if self.per_key and mine >= self.per_key:
                 raise RateLimited(
                     f"this API key has {mine} unfinished tasks; at most {self.per_key} may be queued or "
@@ -128,15 +132,13 @@ class QueueAdmission:
                     code="queue_full",
                     retry_after=QUEUE_RETRY_AFTER,
                 )
-            self._reserved[owner] += 1
+            self._reserved[task_id] = owner
         try:
             yield
         finally:
             # Shielded: a client that hangs up must not leave its place reserved forever.
-            await asyncio.shield(self._release(owner))
+            await asyncio.shield(self._release(task_id))
 
-    async def _release(self, owner: str) -> None:
+    async def _release(self, task_id: str) -> None:
         async with self._lock:
-            self._reserved[owner] -= 1
-            if self._reserved[owner] <= 0:
-                del self._reserved[owner]
+            del self._reserved[task_id]

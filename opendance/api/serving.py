@@ -62,7 +62,7 @@ class TaskService:
         self.signer = signer
         self.metrics = metrics
         self.signed_urls = signed_urls
-        self.admission = admission or QueueAdmission(0, 0, lambda owner: (0, 0))  # no limits
+        self.admission = admission or QueueAdmission(0, 0, lambda owner, leave_out: (0, 0))  # no limits
         runner.add_listener(self.task_changed)
 
     # -- rendering -----------------------------------------------------------------------
@@ -98,10 +98,10 @@ class TaskService:
             if earlier is not None:
                 return self._same_request(earlier, request_hash)
         # Counted before any media is fetched, so a full queue costs the server nothing.
-        async with self.admission.admit(owner):
+        task_id = new_task_id()
+        async with self.admission.admit(owner, task_id):
             if req.callback_url:
                 await self.fetcher.check_url(req.callback_url, param="extra_body.callback_url")
-            task_id = new_task_id()
             media = await intake_media(
                 MediaRequest(req.image, req.last_image, req.images, req.videos, req.audios),
                 fetcher=self.fetcher,

@@ -11,6 +11,7 @@ import dataclasses
 import secrets
 import time
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import case, create_engine, delete, event, func, select, update
@@ -173,12 +174,15 @@ class TaskStore:
         with self._session() as s:
             return [Task.from_row(r) for r in s.scalars(q).all()]
 
-    def count_unfinished(self, owner: str | None = None) -> int:
+    def count_unfinished(self, owner: str | None = None, leave_out: Collection[str] = ()) -> int:
+        """Queued or running tasks (of ``owner``, when given), not counting the ids in ``leave_out``."""
         q = select(func.count()).select_from(TaskRow).where(
             TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value])
         )
         if owner is not None:
             q = q.where(TaskRow.owner == owner)
+        if leave_out:
+            q = q.where(TaskRow.id.not_in(list(leave_out)))
         with self._session() as s:
             return int(s.scalar(q) or 0)
 

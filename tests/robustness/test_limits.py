@@ -178,3 +178,40 @@ def test_token_bucket_arithmetic():
     limiter.check("newcomer")  # full (idle) buckets are dropped before a new one is added
     assert "idle-0" not in limiter._buckets and "k" in limiter._buckets
     assert RateLimiter(per_minute=0, burst=1).enabled is False
+
+
+def test_a_create_that_is_just_storing_its_task_is_counted_once(tmp_path):
+    """The window the HTTP race above can hit only by luck, held open on purpose: the first
+    create's row is written while its place is still reserved; a second create of the same key
+    must still fit under a limit of 2 (and a third must not)."""
+    import asyncio
+
+    from opendance.api.limits import QueueAdmission
+    from opendance.domain import new_task_id
+    from opendance.errors import RateLimited
+    from opendance.store.migrate import upgrade
+    from opendance.store.repo import TaskStore
+
+    store = TaskStore.from_url(f"sqlite:///{tmp_path / 'tasks.db'}")
+    upgrade(store.engine)
+    admission = QueueAdmission(2, 0, lambda owner, leave_out: (store.count_unfinished(owner, leave_out), store.count_unfinished(None, leave_out)))
+
+    def stored(task_id):
+        return store.create(id=task_id, owner="k", model="slow", mode="text", duration=5, aspect_ratio="16:9",
+                            width=864, height=480, fps=8, seed=1, engine="scenario", job={}, extra_body={}, base_url="http://x")
+
+    async def main():
+        first_id, second_id = new_task_id(), new_task_id()
+        async with admission.admit("k", first_id):
+            stored(first_id)  # written, place not yet given back
+            async with admission.admit("k", second_id):
+                stored(second_id)
+        with pytest.raises(RateLimited):
+            async with admission.admit("k", new_task_id()):
+                pass
+        assert admission._reserved == {}
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
