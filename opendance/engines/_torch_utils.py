@@ -181,8 +181,8 @@ class StepReporter:
         synchronize(self.device)
         self.done += 1
         self.ctx.progress(self.done, self.total)
-        if self.checkpoints is not None and "latents" in callback_kwargs:
-            self.checkpoints.on_step(pipe, self.done, callback_kwargs["latents"])
+        if self.checkpoints is not None:
+            self.checkpoints.on_step(pipe, self.done, callback_kwargs)
         try:
             self.ctx.check_cancelled()
         except Cancelled:

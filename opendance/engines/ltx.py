@@ -52,6 +52,7 @@ from ._torch_utils import (
     with_camera,
 )
 from .base import Engine, Inputs, Job, Output, StepContext
+from .diffusers_resume import DenoiseCheckpoints
 
 log = logging.getLogger("opendance.engines.ltx")
 
@@ -127,7 +128,9 @@ class LTXEngine(Engine):
             control = reference_video_frames(inputs, opts.native_fps, width, height, opts.frames)
             references = [fit_cover(im, width, height) for im in inputs.images]
 
-        # 3. Arguments every call shares; progress counts steps across all chunks.
+        # 3. Arguments every call shares; progress counts steps across all chunks, which a run
+        #    that starts again continues from its checkpoint.
+        resume = self._resume = DenoiseCheckpoints(ctx, opts.steps)
         call = dict(
             prompt=with_camera(job.prompt, job.options),
             negative_prompt=job.negative_prompt or opts.negative_prompt,
@@ -141,17 +144,24 @@ class LTXEngine(Engine):
             image_cond_noise_scale=opts.image_cond_noise_scale,
             generator=make_generator(self.device, job.seed),
             output_type="np",
-            callback_on_step_end=StepReporter(ctx, opts.steps * len(chunks), self.device),
+            callback_on_step_end=StepReporter(ctx, opts.steps * len(chunks), self.device, resume),
             **opts.call_kwargs,
         )
 
         # 4. Denoise chunk by chunk, each conditioned on what is known of it.
+        resume.bind(call["generator"])
         timeline = Timeline()
         for chunk in chunks:
             ctx.check_cancelled()
-            conditions = self._conditions(job.mode, chunk, len(chunks), timeline, image, last_image, control, references)
-            conditions = [LTXVideoCondition(**c) for c in conditions]
-            timeline.add(chunk, self._call(call, num_frames=chunk.length, conditions=conditions or None))
+            saved = resume.finished_chunk(chunk.index)
+            if saved is not None:
+                frames = list(saved["frames"])
+            else:
+                conditions = self._conditions(job.mode, chunk, len(chunks), timeline, image, last_image, control, references)
+                conditions = [LTXVideoCondition(**c) for c in conditions]
+                frames = self._call(call, num_frames=chunk.length, conditions=conditions or None)
+                resume.chunk_done(chunk.index, frames=np.stack(frames))
+            timeline.add(chunk, frames)
 
         # 5. Exactly the requested frames and size; reference audio as the sound track.
         return Output(
@@ -185,10 +195,24 @@ class LTXEngine(Engine):
         import torch
 
         reset_cache(self.pipe)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._resume.into(self.pipe, merge={"latents": _keep_hard_conditions},
+                                                                   whole_sigmas=True):
             return to_uint8_frames(self.pipe(**call, **kwargs).frames)
 
     def close(self) -> None:
         if self.pipe is not None:
             release_pipeline(self.pipe)
         self.pipe = None
+
+
+def _keep_hard_conditions(prepared, saved):
+    """Resuming inside an ``LTXConditionPipeline`` call: start from the saved latents, except on
+    the tokens of hard (strength 1) conditions. The pipeline keeps a copy of what it starts from
+    as those tokens' clean value and re-noises them from it at every step; the saved tokens hold
+    the last step's noise, the fresh ones the clean condition, as in the uninterrupted run."""
+    import torch
+
+    latents, mask = prepared[0], prepared[1]
+    if mask is None:
+        return saved
+    return torch.where((mask > 1.0 - 1e-6).unsqueeze(-1), latents, saved)

@@ -53,10 +53,12 @@ from ._torch_utils import (
     with_camera,
 )
 from .base import Audio, Engine, Inputs, Job, Output, StepContext
+from .diffusers_resume import DenoiseCheckpoints
 
 log = logging.getLogger("opendance.engines.ltx2")
 
 AUDIO_RATE = 48000
+_DENOISED = ("latents", "audio_latents")  # what every LTX-2 call denoises (and a checkpoint saves)
 _HEADROOM = 0.98
 
 
@@ -102,6 +104,8 @@ class LTX2Engine(Engine):
             for pipe in (self.pipe, self.i2v, self.cond):
                 pipe.set_progress_bar_config(disable=True)
                 check_call_kwargs(pipe, opts.call_kwargs)
+                # The step callback also sees the sound's latents (checkpoints save both).
+                pipe._callback_tensor_inputs = [*type(pipe)._callback_tensor_inputs, *_DENOISED[1:]]
             self.temporal = self.pipe.vae_temporal_compression_ratio
             check_window(opts, self.temporal)
             self.audio_rate = int(self.pipe.vocoder.config.output_sampling_rate)
@@ -144,7 +148,9 @@ class LTX2Engine(Engine):
             control = reference_video_frames(inputs, opts.native_fps, width, height, opts.frames)
             references = [fit_cover(im, width, height) for im in inputs.images]
 
-        # 3. Arguments every call shares; progress counts steps across all chunks.
+        # 3. Arguments every call shares; progress counts steps across all chunks, which a run
+        #    that starts again continues from its checkpoint.
+        resume = self._resume = DenoiseCheckpoints(ctx, opts.steps, _DENOISED)
         call = dict(
             prompt=with_camera(job.prompt, job.options),
             negative_prompt=job.negative_prompt or opts.negative_prompt,
@@ -157,16 +163,23 @@ class LTX2Engine(Engine):
             decode_timestep=opts.decode_timestep,
             generator=make_generator(self.device, job.seed),
             output_type="np",
-            callback_on_step_end=StepReporter(ctx, opts.steps * len(chunks), self.device),
+            callback_on_step_end=StepReporter(ctx, opts.steps * len(chunks), self.device, resume),
+            callback_on_step_end_tensor_inputs=list(_DENOISED),
             **opts.call_kwargs,
         )
 
         # 4. Denoise chunk by chunk: video frames and their sound, cross-faded at the seams.
+        resume.bind(call["generator"])
         timeline, sound = Timeline(), np.zeros((2, 0), np.float32)
         for chunk in chunks:
             ctx.check_cancelled()
-            frames, audio = self._chunk(job.mode, chunk, len(chunks), timeline, image, last_image, control,
-                                        references, call)
+            saved = resume.finished_chunk(chunk.index)
+            if saved is not None:
+                frames, audio = list(saved["frames"]), saved["audio"]
+            else:
+                frames, audio = self._chunk(job.mode, chunk, len(chunks), timeline, image, last_image, control,
+                                            references, call)
+                resume.chunk_done(chunk.index, frames=np.stack(frames), audio=audio)
             timeline.add(chunk, frames)
             sound = self._add_sound(sound, chunk, audio)
 
@@ -209,7 +222,7 @@ class LTX2Engine(Engine):
         import torch
 
         reset_cache(pipe)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._resume.into(pipe):
             out = pipe(**call, **kwargs)
         audio = out.audio[0] if out.audio.ndim == 3 else out.audio
         audio = audio.float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio, np.float32)

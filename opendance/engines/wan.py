@@ -191,10 +191,12 @@ class WanEngine(Engine):
         timeline = Timeline()
         for chunk in chunks:
             ctx.check_cancelled()
-            frames = resume.finished_frames(chunk.index)
-            if frames is None:
+            saved = resume.finished_chunk(chunk.index)
+            if saved is not None:
+                frames = list(saved["frames"])
+            else:
                 frames = self._chunk(job.mode, chunk, len(chunks), timeline, image, last_image, control, references, call)
-                resume.chunk_done(chunk.index, frames)
+                resume.chunk_done(chunk.index, frames=np.stack(frames))
             timeline.add(chunk, frames)
 
         # 5. Exactly the requested frames and size; reference audio as the sound track.
@@ -244,7 +246,7 @@ class WanEngine(Engine):
         if self.opts.guidance_2 is not None and pipe.config.get("boundary_ratio") is not None:
             kwargs["guidance_scale_2"] = self.opts.guidance_2  # only two-expert (Wan 2.2 A14B) pipelines take it
         reset_cache(pipe)
-        with torch.inference_mode(), self._resume.into(pipe, kwargs):
+        with torch.inference_mode(), self._resume.into(pipe):
             return to_uint8_frames(pipe(**call, **kwargs).frames)
 
     def close(self) -> None:
