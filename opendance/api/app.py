@@ -31,11 +31,11 @@ from .serving import TaskService
 log = logging.getLogger("opendance")
 
 
-def make_runner(settings: Settings, store, storage, metrics):
+def make_runner(settings: Settings, store, storage, metrics, models=()):
     if settings.runner == "temporal":
         from ..runner.temporal import TemporalRunner
 
-        return TemporalRunner(settings, store, storage, metrics)
+        return TemporalRunner(settings, store, storage, metrics, models)
     from ..runner.local import LocalRunner
 
     return LocalRunner(settings, store, storage, metrics)
@@ -59,7 +59,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         fetcher = SafeFetcher.from_settings(settings, resolver=resolver)
         callbacks = CallbackSender(fetcher, settings.callback_attempts, settings.callback_timeout)
         signer = UrlSigner(await asyncio.to_thread(store.meta_secret, "url_signing_secret"))
-        runner = make_runner(settings, store, storage, metrics)
+        runner = make_runner(settings, store, storage, metrics, models)
         service = TaskService(
             settings, models, store, storage, runner, fetcher, callbacks, signer, metrics,
             signed_urls=app.state.auth.enabled,

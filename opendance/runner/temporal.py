@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from temporalio import activity
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
@@ -35,12 +40,17 @@ from .temporal_workflow import FINISH, NOTIFY, WORKFLOW, Finish, TaskInput, Task
 log = logging.getLogger("opendance.runner.temporal")
 
 RETRY_PENDING_EVERY = 2.0  # seconds between retries of starts/cancels that failed here
+WATCH_QUEUES_EVERY = 10.0  # seconds between looks at who polls each model's queue
 
 
 class TemporalRunner(Runner):
-    def __init__(self, settings: Settings, store: TaskStore, storage: Storage, metrics: Any = None) -> None:
+    def __init__(self, settings: Settings, store: TaskStore, storage: Storage, metrics: Any = None,
+                 models: Iterable[str] = ()) -> None:
         super().__init__()
         self.settings = settings
+        self.models = list(models)
+        self._queues: dict[str, dict[str, object]] = {}  # model -> what its queue's pollers look like
+        self._worker_ids: set[str] = set()  # worker processes polling any model's queue
         self.store = store
         self.storage = storage
         self.metrics = metrics
@@ -73,6 +83,7 @@ class TemporalRunner(Runner):
         self._tasks = [
             asyncio.create_task(self._worker.run(), name="temporal-control-worker"),
             asyncio.create_task(self._reconcile_forever(), name="temporal-reconcile"),
+            asyncio.create_task(self._watch_queues_forever(), name="temporal-queues"),
         ]
 
     async def stop(self) -> None:
@@ -119,7 +130,42 @@ class TemporalRunner(Runner):
             "address": self.settings.temporal_address,
             "temporal": "ok" if self._temporal_error is None else f"unreachable: {self._temporal_error}",
             "pending_starts": len(self._pending_starts),
+            "queues": self._queues,
+            "workers_alive": len(self._worker_ids),
         }
+
+    # -- who serves each model -------------------------------------------------------------
+
+    async def _watch_queues_forever(self) -> None:
+        while True:
+            try:
+                await self.watch_queues()
+            except Exception as exc:  # noqa: BLE001 - Temporal away: the last view stays, marked old
+                log.debug("describing the model queues failed: %s", exc)
+            await asyncio.sleep(WATCH_QUEUES_EVERY)
+
+    async def watch_queues(self) -> None:
+        """Ask Temporal who polled each model's queue lately. A worker polls while it has a free
+        slot; Temporal lists a poller for 5 minutes after its last poll, so a worker that died
+        is still listed for a while (``last_poll_seconds_ago`` tells)."""
+        assert self.client is not None
+        s, now, queues, everyone = self.settings, time.time(), {}, set()
+        for model in self.models:
+            answer = await self.client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+                namespace=s.temporal_namespace,
+                task_queue=TaskQueue(name=model_queue(s.temporal_queue_prefix, model)),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            ))
+            # Worker identities are "host:pid:model" (``opendance worker``): one process per host:pid.
+            ids = sorted({p.identity.rsplit(":", 1)[0] for p in answer.pollers})
+            everyone.update(ids)
+            last = max((p.last_access_time.ToSeconds() for p in answer.pollers), default=None)
+            queues[model] = {
+                "workers": len(ids),
+                "worker_ids": ids,
+                "last_poll_seconds_ago": round(max(0.0, now - last), 1) if last is not None else None,
+            }
+        self._queues, self._worker_ids = queues, everyone
 
     # -- Temporal calls --------------------------------------------------------------------
 

@@ -95,6 +95,12 @@ def test_a_twenty_tasks_over_two_workers(cluster, scaleout_env):
         intervals.sort()
         for (_, end1), (start2, _) in zip(intervals, intervals[1:]):
             assert start2 >= end1, f"device process {pid} ran two tasks at once"
+    # Each API server sees, through Temporal, the two worker processes polling the model's queue.
+    def both_seen(api: int) -> bool:
+        ready = httpx.get(f"{cluster.apis[api].url}/readyz").json()["checks"]["runner"]
+        return ready["queues"].get("steady", {}).get("workers") == 2 and ready["workers_alive"] == 2
+    for api in (0, 1):
+        wait_until(lambda: both_seen(api), timeout=30, what=f"API server {api} to see both workers")
     video = cluster.content(ids[0], api=1)
     path = scaleout_env.root / "a.mp4"
     path.write_bytes(video)
