@@ -52,12 +52,16 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         # small for a server whose requests mostly wait on SQLite/PostgreSQL.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="io"))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        started = time.time()
         store = TaskStore.from_url(settings.sqlalchemy_url)
         await asyncio.to_thread(upgrade, store.engine)
         storage = make_storage(settings)
         metrics = app.state.metrics
         fetcher = SafeFetcher.from_settings(settings, resolver=resolver)
-        callbacks = CallbackSender(fetcher, settings.callback_attempts, settings.callback_timeout)
+        callbacks = CallbackSender(
+            fetcher, settings.callback_attempts, settings.callback_timeout,
+            settled=lambda task_id, raw_status: asyncio.to_thread(store.callback_settled, task_id, raw_status),
+        )
         signer = UrlSigner(await asyncio.to_thread(store.meta_secret, "url_signing_secret"))
         runner = make_runner(settings, store, storage, metrics, models)
         service = TaskService(
@@ -72,12 +76,20 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         metrics.add_collector(lambda: _store_gauges(store, runner))
         app.state.service = service
         await runner.start()
-        sweeper = asyncio.create_task(_sweep_forever(service), name="retention")
+        # Callbacks a stopped server left pending: in local mode this server is the only one, so
+        # every change from before it started is due; other API servers of a scale-out cluster
+        # may still be delivering changes of their last moments.
+        first = started if settings.runner == "local" else started - callbacks.window
+        sweepers = [
+            asyncio.create_task(_sweep_forever(service), name="retention"),
+            asyncio.create_task(_resend_callbacks_forever(service, first), name="callbacks"),
+        ]
         log.info("opendance %s ready: %s runner, %s storage, models: %s", __version__, settings.runner, settings.storage, ", ".join(models))
         try:
             yield
         finally:
-            sweeper.cancel()
+            for sweeper in sweepers:
+                sweeper.cancel()
             await runner.stop()
             await callbacks.drain()
             await fetcher.aclose()
@@ -103,6 +115,19 @@ async def _sweep_forever(service: TaskService, every: float = 600.0) -> None:
         except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
             log.exception("retention sweep failed")
         await asyncio.sleep(min(every, max(1.0, service.settings.retention_hours * 3600 / 10)))
+
+
+async def _resend_callbacks_forever(service: TaskService, first: float, every: float = 60.0) -> None:
+    changed_before = first
+    while True:
+        try:
+            if sent := await service.resend_due_callbacks(changed_before):
+                log.info("sent %d callbacks left pending by a server that stopped", sent)
+        except Exception:  # noqa: BLE001 - tried again at the next interval
+            log.exception("resending pending callbacks failed")
+        await asyncio.sleep(every)
+        # Later rounds: changes whose delivery has had every attempt's time and is still marked.
+        changed_before = time.time() - service.callbacks.window - 5.0
 
 
 def _store_gauges(store: TaskStore, runner) -> dict:

@@ -85,7 +85,20 @@ class TaskService:
 
     async def task_changed(self, task: Task) -> None:
         if task.callback_url:
-            self.callbacks.send(task.id, task.callback_url, self.render(task))
+            self.callbacks.send(task.id, task.callback_url, self.render(task), task.raw_status.value)
+
+    async def resend_due_callbacks(self, changed_before: float) -> int:
+        """Send the callbacks a stopped server left pending (tasks whose last change, before
+        ``changed_before``, is not marked sent): each task's current object, once. Returns how
+        many were sent."""
+        sent, after = 0, 0
+        while page := await asyncio.to_thread(self.store.callbacks_due, changed_before, after):
+            after = page[-1][0]
+            for _, task in page:
+                if not self.callbacks.sending(task.id):
+                    await self.task_changed(task)
+                    sent += 1
+        return sent
 
     # -- create --------------------------------------------------------------------------
 

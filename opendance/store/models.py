@@ -42,6 +42,8 @@ class TaskRow(Base):
     job: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     extra_body: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     callback_url: Mapped[str | None] = mapped_column(Text)
+    # The raw status whose callback_url POST is not yet delivered (or given up); NULL when none.
+    callback_pending: Mapped[str | None] = mapped_column(String(20))
     base_url: Mapped[str] = mapped_column(Text, nullable=False, default="")
     video_key: Mapped[str | None] = mapped_column(String(300))
     last_frame_key: Mapped[str | None] = mapped_column(String(300))
@@ -54,6 +56,7 @@ class TaskRow(Base):
         Index("ix_tasks_owner_seq", "owner", "seq"),
         Index("ix_tasks_raw_status", "raw_status"),
         Index("ix_tasks_owner_idem", "owner", "idempotency_key", unique=True),
+        Index("ix_tasks_callback_pending", "callback_pending"),
     )
 
 

@@ -110,6 +110,7 @@ class TaskStore:
         row = TaskRow(
             status=Status.QUEUED.value,
             raw_status=RawStatus.QUEUED.value,
+            callback_pending=RawStatus.QUEUED.value if fields.get("callback_url") else None,
             progress=0,
             attempts=0,
             created_at=now,
@@ -202,7 +203,14 @@ class TaskStore:
         """
         allowed_from = [s.value for s, targets in TRANSITIONS.items() if to in targets]
         now = time.time()
-        values: dict[str, Any] = {"raw_status": to.value, "status": to.status.value, "updated_at": now, **fields}
+        values: dict[str, Any] = {
+            "raw_status": to.value,
+            "status": to.status.value,
+            "updated_at": now,
+            # In the same write as the change: a crash before the POST leaves it due, not lost.
+            "callback_pending": case((TaskRow.callback_url.is_not(None), to.value), else_=None),
+            **fields,
+        }
         if to is RawStatus.RUNNING:
             values["started_at"] = func.coalesce(TaskRow.started_at, now)
             values["attempts"] = TaskRow.attempts + 1
@@ -244,6 +252,33 @@ class TaskStore:
                 .execution_options(synchronize_session=False)
             )
             s.commit()
+
+    # -- callbacks -----------------------------------------------------------------------
+
+    def callback_settled(self, task_id: str, raw_status: str) -> None:
+        """The callback of ``raw_status`` was delivered or given up: nothing is pending, unless
+        the task has moved on since (then the newer status stays pending)."""
+        with self._session() as s:
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id, TaskRow.callback_pending == raw_status)
+                .values(callback_pending=None)
+                .execution_options(synchronize_session=False)
+            )
+            s.commit()
+
+    def callbacks_due(self, changed_before: float, after_seq: int = 0, limit: int = 200) -> list[tuple[int, Task]]:
+        """Tasks whose last status change, made before ``changed_before``, still has its
+        callback pending (the server that was sending it stopped), in creation order after
+        ``after_seq``, with their ``seq`` (the next page starts after the last one)."""
+        q = (
+            select(TaskRow)
+            .where(TaskRow.callback_pending.is_not(None), TaskRow.updated_at < changed_before, TaskRow.seq > after_seq)
+            .order_by(TaskRow.seq)
+            .limit(limit)
+        )
+        with self._session() as s:
+            return [(r.seq, Task.from_row(r)) for r in s.scalars(q).all()]
 
     def finished_before(self, ts: float, limit: int = 500) -> list[str]:
         """Ids of tasks that reached a final state before ``ts`` (for retention)."""
