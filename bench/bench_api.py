@@ -8,7 +8,12 @@ and GET latency p50/p99 and requests/s with N concurrent clients on 127.0.0.1.
 
 Part 2 runs preview tasks one at a time on a second server and compares, per task, the wall
 time the client sees (create -> completed, polling every 10 ms) and the store's own timeline
-with the engine time the worker measured: overhead = wall - engine.
+with the engine time the worker measured: overhead = wall - engine. Then, in the same run, it
+makes the same videos in this process with ``run_job`` (no server) and times each phase: the
+frames, the RGB -> YUV conversion, x264 and the MP4 writer, the atomic store of the file. What
+the server adds on top of ``run_job`` is the client's wall minus that.
+
+    .venv/bin/python bench/bench_api.py --only overhead   # part 2 alone
 """
 
 from __future__ import annotations
@@ -116,6 +121,7 @@ def part2(tasks: int) -> list[str]:
                 r[0]: r[1:]
                 for r in db.execute(f"select id, created_at, started_at, completed_at, engine_seconds from tasks where id in ({','.join('?' * len(ids))})", ids)
             }
+    phases = in_process(tasks)
     engine = [rows[t][3] for t in ids]
     store_wall = [rows[t][2] - rows[t][0] for t in ids]
     queue = [rows[t][1] - rows[t][0] for t in ids]
@@ -128,8 +134,63 @@ def part2(tasks: int) -> list[str]:
         f"| engine time (frames generated, measured in the worker) | {statistics.median(engine):.3f} |",
         f"| of which: queue -> running (dispatch to the worker) | {statistics.median(queue):.3f} |",
         f"| serving overhead = client wall - engine (encode + store + dispatch + polling) | {statistics.median(over):.3f} |",
+        "| **the same video made in-process by `run_job` (no server), by phase:** | |",
+        f"| run_job wall | {phases['wall']:.3f} |",
+        f"| - engine (frames) | {phases['engine']:.3f} |",
+        f"| - RGB -> YUV 4:2:0 (swscale) | {phases['yuv']:.3f} |",
+        f"| - x264 + MP4 writer (encode_mp4 minus the two above) | {phases['x264']:.3f} |",
+        f"| - atomic store of the MP4 (put_file) | {phases['store']:.3f} |",
+        f"| what the server adds (client wall - run_job wall): queue, messages, store writes, polling | {statistics.median(walls) - phases['wall']:.3f} |",
     ]
     return out
+
+
+def in_process(tasks: int) -> dict[str, float]:
+    """Median seconds per phase of ``run_job`` on the preview engine, in this process."""
+    from opendance.domain import Mode
+    from opendance.engines.base import Job, engine_class
+    from opendance.media import encode
+    from opendance.runner.execute import run_job
+    from opendance.storage import LocalStorage
+
+    spec = {"engine": "preview"}
+    engine = engine_class("preview")(spec, "cpu")
+    clock: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                clock[name] = clock.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    samples: dict[str, list[float]] = {k: [] for k in ("wall", "engine", "yuv", "x264", "store")}
+    with tempfile.TemporaryDirectory() as d:
+        storage = LocalStorage(Path(d))
+        original_yuv, original_encode, original_put = encode._to_yuv, encode.encode_mp4, storage.put_file
+        encode._to_yuv = timed("yuv", original_yuv)
+        storage.put_file = timed("store", original_put)
+        import opendance.runner.execute as execute
+
+        execute.encode_mp4 = timed("encode", original_encode)
+        try:
+            for i in range(tasks + 1):  # the first one warms up
+                clock.clear()
+                job = Job(task_id=f"task_{i}", model="m", mode=Mode.TEXT_TO_VIDEO, prompt=f"overhead {i}", width=864,
+                          height=480, fps=24, duration=5, seed=i, engine=spec)
+                t0 = time.perf_counter()
+                result = run_job(job, engine, storage, progress=lambda p: None, cancelled=lambda: False)
+                if i:
+                    samples["wall"].append(time.perf_counter() - t0)
+                    samples["engine"].append(result.engine_seconds)
+                    samples["yuv"].append(clock["yuv"])
+                    samples["x264"].append(clock["encode"] - clock["yuv"] - result.engine_seconds)
+                    samples["store"].append(clock["store"])
+        finally:
+            encode._to_yuv, execute.encode_mp4 = original_yuv, original_encode
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def main() -> None:
@@ -138,10 +199,13 @@ def main() -> None:
     ap.add_argument("--creates", type=int, default=1600)
     ap.add_argument("--gets", type=int, default=8000)
     ap.add_argument("--tasks", type=int, default=10)
+    ap.add_argument("--only", choices=["latency", "overhead"])
     a = ap.parse_args()
-    print("\n".join(part1(a.clients, a.creates, a.gets)))
-    print()
-    print("\n".join(part2(a.tasks)))
+    if a.only != "overhead":
+        print("\n".join(part1(a.clients, a.creates, a.gets)))
+        print()
+    if a.only != "latency":
+        print("\n".join(part2(a.tasks)))
 
 
 if __name__ == "__main__":
