@@ -14,6 +14,16 @@ def _settings(args: argparse.Namespace):
     return Settings(**given)
 
 
+def _models_file_ok(settings, command: str) -> bool:
+    """Read the models file before anything starts; a bad one is a message, not a traceback."""
+    try:
+        settings.models()
+    except (OSError, ValueError) as exc:  # TOML and validation errors are ValueErrors
+        print(f"opendance {command}: {settings.config}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -21,6 +31,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logging import uvicorn_log_config
 
     settings = _settings(args)
+    if not _models_file_ok(settings, "serve"):
+        return 2
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -54,6 +66,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .runner.temporal_worker import serve_worker
 
     settings = _settings(args)
+    if not _models_file_ok(settings, "worker"):
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve_worker(settings, list(settings.worker_models)))
     return 0

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .domain import OUTPUT_SIZES, Mode
+from .engines.options import check_options
 
 MiB = 1024 * 1024
 
@@ -102,6 +103,11 @@ def load_models(path: Path | None) -> dict[str, ModelConfig]:
             modes[mode] = EngineSpec(**{**(default or {}), **spec})
         if not modes:
             raise ValueError(f"models.{name}: no modes configured (add a [default] or [modes.*] table)")
+        for mode, spec in modes.items():
+            try:
+                check_options(spec.engine, {"engine": spec.engine, **spec.options})
+            except ValueError as exc:
+                raise ValueError(f"models.{name} ({mode.value}, engine {spec.engine}): {exc}") from None
         models[name] = ModelConfig(name=name, modes=modes, **raw)
     if not models:
         raise ValueError(f"{path}: no [models.*] tables")

@@ -13,69 +13,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import Cancelled
 from ..media.frames import fit_cover, to_array
 from .base import Audio, Inputs, Job, StepContext
+from .options import DiffusersOptions
 
 log = logging.getLogger("opendance.engines")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class CacheOptions(BaseModel):
-    """``cache = {type = "FirstBlockCache", threshold = 0.2}``: a diffusers cache hook on the
-    transformer(s). Every other key goes to the hook's config class."""
-
-    model_config = ConfigDict(extra="allow")
-    type: Literal["FirstBlockCache", "MagCache", "TaylorSeer"]
-
-    def build(self, steps: int, defaults: dict[str, Any] | None = None):
-        from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
-
-        params = {**(defaults or {}), **(self.model_extra or {})}
-        if self.type == "FirstBlockCache":
-            return FirstBlockCacheConfig(**params)
-        if self.type == "MagCache":
-            return MagCacheConfig(**{"num_inference_steps": steps, **params})
-        if isinstance(params.get("taylor_factors_dtype"), str):
-            params["taylor_factors_dtype"] = DTYPES[params["taylor_factors_dtype"]]
-        return TaylorSeerCacheConfig(**params)
-
-
-class DiffusersOptions(BaseModel):
-    """Options every diffusers engine takes from its mode's TOML table (unknown keys are refused)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    engine: str
-    checkpoint: Path = Field(description="local diffusers folder, loaded with from_pretrained(path)")
-    pipeline: str | None = Field(None, description="diffusers pipeline class; default chosen per mode")
-    steps: int = Field(30, ge=1, le=500, description="denoising steps per chunk")
-    guidance: float = Field(5.0, ge=0, description="guidance_scale")
-    native_fps: int = Field(24, ge=1, le=120, description="frame rate the model was trained at")
-    frames: int = Field(121, ge=1, description="native frame window: frames per generated chunk")
-    overlap: int = Field(9, ge=1, description="tail frames of a chunk that condition the next one")
-    max_area: int = Field(480 * 832, ge=64, description="pixels of the native grid (width x height)")
-    dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
-    device: str | None = Field(None, description="overrides the worker's device")
-    cache: CacheOptions | None = None
-    cpu_offload: bool = Field(False, description="enable_model_cpu_offload (small GPUs)")
-    vae_tiling: bool = Field(False, description="vae.enable_tiling (small GPUs, large frames)")
-    negative_prompt: str = Field("", description="used when a request has none")
-    call_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline __call__ arguments")
-
-    @model_validator(mode="after")
-    def _window(self) -> DiffusersOptions:
-        if self.overlap >= self.frames:
-            raise ValueError(f"overlap ({self.overlap}) must be smaller than frames ({self.frames})")
-        return self
 
 
 def check_window(opts: DiffusersOptions, temporal: int) -> None:

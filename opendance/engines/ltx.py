@@ -25,14 +25,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import Field, model_validator
 
 from ..domain import Mode
 from ..errors import EngineError
 from ..media.frames import fit_cover
 from ._torch_utils import (
     Chunk,
-    DiffusersOptions,
     StepReporter,
     Timeline,
     check_call_kwargs,
@@ -53,29 +51,9 @@ from ._torch_utils import (
 )
 from .base import Engine, Inputs, Job, Output, StepContext
 from .diffusers_resume import DenoiseCheckpoints
+from .options import LTXOptions
 
 log = logging.getLogger("opendance.engines.ltx")
-
-
-class LTXOptions(DiffusersOptions):
-    steps: int = Field(40, ge=1, le=500)
-    guidance: float = 3.0
-    native_fps: int = 24
-    frames: int = 121
-    overlap: int = 9
-    max_area: int = 704 * 480
-    timesteps: list[float] | None = Field(None, description="a distilled model's schedule (0-1000)")
-    decode_timestep: float = Field(0.05, description="VAE decode timestep (timestep-aware VAEs)")
-    image_cond_noise_scale: float = Field(0.025, ge=0, description="noise added to hard conditions")
-    reference_strength: float = Field(0.5, ge=0, le=1, description="strength of omni-reference conditions")
-
-    @model_validator(mode="after")
-    def _schedule(self) -> LTXOptions:
-        if self.timesteps is not None:
-            if "steps" in self.model_fields_set and self.steps != len(self.timesteps):
-                raise ValueError(f"steps = {self.steps} but timesteps has {len(self.timesteps)} values")
-            self.steps = len(self.timesteps)
-        return self
 
 
 class LTXEngine(Engine):

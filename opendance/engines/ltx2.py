@@ -26,14 +26,12 @@ import time
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
 
 from ..domain import Mode
 from ..errors import EngineError
 from ..media.frames import fit_cover
 from ._torch_utils import (
     Chunk,
-    DiffusersOptions,
     StepReporter,
     Timeline,
     check_call_kwargs,
@@ -54,32 +52,13 @@ from ._torch_utils import (
 )
 from .base import Audio, Engine, Inputs, Job, Output, StepContext
 from .diffusers_resume import DenoiseCheckpoints
+from .options import LTX2Options
 
 log = logging.getLogger("opendance.engines.ltx2")
 
 AUDIO_RATE = 48000
 _DENOISED = ("latents", "audio_latents")  # what every LTX-2 call denoises (and a checkpoint saves)
 _HEADROOM = 0.98
-
-
-class LTX2Options(DiffusersOptions):
-    steps: int = Field(40, ge=1, le=500)
-    guidance: float = 4.0
-    native_fps: int = 24
-    frames: int = 121
-    overlap: int = 9
-    max_area: int = 768 * 512
-    sigmas: list[float] | None = Field(None, description="a distilled model's sigma schedule")
-    decode_timestep: float = Field(0.05, description="VAE decode timestep (timestep-aware VAEs)")
-    reference_strength: float = Field(0.5, ge=0, le=1, description="strength of omni-reference conditions")
-
-    @model_validator(mode="after")
-    def _schedule(self) -> LTX2Options:
-        if self.sigmas is not None:
-            if "steps" in self.model_fields_set and self.steps != len(self.sigmas):
-                raise ValueError(f"steps = {self.steps} but sigmas has {len(self.sigmas)} values")
-            self.steps = len(self.sigmas)
-        return self
 
 
 class LTX2Engine(Engine):

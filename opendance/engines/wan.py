@@ -28,14 +28,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import Field
 
 from ..domain import Mode
 from ..errors import EngineError
 from ..media.frames import fit_cover
 from ._torch_utils import (
     Chunk,
-    DiffusersOptions,
     StepReporter,
     Timeline,
     check_call_kwargs,
@@ -56,22 +54,13 @@ from ._torch_utils import (
 )
 from .base import Engine, Inputs, Job, Output, StepContext
 from .diffusers_resume import DenoiseCheckpoints
+from .options import WanOptions
 
 log = logging.getLogger("opendance.engines.wan")
 
 WAN_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "WanVACEPipeline")
 # TaylorSeer's default module patterns match nothing in a Wan transformer: cache whole blocks.
 CACHE_DEFAULTS = {"TaylorSeer": {"cache_identifiers": [r"^blocks\.\d+$"]}}
-
-
-class WanOptions(DiffusersOptions):
-    steps: int = Field(40, ge=1, le=500)
-    guidance: float = 5.0
-    native_fps: int = 16
-    frames: int = 81
-    overlap: int = 9
-    extend_checkpoint: Path | None = Field(None, description="Wan VACE folder for chunks past the window")
-    guidance_2: float | None = Field(None, description="guidance_scale_2 (Wan 2.2 low-noise expert)")
 
 
 def _class_name(folder: Path) -> str:

@@ -10,9 +10,7 @@ import opendance
 from opendance.config import SEED_MODELS, load_models
 from opendance.domain import Mode
 from opendance.engines._torch_utils import check_window
-from opendance.engines.ltx import LTXOptions
-from opendance.engines.ltx2 import LTX2Options
-from opendance.engines.wan import WanOptions
+from opendance.engines.options import LTX2Options, LTXOptions, WanOptions
 
 EXAMPLE = Path(opendance.__file__).parent / "models.example.toml"
 OPTIONS = {"wan": (WanOptions, 4), "ltx": (LTXOptions, 8), "ltx2": (LTX2Options, 8)}  # real VAEs' temporal factor

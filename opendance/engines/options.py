@@ -1,0 +1,145 @@
+"""The options each diffusers engine takes from its mode's table in the models file.
+
+Pydantic only (no torch, no diffusers), so that ``opendance serve`` checks every model's options
+when it reads the models file, on an API server that has no torch installed, and refuses to start
+with the model, the mode and the key at fault. What only the weights can tell (a window the VAE
+cannot encode, ``call_kwargs`` the pipeline does not take, a folder that is not there) is checked
+when a worker loads the engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+# The constraints live in the types, so an engine that changes a default keeps them.
+Steps = Annotated[int, Field(ge=1, le=500)]
+Guidance = Annotated[float, Field(ge=0)]
+Fps = Annotated[int, Field(ge=1, le=120)]
+FrameCount = Annotated[int, Field(ge=1)]
+Area = Annotated[int, Field(ge=64)]
+Strength = Annotated[float, Field(ge=0, le=1)]
+
+
+class CacheOptions(BaseModel):
+    """``cache = {type = "FirstBlockCache", threshold = 0.2}``: a diffusers cache hook on the
+    transformer(s). Every other key goes to the hook's config class."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["FirstBlockCache", "MagCache", "TaylorSeer"]
+
+    def build(self, steps: int, defaults: dict[str, Any] | None = None):
+        from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+
+        params = {**(defaults or {}), **(self.model_extra or {})}
+        if self.type == "FirstBlockCache":
+            return FirstBlockCacheConfig(**params)
+        if self.type == "MagCache":
+            return MagCacheConfig(**{"num_inference_steps": steps, **params})
+        if isinstance(params.get("taylor_factors_dtype"), str):
+            import torch
+
+            params["taylor_factors_dtype"] = getattr(torch, params["taylor_factors_dtype"])
+        return TaylorSeerCacheConfig(**params)
+
+
+class DiffusersOptions(BaseModel):
+    """Options every diffusers engine takes from its mode's TOML table (unknown keys are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str
+    checkpoint: Path = Field(description="local diffusers folder, loaded with from_pretrained(path)")
+    pipeline: str | None = Field(None, description="diffusers pipeline class; default chosen per mode")
+    steps: Steps = Field(30, description="denoising steps per chunk")
+    guidance: Guidance = Field(5.0, description="guidance_scale")
+    native_fps: Fps = Field(24, description="frame rate the model was trained at")
+    frames: FrameCount = Field(121, description="native frame window: frames per generated chunk")
+    overlap: FrameCount = Field(9, description="tail frames of a chunk that condition the next one")
+    max_area: Area = Field(480 * 832, description="pixels of the native grid (width x height)")
+    dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    device: str | None = Field(None, description="overrides the worker's device")
+    cache: CacheOptions | None = None
+    cpu_offload: bool = Field(False, description="enable_model_cpu_offload (small GPUs)")
+    vae_tiling: bool = Field(False, description="vae.enable_tiling (small GPUs, large frames)")
+    negative_prompt: str = Field("", description="used when a request has none")
+    call_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline __call__ arguments")
+
+    @model_validator(mode="after")
+    def _window(self) -> DiffusersOptions:
+        if self.overlap >= self.frames:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than frames ({self.frames})")
+        return self
+
+
+class WanOptions(DiffusersOptions):
+    steps: Steps = 40
+    guidance: Guidance = 5.0
+    native_fps: Fps = 16
+    frames: FrameCount = 81
+    overlap: FrameCount = 9
+    extend_checkpoint: Path | None = Field(None, description="Wan VACE folder for chunks past the window")
+    guidance_2: float | None = Field(None, description="guidance_scale_2 (Wan 2.2 low-noise expert)")
+
+
+class LTXOptions(DiffusersOptions):
+    steps: Steps = 40
+    guidance: Guidance = 3.0
+    native_fps: Fps = 24
+    frames: FrameCount = 121
+    overlap: FrameCount = 9
+    max_area: Area = 704 * 480
+    timesteps: list[float] | None = Field(None, description="a distilled model's schedule (0-1000)")
+    decode_timestep: float = Field(0.05, description="VAE decode timestep (timestep-aware VAEs)")
+    image_cond_noise_scale: float = Field(0.025, ge=0, description="noise added to hard conditions")
+    reference_strength: Strength = Field(0.5, description="strength of omni-reference conditions")
+
+    @model_validator(mode="after")
+    def _schedule(self) -> LTXOptions:
+        if self.timesteps is not None:
+            if "steps" in self.model_fields_set and self.steps != len(self.timesteps):
+                raise ValueError(f"steps = {self.steps} but timesteps has {len(self.timesteps)} values")
+            self.steps = len(self.timesteps)
+        return self
+
+
+class LTX2Options(DiffusersOptions):
+    steps: Steps = 40
+    guidance: Guidance = 4.0
+    native_fps: Fps = 24
+    frames: FrameCount = 121
+    overlap: FrameCount = 9
+    max_area: Area = 768 * 512
+    sigmas: list[float] | None = Field(None, description="a distilled model's sigma schedule")
+    decode_timestep: float = Field(0.05, description="VAE decode timestep (timestep-aware VAEs)")
+    reference_strength: Strength = Field(0.5, description="strength of omni-reference conditions")
+
+    @model_validator(mode="after")
+    def _schedule(self) -> LTX2Options:
+        if self.sigmas is not None:
+            if "steps" in self.model_fields_set and self.steps != len(self.sigmas):
+                raise ValueError(f"steps = {self.steps} but sigmas has {len(self.sigmas)} values")
+            self.steps = len(self.sigmas)
+        return self
+
+
+# The engines whose options are checked with the models file (the others check their own).
+OPTIONS: dict[str, type[DiffusersOptions]] = {"wan": WanOptions, "ltx": LTXOptions, "ltx2": LTX2Options}
+
+
+def check_options(engine: str, spec: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming every key at fault when ``spec`` is not valid for ``engine``."""
+    model = OPTIONS.get(engine)
+    if model is None:
+        return
+    try:
+        model(**spec)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{where}: {err['msg']}" if where else err["msg"])
+        raise ValueError("; ".join(problems)) from None
