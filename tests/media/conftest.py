@@ -1,8 +1,8 @@
 """Real local upstreams for the media tests (127.0.0.x only, no patching) and small helpers.
 
-``upstream`` is a threaded HTTP server whose routes can serve bytes, redirect, stall, trickle or
-stream forever; it records every request with the local address it arrived at, so tests can
-see which address a fetch really connected to.
+``upstream`` is a ``HostileHost``: a threaded HTTP server whose routes can serve bytes, redirect,
+stall, trickle or stream forever; it records every request with the local address it arrived at,
+so tests can see which address a fetch really connected to.
 """
 
 from __future__ import annotations
@@ -11,146 +11,19 @@ import asyncio
 import shutil
 import ssl
 import subprocess
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from opendance.media.fetch import SafeFetcher
-
-Route = Callable[[BaseHTTPRequestHandler, threading.Event], None]
-
-
-class Upstream:
-    """``up.add("/a.png", data)`` then fetch ``up.url("/a.png")``."""
-
-    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
-        self.routes: dict[str, Route] = {}
-        self.requests: list[dict[str, Any]] = []  # method, path, headers, local (address:port it reached), body
-        self.sni: list[str | None] = []
-        self.stop = threading.Event()
-        up = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self, method: str) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else b""
-                up.requests.append(
-                    {"method": method, "path": self.path, "headers": dict(self.headers), "local": self.connection.getsockname()[0], "body": body}
-                )
-                route = up.routes.get(self.path.split("?")[0])
-                try:
-                    if route is None:
-                        self._send(404, b"not found")
-                    else:
-                        route(self, up.stop)
-                except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
-                    pass  # the client hung up (byte cap, deadline): expected
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
-        if tls is not None:
-            def remember_sni(sock: ssl.SSLSocket, name: str | None, ctx: ssl.SSLContext) -> None:
-                up.sni.append(name)
-
-            tls.sni_callback = remember_sni
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.host, self.port = host, self.server.server_address[1]
-        self.scheme = "https" if tls is not None else "http"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self._thread.start()
-
-    def url(self, path: str, host: str | None = None) -> str:
-        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
-
-    def add(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> str:
-        self.routes[path] = lambda h, stop: h._send(status, body, headers)
-        return self.url(path)
-
-    def redirect(self, path: str, location: str, status: int = 302) -> str:
-        return self.add(path, b"", status, {"Location": location})
-
-    def endless(self, path: str) -> str:
-        """A chunked response that never ends (until the client hangs up)."""
-
-        def route(h: BaseHTTPRequestHandler, stop: threading.Event) -> None:
-            h.send_response(200)
-            h.send_header("Transfer-Encoding", "chunked")
-            h.end_headers()
-            chunk = b"%x\r\n%s\r\n" % (65536, b"\0" * 65536)
-            while not stop.is_set():
-                h.wfile.write(chunk)
-
-        self.routes[path] = route
-        return self.url(path)
-
-    def stall(self, path: str, after: bytes = b"") -> str:
-        """Headers (and ``after``), then silence until the test ends."""
-
-        def route(h: BaseHTTPRequestHandler, stop: threading.Event) -> None:
-            h.send_response(200)
-            h.send_header("Content-Length", "100000")
-            h.end_headers()
-            h.wfile.write(after)
-            h.wfile.flush()
-            stop.wait(60)
-
-        self.routes[path] = route
-        return self.url(path)
-
-    def hang(self, path: str) -> str:
-        """No answer at all until the test ends."""
-        self.routes[path] = lambda h, stop: stop.wait(60)
-        return self.url(path)
-
-    def trickle(self, path: str, interval: float = 0.05) -> str:
-        """One byte every ``interval`` seconds, forever: never silent long enough for a read timeout."""
-
-        def route(h: BaseHTTPRequestHandler, stop: threading.Event) -> None:
-            h.send_response(200)
-            h.send_header("Transfer-Encoding", "chunked")
-            h.end_headers()
-            while not stop.wait(interval):
-                h.wfile.write(b"1\r\nx\r\n")
-                h.wfile.flush()
-
-        self.routes[path] = route
-        return self.url(path)
-
-    def paths(self) -> list[str]:
-        return [r["path"] for r in self.requests]
-
-    def close(self) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+from opendance.testing.http import HostileHost
 
 
 @pytest.fixture
 def upstream():
-    up = Upstream()
+    up = HostileHost()
     yield up
     up.close()
 
@@ -158,10 +31,10 @@ def upstream():
 @pytest.fixture
 def make_upstream():
     """Start more upstreams (other loopback addresses, TLS); all closed at the end."""
-    made: list[Upstream] = []
+    made: list[HostileHost] = []
 
-    def make(host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Upstream:
-        made.append(Upstream(host, tls))
+    def make(host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> HostileHost:
+        made.append(HostileHost(host, tls=tls))
         return made[-1]
 
     yield make
