@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import InvalidRequest, PayloadTooLarge
+from ..errors import InvalidRequest
 from .openai_protocol import CreateVideoForm, Video, VideoDeleted, VideoList, VideoOrTask
 from .openai_serving import Upload, VideoService
-from .routes import ERRORS, Owner, Service, base_url, get_content, get_owner, read_json
+from .routes import ERRORS, Owner, Service, base_url, get_content, get_owner, read_body, read_json
 
 router = APIRouter(tags=["OpenAI videos"])
 
@@ -46,24 +46,12 @@ def wants_openai_shape(request: Request, shape: str | None) -> bool:
     return request.headers.get("user-agent", "").lower().startswith("openai/")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is {int(declared)} bytes; at most {limit} bytes are accepted")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
-    return bytes(body)
-
-
 async def read_create(request: Request, limit: int) -> tuple[Any, Upload | None]:
     """The create request as (fields, the ``input_reference`` file part if one was sent)."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         return await read_json(request, limit), None
-    body = await _read_body(request, limit)
+    body = await read_body(request, limit)
 
     async def replay() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}

@@ -51,11 +51,8 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refusing (413) anything over ``limit`` bytes before reading it all."""
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype != "application/json" and not ctype.endswith("+json"):
-        raise InvalidRequest(f"the body must be JSON (Content-Type: application/json), not {ctype}", code="unsupported_content_type")
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes before reading it all."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body is {int(declared)} bytes; at most {limit} bytes are accepted")
@@ -64,6 +61,15 @@ async def read_json(request: Request, limit: int) -> Any:
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refusing (413) anything over ``limit`` bytes before reading it all."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise InvalidRequest(f"the body must be JSON (Content-Type: application/json), not {ctype}", code="unsupported_content_type")
+    body = await read_body(request, limit)
     try:
         return json.loads(body, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
