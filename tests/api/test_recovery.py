@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
 
 from opendance.media.encode import probe_mp4
+from opendance.testing.http import MediaHost
 from opendance.testing.server import LiveServer, wait_for_task
 
 CONFIG = """
@@ -114,73 +116,36 @@ def test_worker_crash_is_retried_then_given_up(tmp_path):
         server.kill()
 
 
-class HookReceiver:
-    """A callback endpoint on 127.0.0.1 that can be absent: ``port`` is reserved first, and the
-    server listens on it only after ``listen()`` (before that, POSTs are refused)."""
-
-    def __init__(self) -> None:
-        import socket
-
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self.posts: list[dict] = []
-        self._server = None
-
-    def listen(self) -> None:
-        import json
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        posts = self.posts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-
 def test_callbacks_pending_at_a_crash_are_sent_after_the_restart(tmp_path):
-    """The receiver is down while the task runs (every POST refused and retried); the server
-    is killed; once it is back (and the receiver too) the task's current object is delivered,
-    and only once: a second restart sends nothing more."""
-    hook = HookReceiver()
+    """The receiver answers 503 while the task runs (every POST retried); the server is killed;
+    once it is back (and the receiver answers 200) the task's current object is delivered, and
+    only once: a second restart sends nothing more."""
     cfg = tmp_path / "models.toml"
     cfg.write_text(CONFIG.format(markers=tmp_path))
     env = {"OPENDANCE_ALLOW_HOSTS": "127.0.0.1", "OPENDANCE_CALLBACK_ATTEMPTS": "30", "OPENDANCE_CALLBACK_TIMEOUT": "1"}
-    server = LiveServer(tmp_path / "data", config=cfg, env=env).start()
-    try:
-        body = {"model": "slow", "prompt": "a", "extra_body": {"callback_url": f"http://127.0.0.1:{hook.port}/hook"}}
-        with server.client() as c:
-            tid = c.post("/v1/video/generations", json=body).json()["id"]
-            assert wait_for_task(c, tid, timeout=60)["status"] == "completed"
-        server.kill()
-        assert hook.posts == []
-        hook.listen()
-        server.start()
-        deadline = time.monotonic() + 30
-        while not hook.posts and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert [(p["id"], p["status"]) for p in hook.posts] == [(tid, "completed")]
-        assert hook.posts[0]["video_url"]
-        time.sleep(1.0)  # the settled mark is written right after the POST
-        server.kill()
-        server.start()
-        time.sleep(3.0)
-        assert len(hook.posts) == 1, hook.posts
-    finally:
-        server.kill()
-        hook.close()
+    with MediaHost() as hook:
+        hook.post_status = 503
+        server = LiveServer(tmp_path / "data", config=cfg, env=env).start()
+        try:
+            body = {"model": "slow", "prompt": "a", "extra_body": {"callback_url": hook.url + "/hook"}}
+            with server.client() as c:
+                tid = c.post("/v1/video/generations", json=body).json()["id"]
+                assert wait_for_task(c, tid, timeout=60)["status"] == "completed"
+            server.kill()
+            assert hook.posts  # tried, refused
+            hook.posts.clear()
+            hook.post_status = 200
+            server.start()
+            deadline = time.monotonic() + 30
+            while not hook.posts and time.monotonic() < deadline:
+                time.sleep(0.1)
+            delivered = [json.loads(b) for _, b in hook.posts]
+            assert [(p["id"], p["status"]) for p in delivered] == [(tid, "completed")]
+            assert delivered[0]["video_url"]
+            time.sleep(1.0)  # the settled mark is written right after the POST
+            server.kill()
+            server.start()
+            time.sleep(3.0)
+            assert len(hook.posts) == 1, hook.posts
+        finally:
+            server.kill()
