@@ -88,8 +88,11 @@ class DenoiseCheckpoints:
         if saved is not None and isinstance(saved[0], bytes):
             state = torch.load(io.BytesIO(saved[0]), weights_only=True)
             self.chunk, self.step, self.parts = int(state["chunk"]), int(state["step"]), list(state["parts"])
-            self.latents, self.scheduler = dict(state["latents"] or {}), state["scheduler"]
-            self._generator_state, self._call_generator_state = state["generator"], state["call_generator"]
+            latents = state["latents"]
+            if torch.is_tensor(latents):  # an earlier format: the video latents alone
+                latents = {"latents": latents}
+            self.latents, self.scheduler = dict(latents or {}), state["scheduler"]
+            self._generator_state, self._call_generator_state = state.get("generator"), state.get("call_generator")
 
     def bind(self, generator: torch.Generator) -> None:
         """The job's noise generator: its state is saved too, so the chunks after a resumed one
