@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import httpx
@@ -142,7 +143,15 @@ def test_callbacks_pending_at_a_crash_are_sent_after_the_restart(tmp_path):
             delivered = [json.loads(b) for _, b in hook.posts]
             assert [(p["id"], p["status"]) for p in delivered] == [(tid, "completed")]
             assert delivered[0]["video_url"]
-            time.sleep(1.0)  # the settled mark is written right after the POST
+            db = sqlite3.connect(tmp_path / "data" / "opendance.db")
+            try:  # the mark is cleared right after the POST
+                pending = "select callback_pending from tasks where id = ?"
+                deadline = time.monotonic() + 30
+                while db.execute(pending, (tid,)).fetchone()[0] is not None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert db.execute(pending, (tid,)).fetchone()[0] is None
+            finally:
+                db.close()
             server.kill()
             server.start()
             time.sleep(3.0)
