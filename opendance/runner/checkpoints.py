@@ -92,10 +92,12 @@ class TaskCheckpoints:
             log.warning("task %s: checkpoint not readable, starting over: %s", self.task_id, exc)
             return None
         try:
-            return decode_state(blob)
+            state, step = decode_state(blob)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("task %s: checkpoint damaged, starting over: %s", self.task_id, exc)
             return None
+        log.info("task %s: resuming after step %d from its checkpoint", self.task_id, step)
+        return state, step
 
     def load_part(self, name: str) -> bytes:
         return self.storage.get_bytes(self.prefix + "parts/" + _part(name))

@@ -94,6 +94,20 @@ class LiveServer:
             self._signal_group(signal.SIGKILL)
             self.process.wait(10)
 
+    def worker_pids(self) -> list[int]:
+        """The server's spawned worker processes (its children running multiprocessing's spawn_main)."""
+        if self.process is None:
+            return []
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.process.pid)], capture_output=True, text=True).stdout
+        found = []
+        for pid in (int(p) for p in out.split()):
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except FileNotFoundError:  # it ended meanwhile
+                pass
+        return found
+
     def kill_server_only(self) -> None:
         """SIGKILL the API process alone; its workers notice the closed pipe and exit."""
         if self.process is not None and self.process.poll() is None:

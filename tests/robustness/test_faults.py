@@ -88,11 +88,11 @@ def test_a_failing_output_write_fails_that_task_only(faulty):
             assert c.get("/healthz").status_code == 200 and c.get(f"/v1/video/generations/{task['id']}").status_code == 200
             # A worker restarted while the folder is broken must not die at birth over and over
             # (leaving tasks queued for ever): it starts, and fails each task the same way.
-            (old,) = worker_pids(faulty)
+            (old,) = faulty.worker_pids()
             os.kill(old, signal.SIGKILL)
             task = wait_for_task(c, c.post("/v1/video/generations", json=QUICK).json()["id"], timeout=60)
             assert (task["status"], task["error"]["code"]) == ("failed", "storage_error"), task
-            assert worker_pids(faulty) != [old]
+            assert faulty.worker_pids() != [old]
     finally:
         scratch.unlink()
         scratch.mkdir()
@@ -124,24 +124,9 @@ def test_a_failing_input_write_is_a_503_and_leaves_nothing(faulty, find_leftover
         assert_serving(c)
 
 
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def worker_pids(server: LiveServer) -> list[int]:
-    """The spawned worker processes of the server (multiprocessing's spawn_main children)."""
-    found = []
-    for pid in children(server.process.pid):
-        with contextlib.suppress(FileNotFoundError):
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-    return found
-
-
 @pytest.mark.timeout(120)
 def test_a_killed_worker_is_restarted_and_its_task_run_again(faulty):
-    (old,) = worker_pids(faulty)
+    (old,) = faulty.worker_pids()
     with faulty.client() as c:
         tid = c.post("/v1/video/generations", json={"model": "slow", "prompt": "x"}).json()["id"]
         deadline = time.monotonic() + 60
@@ -153,7 +138,7 @@ def test_a_killed_worker_is_restarted_and_its_task_run_again(faulty):
         assert task["status"] == "completed", task
         assert c.get("/readyz").json()["checks"]["runner"]["workers_alive"] == 1
         assert_serving(c)
-    (new,) = worker_pids(faulty)
+    (new,) = faulty.worker_pids()
     assert new != old
     with sqlite3.connect(f"file:{faulty.data_dir / 'opendance.db'}?mode=ro", uri=True) as conn:
         (attempts,) = conn.execute("select attempts from tasks where id = ?", (tid,)).fetchone()
