@@ -1,4 +1,4 @@
-"""The options each diffusers engine takes from its mode's table in the models file.
+"""The options each built-in engine takes from its mode's table in the models file.
 
 Pydantic only (no torch, no diffusers), so that ``opendance serve`` checks every model's options
 when it reads the models file, on an API server that has no torch installed, and refuses to start
@@ -126,8 +126,26 @@ class LTX2Options(DiffusersOptions):
         return self
 
 
-# The engines whose options are checked with the models file (the others check their own).
-OPTIONS: dict[str, type[DiffusersOptions]] = {"wan": WanOptions, "ltx": LTXOptions, "ltx2": LTX2Options}
+class PreviewOptions(BaseModel):
+    """The preview engine's options (unknown keys are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str
+    checkpoint_frames: int = Field(0, ge=0, description="keep finished frames as checkpoint chunks of this many; 0 = off")
+    font: Path | None = Field(
+        None, description="a TTF/OTF/TTC font for the prompt caption (the built-in one has Latin glyphs only)"
+    )
+
+
+# The engines whose options are checked with the models file (others, e.g. ``module:Class``
+# engines, check their own when they load).
+OPTIONS: dict[str, type[BaseModel]] = {
+    "preview": PreviewOptions,
+    "wan": WanOptions,
+    "ltx": LTXOptions,
+    "ltx2": LTX2Options,
+}
 
 
 def check_options(engine: str, spec: dict[str, Any]) -> None:

@@ -18,7 +18,12 @@ clients, CI and load tests can exercise the whole server in seconds:
 ``camera_fixed`` turns zoom and pan off (a still image is held; a morph only crossfades),
 and ``watermark`` draws a small "AI generated" mark; ``generate_audio`` is ignored (the preview
 makes no sound of its own). Frames are made lazily as the encoder pulls them; every frame
-checks for cancellation. The default font has Latin glyphs only: other scripts show as boxes.
+checks for cancellation.
+
+The prompt is typeset with the model's ``font`` option when it has one; otherwise, for a prompt
+in Chinese, Japanese or Korean, with the first CJK font found among the usual system places
+(``CJK_FONTS``: Noto Sans CJK, WenQuanYi, Droid Sans Fallback, PingFang); otherwise with
+Pillow's built-in font, which has Latin glyphs only (other scripts show as boxes).
 """
 
 from __future__ import annotations
@@ -39,13 +44,33 @@ from ..media.audio import mix_reference_audio
 from ..media.frames import fit_cover, read_video_frames, to_array
 from .base import Engine, Inputs, Job, Output, StepContext
 from .frame_chunks import checkpointed
+from .options import PreviewOptions
 
 PROGRESS_EVERY = 4  # frames between progress reports
 ZOOM = 1.12  # how far image modes zoom in over their clip
+# Where Linux distributions (apt fonts-noto-cjk / fonts-wqy-microhei / fonts-droid-fallback,
+# dnf google-noto-sans-cjk-fonts) and macOS keep a font with CJK glyphs.
+CJK_FONTS = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/System/Library/Fonts/PingFang.ttc",
+)
 
 
 class PreviewEngine(Engine):
     name = "preview"
+
+    def __init__(self, spec: dict[str, Any], device: str = "cpu") -> None:
+        super().__init__(spec, device)
+        self.opts = PreviewOptions(**{"engine": "preview", **spec})
+        if self.opts.font is not None:
+            try:
+                ImageFont.truetype(str(self.opts.font), 12)
+            except OSError as exc:
+                raise ValueError(f"font = {str(self.opts.font)!r}: not a font this engine can read ({exc})") from None
 
     def check_inputs(self, job: Job, inputs: Inputs) -> None:
         if min(job.width, job.height, job.fps) <= 0 or job.num_frames < 2:
@@ -64,7 +89,7 @@ class PreviewEngine(Engine):
         moving = not job.options.get("camera_fixed", False)
         frames: Iterable[np.ndarray]
         if job.mode is Mode.TEXT_TO_VIDEO:
-            frames = _text_frames(job, rng)
+            frames = _text_frames(job, rng, self._caption_font(job.prompt))
         elif job.mode is Mode.IMAGE_TO_VIDEO:
             frames = _zoom_frames(fit_cover(inputs.image, w, h), n, rng, moving)
         elif job.mode is Mode.FIRST_AND_LAST_FRAME:
@@ -78,8 +103,23 @@ class PreviewEngine(Engine):
         mark = _watermark(w, h) if job.options.get("watermark", False) else None
         # Finished frames kept as checkpoint chunks only when the model asks (``checkpoint_frames``
         # in its spec): preview frames are about as cheap to remake as to store.
-        paced = checkpointed(_paced(frames, n, ctx, mark), n, ctx, int(self.spec.get("checkpoint_frames", 0)))
+        paced = checkpointed(_paced(frames, n, ctx, mark), n, ctx, self.opts.checkpoint_frames)
         return Output(frames=paced, fps=job.fps, audio=audio)
+
+    def _caption_font(self, prompt: str) -> str | None:
+        """The font file for the prompt's caption, or None for the built-in font."""
+        if self.opts.font is not None:
+            return str(self.opts.font)
+        if any(_is_cjk(ch) for ch in prompt):
+            return next((path for path in CJK_FONTS if Path(path).is_file()), None)
+        return None
+
+
+def _is_cjk(ch: str) -> bool:
+    """Han ideographs, kana, hangul, CJK punctuation and full-width forms."""
+    o = ord(ch)
+    return (0x2E80 <= o <= 0x9FFF or 0xAC00 <= o <= 0xD7AF or 0xF900 <= o <= 0xFAFF or 0xFF00 <= o <= 0xFFEF
+            or 0x20000 <= o <= 0x3FFFF)
 
 
 def _paced(
@@ -189,17 +229,20 @@ def _exactly(frames: Iterator[np.ndarray], count: int, index: int) -> Iterator[n
     yield from itertools.repeat(last, count)
 
 
-_font = functools.lru_cache(maxsize=32)(ImageFont.load_default)  # size -> the built-in scalable font
+@functools.lru_cache(maxsize=64)
+def _font(size: int, path: str | None = None) -> Any:
+    """The font file at ``path`` (or Pillow's built-in scalable font) at ``size`` pixels."""
+    return ImageFont.truetype(path, size) if path is not None else ImageFont.load_default(size)
 
 
-def _text_frames(job: Job, rng: np.random.Generator) -> Iterator[np.ndarray]:
+def _text_frames(job: Job, rng: np.random.Generator, font_path: str | None = None) -> Iterator[np.ndarray]:
     w, h, n, fps = job.width, job.height, job.num_frames, job.fps
     field = _colour_field(w, h, rng)
     phase = rng.uniform(0, 2 * math.pi, size=2)
     spare_x, spare_y = field.width - w, field.height - h
     # Everything static is drawn once; per frame only a crop, two pastes and the time code.
     overlays = [_label(f"opendance preview  seed {job.seed}", w, h, top=True)]
-    if (text := _text_layer(job.prompt, w, h)) is not None:
+    if (text := _text_layer(job.prompt, w, h, font_path)) is not None:
         overlays.append(text)
     stamp_font, pad = _font(max(10, min(w, h) // 30)), min(w, h) // 40
     for i in range(n):
@@ -229,14 +272,14 @@ def _colour_field(w: int, h: int, rng: np.random.Generator) -> Image.Image:
     return small.resize((w + w // 4, h + h // 4), Image.Resampling.BICUBIC)
 
 
-def _text_layer(prompt: str, w: int, h: int) -> tuple[Image.Image, tuple[int, int]] | None:
+def _text_layer(prompt: str, w: int, h: int, font_path: str | None = None) -> tuple[Image.Image, tuple[int, int]] | None:
     """The prompt wrapped and centred as an RGBA patch and its position; ``None`` if blank.
     The font shrinks for long prompts; what still does not fit ends in an ellipsis."""
     if not (text := " ".join(prompt.split())):
         return None
     box_w, box_h, start = int(w * 0.84), int(h * 0.6), max(12, min(w, h) // 12)
     for size in (start, start * 4 // 5, start * 2 // 3, start // 2):
-        font, line_h = _font(size), round(size * 1.25)
+        font, line_h = _font(size, font_path), round(size * 1.25)
         max_lines = max(1, box_h // line_h)
         cap = max_lines * (box_w * 5 // size + 1)  # more characters than the box can hold: no glyph is under size/5
         lines = _wrap(text[:cap].split(), font, box_w, max_lines)
