@@ -105,7 +105,7 @@ def load_models(path: Path | None) -> dict[str, ModelConfig]:
             raise ValueError(f"models.{name}: no modes configured (add a [default] or [modes.*] table)")
         for mode, spec in modes.items():
             try:
-                check_options(spec.engine, {"engine": spec.engine, **spec.options})
+                check_options(spec.engine, {"engine": spec.engine, **spec.options}, mode.value)
             except ValueError as exc:
                 raise ValueError(f"models.{name} ({mode.value}, engine {spec.engine}): {exc}") from None
         models[name] = ModelConfig(name=name, modes=modes, **raw)

@@ -185,6 +185,7 @@ REGISTRY: dict[str, str] = {
     "wan": "opendance.engines.wan:WanEngine",
     "ltx": "opendance.engines.ltx:LTXEngine",
     "ltx2": "opendance.engines.ltx2:LTX2Engine",
+    "relay": "opendance.engines.relay:RelayEngine",
 }
 
 

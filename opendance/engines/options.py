@@ -138,6 +138,25 @@ class PreviewOptions(BaseModel):
     )
 
 
+class RelayOptions(BaseModel):
+    """The relay engine's options: which upstream API, where, with which key and model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str
+    protocol: Literal["legacy", "openai"] = Field(
+        description="legacy: this API's /v1/video/generations (Seedance gateways, another opendance); "
+        "openai: OpenAI's /v1/videos (SGLang Diffusion, vLLM-Omni, OpenAI)"
+    )
+    base_url: str = Field(pattern=r"^https?://[^/\s]+", description="the upstream server, e.g. https://api.example.com")
+    upstream_model: str = Field(min_length=1, description="the model name to ask the upstream for")
+    api_key_env: str | None = Field(None, description="environment variable holding the upstream's API key")
+    poll_interval: float = Field(2.0, gt=0, le=60, description="seconds between status polls")
+    request_timeout: float = Field(30.0, gt=0, description="seconds per upstream HTTP request")
+    deadline: float = Field(3600.0, gt=0, description="seconds the upstream may take for one task")
+    max_video_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="largest upstream video accepted")
+
+
 # The engines whose options are checked with the models file (others, e.g. ``module:Class``
 # engines, check their own when they load).
 OPTIONS: dict[str, type[BaseModel]] = {
@@ -145,16 +164,24 @@ OPTIONS: dict[str, type[BaseModel]] = {
     "wan": WanOptions,
     "ltx": LTXOptions,
     "ltx2": LTX2Options,
+    "relay": RelayOptions,
 }
 
 
-def check_options(engine: str, spec: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming every key at fault when ``spec`` is not valid for ``engine``."""
+# What OpenAI's /v1/videos can be asked for: a prompt and at most one first frame.
+OPENAI_RELAY_MODES = ("text-to-video", "image-to-video")
+
+
+def check_options(engine: str, spec: dict[str, Any], mode: str | None = None) -> None:
+    """Raise ``ValueError`` naming every key at fault when ``spec`` is not valid for ``engine``
+    (making ``mode``, when given)."""
     model = OPTIONS.get(engine)
     if model is None:
         return
     try:
-        model(**spec)
+        opts = model(**spec)
+        if isinstance(opts, RelayOptions) and opts.protocol == "openai" and mode not in (None, *OPENAI_RELAY_MODES):
+            raise ValueError(f"protocol = \"openai\" cannot relay {mode}: OpenAI's /v1/videos takes a prompt and one first frame")
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
