@@ -88,15 +88,15 @@ class RelayEngine(Engine):
     def _create(self, job: Job, inputs: Inputs) -> str:
         headers = {"Idempotency-Key": job.task_id}
         if self.opts.protocol == "legacy":
-            r = self._request("POST", "/v1/video/generations", json=self._legacy_body(job, inputs), headers=headers)
+            r = self._request("POST", "/v1/video/generations", retries=2, json=self._legacy_body(job, inputs), headers=headers)
         else:
             form = {"model": self.opts.upstream_model, "prompt": job.prompt, "seconds": str(job.duration),
                     "size": f"{job.width}x{job.height}"}
             if job.mode is Mode.IMAGE_TO_VIDEO:
                 files = {"input_reference": ("image.png", _png(inputs.image), "image/png")}
-                r = self._request("POST", "/v1/videos", data=form, files=files, headers=headers)
+                r = self._request("POST", "/v1/videos", retries=2, data=form, files=files, headers=headers)
             else:
-                r = self._request("POST", "/v1/videos", json=form, headers=headers)
+                r = self._request("POST", "/v1/videos", retries=2, json=form, headers=headers)
         answer = _json(r, "create")
         upstream = answer.get("id") or answer.get("task_id")
         if not isinstance(upstream, str) or not upstream:
