@@ -10,7 +10,7 @@ when a worker loads the engine.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -68,10 +68,24 @@ class DiffusersOptions(BaseModel):
     negative_prompt: str = Field("", description="used when a request has none")
     call_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline __call__ arguments")
 
+    # The field holding a distilled model's own schedule, if the engine takes one: its length
+    # is the step count (``steps``, when also given, must agree).
+    schedule_field: ClassVar[str | None] = None
+
     @model_validator(mode="after")
     def _window(self) -> DiffusersOptions:
         if self.overlap >= self.frames:
             raise ValueError(f"overlap ({self.overlap}) must be smaller than frames ({self.frames})")
+        return self
+
+    @model_validator(mode="after")
+    def _schedule(self) -> DiffusersOptions:
+        name = self.schedule_field
+        schedule = getattr(self, name) if name else None
+        if schedule is not None:
+            if "steps" in self.model_fields_set and self.steps != len(schedule):
+                raise ValueError(f"steps = {self.steps} but {name} has {len(schedule)} values")
+            self.steps = len(schedule)
         return self
 
 
@@ -96,14 +110,7 @@ class LTXOptions(DiffusersOptions):
     decode_timestep: float = Field(0.05, description="VAE decode timestep (timestep-aware VAEs)")
     image_cond_noise_scale: float = Field(0.025, ge=0, description="noise added to hard conditions")
     reference_strength: Strength = Field(0.5, description="strength of omni-reference conditions")
-
-    @model_validator(mode="after")
-    def _schedule(self) -> LTXOptions:
-        if self.timesteps is not None:
-            if "steps" in self.model_fields_set and self.steps != len(self.timesteps):
-                raise ValueError(f"steps = {self.steps} but timesteps has {len(self.timesteps)} values")
-            self.steps = len(self.timesteps)
-        return self
+    schedule_field: ClassVar[str | None] = "timesteps"
 
 
 class LTX2Options(DiffusersOptions):
@@ -116,14 +123,7 @@ class LTX2Options(DiffusersOptions):
     sigmas: list[float] | None = Field(None, description="a distilled model's sigma schedule")
     decode_timestep: float = Field(0.05, description="VAE decode timestep (timestep-aware VAEs)")
     reference_strength: Strength = Field(0.5, description="strength of omni-reference conditions")
-
-    @model_validator(mode="after")
-    def _schedule(self) -> LTX2Options:
-        if self.sigmas is not None:
-            if "steps" in self.model_fields_set and self.steps != len(self.sigmas):
-                raise ValueError(f"steps = {self.steps} but sigmas has {len(self.sigmas)} values")
-            self.steps = len(self.sigmas)
-        return self
+    schedule_field: ClassVar[str | None] = "sigmas"
 
 
 class PreviewOptions(BaseModel):
