@@ -60,8 +60,7 @@ class CallbackSender:
         try:
             while not queue.empty():
                 url, payload, raw_status = queue.get_nowait()
-                async with self._slots:
-                    await self._deliver(url, payload)
+                await self._deliver(url, payload)
                 if self.settled is not None:
                     try:
                         await self.settled(task_id, raw_status)
@@ -77,7 +76,8 @@ class CallbackSender:
     async def _deliver(self, url: str, payload: dict[str, Any]) -> None:
         for attempt in range(1, self.attempts + 1):
             try:
-                status = await self.fetcher.post_json(url, payload, timeout=self.timeout)
+                async with self._slots:  # per attempt: a receiver in backoff holds no slot
+                    status = await self.fetcher.post_json(url, payload, timeout=self.timeout)
                 if 200 <= status < 300:
                     self.delivered += 1
                     return
