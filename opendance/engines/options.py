@@ -144,11 +144,15 @@ class RelayOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     engine: str
-    protocol: Literal["legacy", "openai"] = Field(
+    protocol: Literal["legacy", "openai", "ark"] = Field(
         description="legacy: this API's /v1/video/generations (Seedance gateways, another opendance); "
-        "openai: OpenAI's /v1/videos (SGLang Diffusion, vLLM-Omni, OpenAI)"
+        "openai: OpenAI's /v1/videos (SGLang Diffusion, vLLM-Omni, OpenAI); "
+        "ark: BytePlus ModelArk / Volcengine Ark's contents/generations/tasks"
     )
-    base_url: str = Field(pattern=r"^https?://[^/\s]+", description="the upstream server, e.g. https://api.example.com")
+    base_url: str = Field(
+        pattern=r"^https?://[^/\s]+",
+        description="the upstream server, e.g. https://api.example.com (ark: with its /api/v3 path)",
+    )
     upstream_model: str = Field(min_length=1, description="the model name to ask the upstream for")
     api_key_env: str | None = Field(None, description="environment variable holding the upstream's API key")
     poll_interval: float = Field(2.0, gt=0, le=60, description="seconds between status polls")

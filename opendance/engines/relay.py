@@ -10,6 +10,12 @@ Two upstream protocols (``protocol`` in the models file):
   and image-to-video with the image as ``input_reference`` (multipart). ``seconds`` is the
   task's duration and ``size`` its output size. OpenAI has no cancel; a cancelled task stops
   polling and asks for the upstream video to be deleted.
+- ``ark``: BytePlus ModelArk / Volcengine Ark's ``POST {base_url}/contents/generations/tasks``
+  (``base_url`` ends in ``/api/v3``), the Seedance models' own API. Every mode: a ``content``
+  array (the prompt as text; images with the roles ``first_frame``, ``last_frame`` or
+  ``reference_image``; reference videos and audios), and ``duration``, ``ratio``,
+  ``resolution``, ``seed``, ``generate_audio``, ``watermark``, ``camera_fixed``. Ark reports no
+  progress (the task's stays where it is until the video is home). Cancel is ``DELETE``.
 
 The upstream task is created with ``Idempotency-Key: <our task id>``, and its id is kept as the
 task's checkpoint, so a worker that dies while the upstream works does not pay for the video
@@ -46,6 +52,7 @@ log = logging.getLogger("opendance.engines.relay")
 
 SHORTFALL = 1.0  # seconds an upstream clip may be short (its last frame is held)
 PASSED_OPTIONS = ("generate_audio", "watermark", "camera_fixed")  # extra_body keys sent upstream
+ARK_TASKS = "/contents/generations/tasks"  # under base_url, which ends in /api/v3
 
 
 class RelayEngine(Engine):
@@ -89,6 +96,8 @@ class RelayEngine(Engine):
         headers = {"Idempotency-Key": job.task_id}
         if self.opts.protocol == "legacy":
             r = self._request("POST", "/v1/video/generations", retries=2, json=self._legacy_body(job, inputs), headers=headers)
+        elif self.opts.protocol == "ark":
+            r = self._request("POST", ARK_TASKS, retries=2, json=self._ark_body(job, inputs), headers=headers)
         else:
             form = {"model": self.opts.upstream_model, "prompt": job.prompt, "seconds": str(job.duration),
                     "size": f"{job.width}x{job.height}"}
@@ -122,9 +131,36 @@ class RelayEngine(Engine):
         body["extra_body"] = extra
         return body
 
+    def _ark_body(self, job: Job, inputs: Inputs) -> dict[str, Any]:
+        content: list[dict[str, Any]] = [{"type": "text", "text": job.prompt}]
+
+        def item(kind: str, data: bytes, mime: str, role: str) -> dict[str, Any]:
+            return {"type": kind, kind: {"url": _data_uri(data, mime)}, "role": role}
+
+        if inputs.image is not None:
+            content.append(item("image_url", _png(inputs.image), "image/png", "first_frame"))
+        if inputs.last_image is not None:
+            content.append(item("image_url", _png(inputs.last_image), "image/png", "last_frame"))
+        content += [item("image_url", _png(im), "image/png", "reference_image") for im in inputs.images]
+        for kind, role, paths in (("video_url", "reference_video", inputs.videos), ("audio_url", "reference_audio", inputs.audios)):
+            for data in (Path(p).read_bytes() for p in paths):
+                content.append(item(kind, data, _media_type(data, "videos" if kind == "video_url" else "audios"), role))
+        body: dict[str, Any] = {
+            "model": self.opts.upstream_model,
+            "content": content,
+            "duration": job.duration,
+            "ratio": nearest_aspect_ratio(job.width, job.height),
+            "resolution": "720p" if min(job.width, job.height) >= 720 else "480p",
+            "seed": job.seed,
+            "generate_audio": bool(job.options.get("generate_audio", False)),  # Ark's default is on; ours is off
+        }
+        body.update({k: bool(v) for k, v in job.options.items() if k in ("watermark", "camera_fixed")})
+        return body
+
     def _wait(self, job: Job, upstream: str, ctx: StepContext) -> str:
         """Poll until the upstream task is completed (its video URL) or failed (an error)."""
-        path = f"/v1/video/generations/{upstream}" if self.opts.protocol == "legacy" else f"/v1/videos/{upstream}"
+        path = {"legacy": f"/v1/video/generations/{upstream}", "openai": f"/v1/videos/{upstream}",
+                "ark": f"{ARK_TASKS}/{upstream}"}[self.opts.protocol]
         deadline = time.monotonic() + self.opts.deadline
         while True:
             if _cancel_requested(ctx):
@@ -138,7 +174,7 @@ class RelayEngine(Engine):
             if status in ("completed", "succeeded"):
                 if self.opts.protocol == "openai":
                     return f"{self.opts.base_url.rstrip('/')}/v1/videos/{upstream}/content"
-                url = task.get("video_url") or (task.get("result") or {}).get("video_url")
+                url = task.get("video_url") or (task.get("result") or task.get("content") or {}).get("video_url")
                 if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                     raise EngineError(f"upstream task {upstream} is completed but has no video_url")
                 return url
@@ -156,6 +192,8 @@ class RelayEngine(Engine):
         try:
             if self.opts.protocol == "legacy":
                 self.http.post(f"/v1/video/generations/{upstream}/cancel")
+            elif self.opts.protocol == "ark":
+                self.http.delete(f"{ARK_TASKS}/{upstream}")
             else:
                 self.http.delete(f"/v1/videos/{upstream}")
         except httpx.HTTPError as exc:

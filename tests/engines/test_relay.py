@@ -191,7 +191,7 @@ def test_relay_options_are_checked_with_the_models_file(tmp_path):
                     'base_url = "ftp://x"\n')
     with pytest.raises(ValueError) as caught:
         load_models(path)
-    for problem in ("protocol: Input should be 'legacy' or 'openai'", "base_url: String should match pattern",
+    for problem in ("protocol: Input should be 'legacy', 'openai' or 'ark'", "base_url: String should match pattern",
                     "upstream_model: Field required"):
         assert problem in str(caught.value)
 
