@@ -86,7 +86,7 @@ class RelayEngine(Engine):
             log.info("task %s: upstream task %s created", job.task_id, upstream)
         else:
             log.info("task %s: following upstream task %s again", job.task_id, upstream)
-        video_url = self._wait(job, upstream, ctx)
+        video_url = self._wait(upstream, ctx)
         with tempfile.TemporaryDirectory(prefix="relay-") as tmp:
             path = Path(tmp) / "upstream.mp4"
             self._download(video_url, path, ctx)
@@ -157,7 +157,7 @@ class RelayEngine(Engine):
         body.update({k: bool(v) for k, v in job.options.items() if k in ("watermark", "camera_fixed")})
         return body
 
-    def _wait(self, job: Job, upstream: str, ctx: StepContext) -> str:
+    def _wait(self, upstream: str, ctx: StepContext) -> str:
         """Poll until the upstream task is completed (its video URL) or failed (an error)."""
         path = {"legacy": f"/v1/video/generations/{upstream}", "openai": f"/v1/videos/{upstream}",
                 "ark": f"{ARK_TASKS}/{upstream}"}[self.opts.protocol]
