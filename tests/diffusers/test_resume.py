@@ -15,20 +15,9 @@ from opendance.engines.base import Inputs, Job, StepContext
 from opendance.errors import Cancelled, EngineError
 from opendance.runner.checkpoints import TaskCheckpoints
 from opendance.storage import LocalStorage
+from opendance.testing.checkpoints import PartsRead
 
 STEPS, EVERY = 4, 2
-
-
-class PartsRead(TaskCheckpoints):
-    """Remembers which checkpoint parts a run read back."""
-
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.read: list[str] = []
-
-    def load_part(self, name: str) -> bytes:
-        self.read.append(name)
-        return super().load_part(name)
 
 
 def specs(folders):

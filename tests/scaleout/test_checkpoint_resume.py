@@ -15,6 +15,7 @@ from opendance.runner.checkpoints import TaskCheckpoints, checkpoint_prefix
 from opendance.runner.execute import run_job, video_key
 from opendance.storage import LocalStorage
 from opendance.storage.s3 import S3Storage
+from opendance.testing.checkpoints import PartsRead
 from opendance.testing.cluster import read_runs, wait_until
 from opendance.testing.scenario import ScenarioEngine
 from opendance.testing.server import LiveServer
@@ -118,18 +119,6 @@ def decoded(path) -> list:
 
     with av.open(str(path)) as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-
-
-class PartsRead(TaskCheckpoints):
-    """Remembers which parts a run read back."""
-
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.read: list[str] = []
-
-    def load_part(self, name: str) -> bytes:
-        self.read.append(name)
-        return super().load_part(name)
 
 
 def test_preview_resumes_from_frame_chunks(tmp_path):
