@@ -178,3 +178,22 @@ def test_read_video_frames_shows_the_latest_source_frame_at_each_tick(tmp_path):
     want = [levels[n * 30 // 12] for n in range(12)]
     assert len(got) == 12 and max(abs(g - w) for g, w in zip(got, want, strict=True)) <= 2
 
+
+
+def test_the_same_frames_always_make_the_same_bytes(tmp_path):
+    """Same seed, same video: libx264's AVX-512 kernels broke that (see ``video_options``).
+    The preview's own frames, encoded again and again in one process, give one bitstream."""
+    from opendance.domain import Mode
+    from opendance.engines.base import Inputs, Job, StepContext
+    from opendance.engines.preview import PreviewEngine
+
+    job = Job(task_id="t", model="m", mode=Mode.TEXT_TO_VIDEO, prompt="the same every time", width=864, height=480,
+              fps=8, duration=5, seed=7, engine={"engine": "preview"})
+    ctx = StepContext(progress=lambda done, total: None, cancelled=lambda: False)
+    frames = [f.copy() for f in PreviewEngine({"engine": "preview"}).generate(job, Inputs(), ctx).frames]
+    digests = set()
+    for i in range(12):
+        path = tmp_path / f"{i}.mp4"
+        encode_mp4(Output(frames=iter(frames), fps=8), path, width=864, height=480, num_frames=len(frames))
+        digests.add(path.read_bytes())
+    assert len(digests) == 1
