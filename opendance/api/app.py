@@ -22,6 +22,7 @@ from ..metrics import CONTENT_TYPE, Metrics
 from ..storage import make_storage
 from ..store import TaskStore
 from ..store.migrate import upgrade
+from ..web import add_web_routes
 from .auth import Auth, UrlSigner
 from .limits import QueueAdmission, RateLimiter
 from .openai_routes import router as openai_router
@@ -95,13 +96,14 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             await fetcher.aclose()
             store.close()
 
-    app = FastAPI(title="opendance", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="opendance", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.auth = Auth(settings.api_keys)
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.state.metrics = Metrics()
     app.include_router(router)
     app.include_router(openai_router)  # /v1/videos: OpenAI's Videos API and the legacy alias
+    add_web_routes(app)  # the playground at /, and /docs and /redoc from packaged assets (no CDN)
     _add_health_routes(app)
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
