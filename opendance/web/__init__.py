@@ -6,7 +6,8 @@ network at all:
 - the playground is plain ES modules, CSS and HTML in ``opendance/web/static`` (no build step);
   it talks only to the public API of this server, with the key the user types in;
 - the docs pages load Swagger UI 5.32.6 and ReDoc 2.5.3 from the pinned ``fastapi-offline``
-  package (``fastapi_offline/static``), never from a CDN.
+  package (``fastapi_offline/static``), never from a CDN, and a Content-Security-Policy keeps
+  them from reaching anything but this server.
 
 Nothing here needs a key: the pages hold no data of their own; every call they make is an
 API call that the API authorises.
@@ -39,6 +40,10 @@ PLAYGROUND_CSP = "; ".join(
         "frame-ancestors 'none'",
     )
 )
+
+# The docs pages run the bundles' inline start-up scripts, so only what they may reach is held in:
+# ReDoc's footer shows a logo from its CDN, which would tell that CDN who reads these docs.
+DOCS_CSP = "connect-src 'self'; img-src 'self' data: blob:; object-src 'none'; frame-ancestors 'none'"
 
 
 class _Assets(StaticFiles):
@@ -77,7 +82,7 @@ def _add_docs_routes(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=root + openapi_url,
             title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
@@ -87,6 +92,8 @@ def _add_docs_routes(app: FastAPI) -> None:
             # No online validator badge: it would send the spec's URL to swagger.io.
             swagger_ui_parameters={"validatorUrl": None},
         )
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
 
     @app.get(oauth2_redirect, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
@@ -95,10 +102,12 @@ def _add_docs_routes(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=root + openapi_url,
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
             with_google_fonts=False,
         )
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page

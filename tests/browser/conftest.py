@@ -80,13 +80,14 @@ class Visit:
 
 @pytest.fixture
 def open_page(browser) -> Iterator[Callable[..., object]]:
-    """``open_page(server, path="/")``: a fresh context (empty localStorage) and page at that
-    path. At the end, the test fails if the page tried to reach another origin or threw."""
+    """``open_page(server, path="/", setup=None)``: a fresh context (empty localStorage) and page
+    at that path; ``setup(context)`` runs before the page loads (to add routes). At the end, the
+    test fails if the page tried to reach another origin or threw."""
     visits: list[tuple[Visit, object]] = []
 
-    def open_(server: LiveServer, path: str = "/", *, context=None):
+    def open_(server: LiveServer, path: str = "/", *, setup: Callable | None = None):
         visit = Visit(origin=server.url)
-        context = context or browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
         context.set_default_timeout(60_000)
 
         def route(r):
@@ -97,6 +98,8 @@ def open_page(browser) -> Iterator[Callable[..., object]]:
                 r.abort()
 
         context.route("**/*", route)
+        if setup is not None:
+            setup(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: visit.errors.append(str(exc)))
         page.goto(server.url + path)

@@ -92,8 +92,11 @@ function openaiCanSay(d) {
 }
 
 export function openaiSdk(described, { origin, keyed, task }) {
-  const key = keyed ? 'os.environ["OPENDANCE_API_KEY"]' : '"none"  # the server is open: any key works';
-  const client = `client = OpenAI(base_url=${JSON.stringify(`${origin}/v1`)}, api_key=${key})`;
+  const key = keyed ? 'os.environ["OPENDANCE_API_KEY"]' : '"none"';
+  const client = [
+    ...(keyed ? [] : ["# The server is open: any key works."]),
+    `client = OpenAI(base_url=${JSON.stringify(`${origin}/v1`)}, api_key=${key})`,
+  ].join("\n");
   const download = 'client.videos.download_content(video.id).write_to_file(f"{video.id}.mp4")';
   if (openaiCanSay(described)) {
     const args = [`model=${JSON.stringify(described.model)}`, `prompt=${JSON.stringify(described.prompt ?? "")}`];
