@@ -111,6 +111,9 @@ def test_a_bad_value_shows_the_servers_message_beside_its_field(playground_serve
     expect(page.locator("#duration-error")).to_have_text(said["message"])
     expect(page.get_by_label("Duration")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#form-error")).to_be_empty()
+    page.get_by_label("Duration").fill("five")  # not a number: sent as typed, for the server to name
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#duration-error")).to_have_text("duration must be a whole number of seconds (5-15); got 'five'")
 
     # An indexed param (images[1]) goes beside its list; the earlier error is cleared.
     page.get_by_label("Duration").fill("5")

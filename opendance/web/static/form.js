@@ -78,7 +78,7 @@ export class CreateForm {
           "div",
           { class: "lora", "data-lora": name },
           h("label", {}, h("input", { type: "checkbox", class: "lora-on" }), ` ${name}`),
-          h("label", {}, " scale ", h("input", { type: "number", class: "lora-scale", step: "0.05", value: "1", "aria-label": `${name} scale` })),
+          h("label", {}, " scale ", h("input", { type: "text", inputmode: "decimal", class: "lora-scale", value: "1", "aria-label": `${name} scale` })),
         ),
       ),
     );

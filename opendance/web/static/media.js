@@ -32,7 +32,14 @@ export class MediaField {
       this.add([...this.fileInput.files]);
       this.fileInput.value = ""; // the same file can be picked again after removing it
     });
-    this.urlInput.addEventListener("input", () => this.changed());
+    this.urlInput.addEventListener("input", () => {
+      // One first (or last) frame: a link typed in replaces a picked file, and the other way round.
+      if (this.single && this.urlInput.value.trim() && this.files.length) {
+        this.files = [];
+        this.render();
+      }
+      this.changed();
+    });
     box.addEventListener("dragover", (event) => {
       event.preventDefault();
       box.classList.add("dropping");
@@ -61,6 +68,7 @@ export class MediaField {
     this.reading = Promise.all(
       picked.map(async (file) => ({ name: file.name, size: file.size, type: file.type, dataUri: await readAsDataUri(file) })),
     ).then((read) => {
+      if (this.single) this.urlInput.value = "";
       this.files = this.single ? read : [...this.files, ...read];
       this.render();
       this.changed();
