@@ -4,16 +4,14 @@ page, the options, and "copy as code" snippets that make the same video again wh
 from __future__ import annotations
 
 import base64
-import io
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import av
 import httpx
-import numpy as np
 import pytest
 from playwright.sync_api import expect
 
@@ -42,14 +40,8 @@ def drop_file(page, field: str, name: str, data: bytes, mime: str = "image/png")
     expect(page.locator(f".media[data-field={field}] .picked")).to_contain_text(name)
 
 
-def frames_of(task: dict) -> list[np.ndarray]:
-    with av.open(io.BytesIO(httpx.get(task["video_url"]).content)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+def video_sha256(task: dict) -> str:
+    return hashlib.sha256(httpx.get(task["video_url"]).content).hexdigest()
 
 
 def test_the_mode_follows_the_inputs_before_sending_and_dropped_files_are_sent(playground_server, open_page, created):
@@ -168,7 +160,7 @@ def test_copied_code_makes_the_same_video_again(playground_server, open_page, cr
     with httpx.Client(base_url=playground_server.url, timeout=60) as http:
         want = http.get(f"/v1/videos/{original['id']}").json()
         original = wait_for_task(http, original["id"])
-        want_frames = frames_of(original)
+        want_video = video_sha256(original)
         for kind, code in codes.items():
             work = tmp_path / kind.replace(" ", "-")
             work.mkdir()
@@ -184,8 +176,4 @@ def test_copied_code_makes_the_same_video_again(playground_server, open_page, cr
             again = http.get(f"/v1/videos/{made['id']}").json()
             for key in ("prompt", "seed", "mode", "duration", "aspect_ratio", "width", "height", "extra_body"):
                 assert again[key] == want[key], (kind, key, again[key], want[key])
-            # The same video: frame for frame, up to the encoder (the server's MP4s of one request
-            # are not always byte-identical; a different input image would be far below 30 dB).
-            made_frames = frames_of(made)
-            assert len(made_frames) == len(want_frames), kind
-            assert min(psnr(a, b) for a, b in zip(made_frames, want_frames)) >= 30, kind
+            assert video_sha256(made) == want_video, kind  # the same request, seed and engine: the same MP4
