@@ -203,8 +203,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=500)
 
 
+# Methods counted under their own name; any other (h11 accepts any token as a method) is OTHER,
+# so clients cannot add series to /metrics by inventing method names.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class MetricsMiddleware:
-    """Counts and times every request by its route template (pure ASGI: no body buffering)."""
+    """Counts and times every request by its route template (pure ASGI: no body buffering).
+
+    Labels are bounded: the method is one of ``KNOWN_METHODS`` or ``OTHER``, the route is a
+    template of the app's own routes or ``unmatched``, the status is one the app answered.
+    """
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app = app
@@ -227,5 +236,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], path, str(status)).inc()
-            self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - t0)
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+            self.metrics.requests.labels(method, path, str(status)).inc()
+            self.metrics.latency.labels(method, path).observe(time.perf_counter() - t0)
