@@ -13,15 +13,17 @@ def fit_cover(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scale ``image`` to cover ``width`` x ``height`` and crop the centre: no bars, no stretch.
 
     This is the one definition of "the input resized to the output" (frame 0 of an
-    image-to-video task is exactly this image).
+    image-to-video task is exactly this image). The centre box of the output's aspect ratio is
+    resized straight to the output size, so no intermediate is ever larger than the output or
+    the source: an 8192x16 picture covering 864x480 would otherwise first be scaled to 245760x480.
     """
-    image = image.convert("RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     w, h = image.size
     scale = max(width / w, height / h)
-    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
-    resized = image.resize((new_w, new_h), Image.Resampling.LANCZOS)
-    left, top = (new_w - width) // 2, (new_h - height) // 2
-    return resized.crop((left, top, left + width, top + height))
+    box_w, box_h = width / scale, height / scale  # one side is the source's, the other fits inside it
+    left, top = (w - box_w) / 2, (h - box_h) / 2
+    return image.resize((width, height), Image.Resampling.LANCZOS, box=(left, top, left + box_w, top + box_h))
 
 
 def to_array(image: Image.Image) -> np.ndarray:

@@ -16,10 +16,14 @@ from fractions import Fraction
 import av
 
 from ..errors import MediaError
+from .images import MAX_ASPECT, MAX_SIDE, MIN_ASPECT, MIN_SIDE
 
 VIDEO_DEMUXERS = "mov,mp4"
 AUDIO_DEMUXERS = "wav,mp3,aac,mov,mp4"
-MAX_VIDEO_SIDE = 8192  # checked before decoding the first frame: one frame must stay affordable
+# A reference video's frame follows the image rules (each side 64-6000 px, aspect 0.4-2.5), and
+# holds at most DCI 4K's pixels: the worker decodes and fits every frame, so a frame must stay
+# affordable. Checked from the stream header before anything is decoded, and on the first frame.
+MAX_VIDEO_PIXELS = 4096 * 2160
 MAX_PACKETS = 200_000  # far above 15 s of any real stream; a file past it is refused, not walked
 
 
@@ -44,10 +48,10 @@ def probe_video(data: bytes, *, param: str) -> MediaInfo:
             raise MediaError(f"{param} has no video stream; a reference video must have one", param=param)
         stream = streams[0]
         ctx = stream.codec_context
-        if (ctx.width or 0) > MAX_VIDEO_SIDE or (ctx.height or 0) > MAX_VIDEO_SIDE:
-            message = f"{param} is {ctx.width}x{ctx.height} px; reference videos may be at most {MAX_VIDEO_SIDE} px on a side"
-            raise MediaError(message, param=param)
+        if ctx.width and ctx.height:  # a header may leave them out: then the first frame tells
+            check_video_shape(ctx.width, ctx.height, param)
         duration, frame = _walk(container, stream, param, what)
+        check_video_shape(frame.width, frame.height, param)
         brand = str(container.metadata.get("major_brand", "")).strip().lower()
         return MediaInfo(
             format="mov" if brand == "qt" else "mp4",
@@ -76,6 +80,19 @@ def probe_audio(data: bytes, *, param: str) -> MediaInfo:
         demuxer = container.format.name
         fmt = "m4a" if "mov" in demuxer.split(",") else demuxer
         return MediaInfo(format=fmt, duration=duration, has_audio=True, audio_codec=stream.codec_context.name)
+
+
+def check_video_shape(width: int, height: int, param: str) -> None:
+    """Refuse a frame size outside the rules above (``invalid_video_dimensions``)."""
+    problem = None
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        problem = f"width and height must be {MIN_SIDE}-{MAX_SIDE} px"
+    elif not MIN_ASPECT <= width / height <= MAX_ASPECT:
+        problem = f"the aspect ratio must be {MIN_ASPECT}-{MAX_ASPECT} (this is {width / height:.2f})"
+    elif width * height > MAX_VIDEO_PIXELS:
+        problem = f"a frame may have at most {MAX_VIDEO_PIXELS} pixels (4096x2160)"
+    if problem is not None:
+        raise MediaError(f"{param} is {width}x{height} px; {problem}", param=param, code="invalid_video_dimensions")
 
 
 def _open(data: bytes, demuxers: str, param: str, what: str) -> av.container.InputContainer:

@@ -114,7 +114,26 @@ def test_wav_header_that_claims_more_data():
     assert probe_audio(bytes(wav), param="audios[1]").duration == pytest.approx(1.0, abs=0.01)
 
 
-def test_oversized_video_is_refused_before_decoding():
-    data = video_bytes(0.1, width=8208, height=64, fps=10)
-    err = refused(probe_video, data, "videos[0]")
-    assert "8208x64" in err.message
+@pytest.mark.parametrize(
+    "width, height, why",
+    [
+        (8208, 64, "width and height must be 64-6000 px"),  # too wide
+        (8192, 16, "width and height must be 64-6000 px"),  # the extreme shape of issue 10
+        (256, 48, "width and height must be 64-6000 px"),  # too short
+        (640, 128, "the aspect ratio must be 0.4-2.5 (this is 5.00)"),
+        (96, 320, "the aspect ratio must be 0.4-2.5 (this is 0.30)"),
+        (4800, 2400, "a frame may have at most 8847360 pixels (4096x2160)"),
+    ],
+)
+def test_video_shape_rules(width, height, why):
+    """The image rules (sides 64-6000 px, aspect 0.4-2.5) and at most 4K's pixels per frame."""
+    with pytest.raises(MediaError) as info:
+        probe_video(video_bytes(0.1, width=width, height=height, fps=10), param="videos[0]")
+    assert (info.value.param, info.value.code) == ("videos[0]", "invalid_video_dimensions")
+    assert info.value.message == f"videos[0] is {width}x{height} px; {why}"
+
+
+@pytest.mark.parametrize("width, height", [(64, 64), (160, 64), (64, 160), (4096, 2160), (2160, 4096)])
+def test_video_shapes_at_the_limits_are_accepted(width, height):
+    info = probe_video(video_bytes(0.1, width=width, height=height, fps=10), param="videos[0]")
+    assert (info.width, info.height) == (width, height)
