@@ -85,7 +85,7 @@ class TaskService:
 
     async def task_changed(self, task: Task) -> None:
         if task.callback_url:
-            self.callbacks.send(task.id, task.callback_url, self.render(task), task.raw_status.value)
+            self.callbacks.send(task.id, task.callback_url, self.render(task), task.raw_status.value, owner=task.owner)
 
     async def resend_due_callbacks(self, changed_before: float) -> int:
         """Send the callbacks a stopped server left pending (tasks whose last change, before
