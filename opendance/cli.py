@@ -24,16 +24,33 @@ def _models_file_ok(settings, command: str) -> bool:
     return True
 
 
+def _raise_open_files_limit(connections: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit (up to the hard one) so the
+    connection cap, not EMFILE on accept, is what refuses connections."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256  # the database, storage, worker pipes, logs
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api.app import create_app
+    from .api.connections import protocol_class
     from .logging import uvicorn_log_config
 
     settings = _settings(args)
     if not _models_file_ok(settings, "serve"):
         return 2
     app = create_app(settings)
+    _raise_open_files_limit(settings.max_connections)
     uvicorn.run(
         app,
         host=settings.host,
@@ -42,6 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=uvicorn_log_config(settings.log_level),  # keys, tokens and data: URIs redacted
         proxy_headers=True,
         timeout_graceful_shutdown=10,
+        # h11 with a request-head deadline and a connection cap (api/connections.py)
+        http=protocol_class(settings.header_timeout, settings.max_connections),
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works: it goes to call_later
     )
     return 0
 

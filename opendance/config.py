@@ -134,6 +134,15 @@ class Settings(BaseSettings):
     storage: Literal["local", "s3"] = Field("local", description="where videos are stored")
     devices: CommaList = Field(["cpu"], description="one worker process per device (cpu, cuda:0, cuda:1 ...)")
 
+    header_timeout: float = Field(
+        10.0, ge=0, description="seconds a client has to send a request's line and headers, from connecting or from the end "
+        "of the previous response; then 408 and the connection is closed; 0 = no deadline",
+    )
+    keep_alive_timeout: float = Field(5.0, gt=0, description="seconds an idle kept-alive connection stays open")
+    max_connections: int = Field(
+        1000, ge=0, description="open HTTP connections at once; one more is answered 503 and closed; 0 = no cap "
+        "(keep it below the open-files limit, ulimit -n)",
+    )
     max_body_bytes: int = Field(64 * MiB, description="largest request body; larger is a 413")
     image_max_bytes: int = Field(30 * MiB, description="byte cap per image")
     video_max_bytes: int = Field(200 * MiB, description="byte cap per video")
