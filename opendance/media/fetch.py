@@ -9,6 +9,9 @@ happens, so a name that re-binds to 127.0.0.1 between check and connect cannot r
 
 Operators can allow-list host names, addresses or networks (``OPENDANCE_ALLOW_HOSTS``); an
 allow-listed host or address skips the private-address refusal, nothing else.
+
+``fetch_into`` hands the body to a ``Sink`` as it arrives (intake spools it to disk), so a
+download never sits in memory; ``fetch`` collects it in memory, for small things.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -38,6 +41,26 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _LEGACY_IPV4_CHARS = set("0123456789abcdefxABCDEFX.")
 # Checked in this order; each is the ``ipaddress`` flag ``is_<kind>``.
 _REFUSED_KINDS = ("unspecified", "loopback", "link-local", "multicast", "private", "reserved")
+
+
+class Sink(Protocol):
+    """Where ``fetch_into`` puts a body; both calls may wait (for room in a budget, for a disk)."""
+
+    async def expect(self, size: int) -> None:
+        """The body will be ``size`` bytes (a ``Content-Length`` within the cap), before any arrive."""
+
+    async def write(self, chunk: bytes) -> None: ...
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def expect(self, size: int) -> None:
+        pass
+
+    async def write(self, chunk: bytes) -> None:
+        self.data += chunk
 
 
 def _fetch_failed(param: str, reason: str, code: str = "media_fetch_failed") -> MediaError:
@@ -144,10 +167,17 @@ class SafeFetcher:
 
     async def fetch(self, url: str, *, param: str, max_bytes: int) -> bytes:
         """GET ``url`` (following checked redirects) and return at most ``max_bytes`` bytes."""
+        sink = _Collect()
+        await self.fetch_into(url, sink, param=param, max_bytes=max_bytes)
+        return bytes(sink.data)
+
+    async def fetch_into(self, url: str, sink: Sink, *, param: str, max_bytes: int) -> int:
+        """GET ``url`` (following checked redirects) into ``sink``: at most ``max_bytes`` bytes,
+        and how many there were. The total deadline includes the time the sink makes it wait."""
         where = [""]  # the host of the current hop, for the deadline message
         try:
             async with asyncio.timeout(self._total_timeout):
-                return await self._fetch(url, param, max_bytes, where)
+                return await self._fetch(url, param, max_bytes, where, sink)
         except TimeoutError:
             reason = f"the download from {where[0]} took longer than {self._total_timeout:g} s"
             raise _fetch_failed(param, reason) from None
@@ -171,7 +201,7 @@ class SafeFetcher:
         except TimeoutError:
             raise ConnectionError(f"callback_url: no answer within {timeout:g} s") from None
 
-    async def _fetch(self, url: str, param: str, max_bytes: int, where: list[str]) -> bytes:
+    async def _fetch(self, url: str, param: str, max_bytes: int, where: list[str], sink: Sink) -> int:
         current = self._parse(url, param, data_ok=True)
         seen = {str(current)}
         while True:
@@ -193,25 +223,28 @@ class SafeFetcher:
                     continue
                 if not 200 <= response.status_code < 300:
                     raise _fetch_failed(param, f"HTTP {response.status_code} from {current.host}")
-                return await self._read_body(response, current.host, param, max_bytes)
+                return await self._read_body(response, current.host, param, max_bytes, sink)
             finally:
                 await response.aclose()
 
-    async def _read_body(self, response: httpx.Response, host: str, param: str, max_bytes: int) -> bytes:
+    async def _read_body(self, response: httpx.Response, host: str, param: str, max_bytes: int, sink: Sink) -> int:
         too_large = MediaError(f"{param} is larger than {format_size(max_bytes)}", param=param, code="media_too_large")
         declared = response.headers.get("content-length", "")
         encoded = response.headers.get("content-encoding", "identity").lower() not in ("", "identity")
-        if declared.isdigit() and not encoded and int(declared) > max_bytes:
-            raise too_large
-        body = bytearray()
+        if declared.isdigit() and not encoded:
+            if int(declared) > max_bytes:
+                raise too_large
+            await sink.expect(int(declared))
+        size = 0
         try:
             async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > max_bytes:  # stop reading at the first byte past the cap
+                size += len(chunk)
+                if size > max_bytes:  # stop reading at the first byte past the cap
                     raise too_large
+                await sink.write(chunk)
         except httpx.HTTPError as exc:
             raise self._network_failure(exc, host) from None
-        return bytes(body)
+        return size
 
     def _parse(self, url: str | httpx.URL, param: str, *, data_ok: bool) -> httpx.URL:
         try:
