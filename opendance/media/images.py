@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -37,11 +38,29 @@ class ImageInfo:
     height: int
 
 
-def _open(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data), formats=_PLUGINS)
+def _open(data: bytes | Path) -> Image.Image:
+    return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data, formats=_PLUGINS)
 
 
-def inspect_image(data: bytes, *, param: str) -> ImageInfo:
+# Pillow holds a decoded pixel in at most 4 bytes (RGB is stored as RGBX; I and F are 32-bit).
+DECODED_BYTES_PER_PIXEL = 4
+
+
+def decode_cost(data: bytes | Path) -> int:
+    """The memory that ``inspect_image`` will need to decode ``data``, from its header alone
+    (nothing is decoded): its first frame's pixels times 4 bytes. 0 when ``inspect_image`` will
+    refuse it before decoding (not an image, too large a side, a decompression bomb)."""
+    try:
+        with _open(data) as img:
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - whatever fails here, inspect_image refuses it with the reason
+        return 0
+    if max(width, height) > MAX_SIDE:
+        return 0
+    return width * height * DECODED_BYTES_PER_PIXEL
+
+
+def inspect_image(data: bytes | Path, *, param: str) -> ImageInfo:
     """Refuse ``data`` unless it is an image the spec accepts; return its format and shape."""
     try:
         img = _open(data)

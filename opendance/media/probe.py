@@ -1,4 +1,5 @@
-"""Probe reference videos and audios from their bytes with PyAV (in memory, no temporary files).
+"""Probe reference videos and audios from their bytes with PyAV, in memory or from the spooled
+file intake wrote (read through Python, so FFmpeg opens nothing itself).
 
 Only the demuxers of the accepted containers may open the bytes (``format_whitelist``), so a
 playlist or concat script can never make FFmpeg open other files or URLs. The duration is
@@ -9,9 +10,12 @@ and is bounded by the byte caps; only the first frame is decoded, to prove the s
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import av
 
@@ -24,6 +28,10 @@ AUDIO_DEMUXERS = "wav,mp3,aac,mov,mp4"
 # holds at most DCI 4K's pixels: the worker decodes and fits every frame, so a frame must stay
 # affordable. Checked from the stream header before anything is decoded, and on the first frame.
 MAX_VIDEO_PIXELS = 4096 * 2160
+# Memory one probe may need per pixel of the frame: the decoder's reference frames (H.264 keeps
+# up to about 6 at 4K) in YUV 4:2:0, with room to spare; a 4096x2160 probe counts 101 MiB.
+DECODE_BYTES_PER_PIXEL = 12
+AUDIO_DECODE_COST = 4 * 1024 * 1024  # one decoded audio frame and the demuxer's buffers
 MAX_PACKETS = 200_000  # far above 15 s of any real stream; a file past it is refused, not walked
 
 
@@ -39,7 +47,7 @@ class MediaInfo:
     audio_codec: str | None = None
 
 
-def probe_video(data: bytes, *, param: str) -> MediaInfo:
+def probe_video(data: bytes | Path, *, param: str) -> MediaInfo:
     """Refuse ``data`` unless it is an MP4/MOV whose video stream decodes; measure it."""
     what = "a video (MP4 or MOV)"
     with _open(data, VIDEO_DEMUXERS, param, what) as container:
@@ -65,7 +73,7 @@ def probe_video(data: bytes, *, param: str) -> MediaInfo:
         )
 
 
-def probe_audio(data: bytes, *, param: str) -> MediaInfo:
+def probe_audio(data: bytes | Path, *, param: str) -> MediaInfo:
     """Refuse ``data`` unless it is a WAV/MP3/AAC (ADTS)/M4A whose audio stream decodes; measure it."""
     what = "an audio file (WAV, MP3, AAC or M4A)"
     with _open(data, AUDIO_DEMUXERS, param, what) as container:
@@ -95,16 +103,38 @@ def check_video_shape(width: int, height: int, param: str) -> None:
         raise MediaError(f"{param} is {width}x{height} px; {problem}", param=param, code="invalid_video_dimensions")
 
 
-def _open(data: bytes, demuxers: str, param: str, what: str) -> av.container.InputContainer:
-    if not data:
-        raise MediaError(f"{param} is empty; expected {what}", param=param)
+def decode_cost(data: bytes | Path) -> int:
+    """The memory ``probe_video`` will need, from the video stream's header alone (nothing is
+    decoded). 0 when ``probe_video`` will refuse it before decoding (not a video, a bad shape)."""
     try:
-        return av.open(io.BytesIO(data), mode="r", container_options={"format_whitelist": demuxers})
-    except (av.InvalidDataError, av.ArgumentError):
-        # No allowed demuxer recognises the bytes (FFmpeg's own words for this say less).
-        raise MediaError(f"{param} does not open as {what}: the bytes are not one of these formats", param=param) from None
-    except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
-        raise MediaError(f"{param} does not open as {what}: {_reason(exc)}", param=param) from None
+        with _open(data, VIDEO_DEMUXERS, "", "") as container:
+            streams = [s for s in container.streams.video if not _is_cover_art(s)]
+            if not streams:
+                return 0
+            width, height = streams[0].codec_context.width or 0, streams[0].codec_context.height or 0
+        check_video_shape(width, height, "")
+    except MediaError:
+        return 0
+    return width * height * DECODE_BYTES_PER_PIXEL
+
+
+@contextlib.contextmanager
+def _open(data: bytes | Path, demuxers: str, param: str, what: str) -> Iterator[av.container.InputContainer]:
+    with contextlib.ExitStack() as stack:
+        source = io.BytesIO(data) if isinstance(data, bytes) else stack.enter_context(open(data, "rb"))
+        if not source.read(1):
+            raise MediaError(f"{param} is empty; expected {what}", param=param)
+        source.seek(0)
+        try:
+            container = av.open(source, mode="r", container_options={"format_whitelist": demuxers})
+        except (av.InvalidDataError, av.ArgumentError):
+            # No allowed demuxer recognises the bytes (FFmpeg's own words for this say less).
+            message = f"{param} does not open as {what}: the bytes are not one of these formats"
+            raise MediaError(message, param=param) from None
+        except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
+            raise MediaError(f"{param} does not open as {what}: {_reason(exc)}", param=param) from None
+        with container:
+            yield container
 
 
 def _is_cover_art(stream: av.stream.Stream) -> bool:
