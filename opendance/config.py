@@ -147,6 +147,22 @@ class Settings(BaseSettings):
     image_max_bytes: int = Field(30 * MiB, description="byte cap per image")
     video_max_bytes: int = Field(200 * MiB, description="byte cap per video")
     audio_max_bytes: int = Field(15 * MiB, description="byte cap per audio")
+    media_inflight_bytes: int = Field(
+        2 * 1024 * MiB, ge=0, description="media bytes all creates under way may hold at once (spooled to disk while "
+        "fetched); a create that does not fit waits up to media_wait s, then is a 503; 0 = no limit",
+    )
+    decode_budget_bytes: int = Field(
+        512 * MiB, ge=0, description="memory all decodes of media at create time may take at once, counted from the "
+        "headers before decoding (4 bytes a pixel for images); more waits up to media_wait s, then is a 503; 0 = no limit",
+    )
+    media_threads: int = Field(0, ge=0, description="threads that decode and probe media at create time; 0 = min(4, cores)")
+    media_wait: float = Field(
+        10.0, ge=0, description="seconds a create may wait for room in the media budgets before it is refused (503)"
+    )
+    max_input_bytes_per_key: int = Field(
+        10 * 1024 * MiB, ge=0, description="bytes of inputs (images, videos, audios) one API key's tasks may keep "
+        "stored; a create past it is a 429; 0 = no limit",
+    )
     fetch_connect_timeout: float = Field(10.0, description="seconds to connect to a media host")
     fetch_read_timeout: float = Field(30.0, description="seconds a media host may stay silent")
     fetch_total_timeout: float = Field(120.0, description="seconds one media download may take in all")

@@ -17,6 +17,7 @@ from .. import __version__
 from ..callbacks import CallbackSender
 from ..config import Settings
 from ..errors import OpenDanceError
+from ..media.budget import MediaWork
 from ..media.fetch import Resolver, SafeFetcher
 from ..metrics import CONTENT_TYPE, Metrics
 from ..storage import make_storage
@@ -64,6 +65,9 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             settled=lambda task_id, raw_status: asyncio.to_thread(store.callback_settled, task_id, raw_status),
         )
         signer = UrlSigner(await asyncio.to_thread(store.meta_secret, "url_signing_secret"))
+        # Media work (decoding, probing) gets its own threads: it can never take all of the io pool above.
+        media_work = MediaWork.from_settings(settings)
+        await asyncio.to_thread(media_work.clear_spool)
         runner = make_runner(settings, store, storage, metrics, models)
         service = TaskService(
             settings, models, store, storage, runner, fetcher, callbacks, signer, metrics,
@@ -73,6 +77,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
                 settings.max_queued_total,
                 lambda owner, leave_out: (store.count_unfinished(owner, leave_out), store.count_unfinished(None, leave_out)),
             ),
+            media_work=media_work,
         )
         metrics.add_collector(lambda: _store_gauges(store, runner))
         app.state.service = service
@@ -94,6 +99,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             await runner.stop()
             await callbacks.drain()
             await fetcher.aclose()
+            media_work.close()
             store.close()
 
     app = FastAPI(title="opendance", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -8,11 +8,13 @@ exists can always run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..callbacks import CallbackSender
@@ -20,6 +22,7 @@ from ..config import ModelConfig, Settings
 from ..domain import IllegalTransition, RawStatus, Status, new_task_id, nearest_aspect_ratio
 from ..engines.base import Job
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from ..media.budget import IntakeScope, MediaWork
 from ..media.fetch import SafeFetcher
 from ..media.intake import MediaRequest, intake_media
 from ..metrics import Metrics
@@ -51,6 +54,7 @@ class TaskService:
         metrics: Metrics,
         signed_urls: bool,
         admission: QueueAdmission | None = None,
+        media_work: MediaWork | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
@@ -63,6 +67,7 @@ class TaskService:
         self.metrics = metrics
         self.signed_urls = signed_urls
         self.admission = admission or QueueAdmission(0, 0, lambda owner, leave_out: (0, 0))  # no limits
+        self.media_work = media_work or MediaWork.from_settings(settings)
         runner.add_listener(self.task_changed)
 
     # -- rendering -----------------------------------------------------------------------
@@ -112,7 +117,7 @@ class TaskService:
                 return self._same_request(earlier, request_hash)
         # Counted before any media is fetched, so a full queue costs the server nothing.
         task_id = new_task_id()
-        async with self.admission.admit(owner, task_id):
+        async with self.admission.admit(owner, task_id), self._intake_scope(owner, task_id, req) as scope:
             if req.callback_url:
                 await self.fetcher.check_url(req.callback_url, param="extra_body.callback_url")
             media = await intake_media(
@@ -120,6 +125,7 @@ class TaskService:
                 fetcher=self.fetcher,
                 settings=self.settings,
                 key_prefix=input_prefix(task_id),
+                scope=scope,
             )
             model = self.models[req.model]
             aspect = req.aspect_ratio or self._default_aspect(media)
@@ -143,6 +149,7 @@ class TaskService:
                 videos=media.videos,
                 audios=media.audios,
                 options=dict(req.options),
+                input_bytes=media.input_bytes,
             )
             try:
                 task = await asyncio.to_thread(
@@ -161,6 +168,16 @@ class TaskService:
         await self.runner.submit(task)
         await self.task_changed(task)
         return task
+
+    @contextlib.asynccontextmanager
+    async def _intake_scope(self, owner: str, task_id: str, req: CreateRequest) -> AsyncIterator[IntakeScope]:
+        """The create's share of the media budgets and its spool folder; with the key's stored
+        input bytes counted first when it sends media and the per-key cap is on."""
+        cap = self.settings.max_input_bytes_per_key
+        has_media = bool(req.image or req.last_image or req.images or req.videos or req.audios)
+        stored = await asyncio.to_thread(self.store.stored_input_bytes, owner) if cap and has_media else 0
+        async with self.media_work.intake(owner, task_id, stored=stored, cap=cap) as scope:
+            yield scope
 
     def _same_request(self, earlier: Task, request_hash: str | None) -> Task:
         if earlier.request_hash != request_hash:
@@ -182,7 +199,7 @@ class TaskService:
     def _store_new(self, req: CreateRequest, job: Job, aspect: str, blobs, owner, base_url, idempotency_key, request_hash) -> Task:
         try:
             for blob in blobs:  # inside the try: a write that fails half-way leaves nothing behind
-                self.storage.put_bytes(blob.key, blob.data, blob.content_type)
+                self.storage.put_file(blob.key, blob.path, blob.content_type)
             return self.store.create(
                 id=job.task_id,
                 owner=owner,

@@ -57,6 +57,7 @@ class Job:
     videos: list[MediaRef] = field(default_factory=list)
     audios: list[MediaRef] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # generate_audio, watermark, camera_fixed ...
+    input_bytes: int = 0  # bytes of the stored inputs (counted for the per-key cap on stored inputs)
 
     @property
     def num_frames(self) -> int:

@@ -1,8 +1,10 @@
 """Create-time media intake: fetch or decode every input, check it, and say what to store.
 
-Every item is fetched (or its data: URI decoded) concurrently, then inspected or probed in a
-worker thread (decoding is CPU work that must not stall the event loop). All media rules are
-enforced here, so a task that gets a row never fails later because of its inputs.
+Every item is fetched (or its data: URI decoded) concurrently into a file in the create's spool
+folder (never held in memory), each byte taken from the budget of media bytes in flight first;
+then inspected or probed on the media thread pool, holding the decode memory its header says it
+needs (``budget.MediaWork``). All media rules are enforced here, so a task that gets a row never
+fails later because of its inputs.
 
 When several items are bad, the error reported is always the first in field order (image,
 last_image, images, videos, audios) and index order, whichever download happened to fail first:
@@ -13,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..engines.base import MediaRef
 from ..errors import MediaError
+from . import images, probe
+from .budget import IntakeScope
 from .datauri import decode_data_uri
 from .fetch import SafeFetcher
-from .images import inspect_image
-from .probe import probe_audio, probe_video
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -63,7 +66,8 @@ class MediaRequest:
 @dataclass
 class StoredBlob:
     key: str
-    data: bytes
+    path: Path  # the spooled bytes; removed with the create's spool folder
+    size: int
     content_type: str
 
 
@@ -76,6 +80,10 @@ class IntakeResult:
     audios: list[MediaRef]
     blobs: list[StoredBlob]  # what the service must write to storage (keys under key_prefix)
 
+    @property
+    def input_bytes(self) -> int:
+        return sum(blob.size for blob in self.blobs)
+
 
 @dataclass
 class _Item:
@@ -85,11 +93,14 @@ class _Item:
     source: str  # http(s) URL or data: URI
 
 
-async def intake_media(req: MediaRequest, *, fetcher: SafeFetcher, settings: Settings, key_prefix: str) -> IntakeResult:
-    """Fetch, check and describe every media item of ``req``; raise the first ``MediaError``."""
+async def intake_media(
+    req: MediaRequest, *, fetcher: SafeFetcher, settings: Settings, key_prefix: str, scope: IntakeScope
+) -> IntakeResult:
+    """Fetch, check and describe every media item of ``req`` into ``scope`` (its spool folder and
+    budgets); raise the first ``MediaError`` (or a 503/429 from a budget or the storage cap)."""
     items = _items(req)
     caps = {"image": settings.image_max_bytes, "video": settings.video_max_bytes, "audio": settings.audio_max_bytes}
-    tasks = [asyncio.create_task(_intake_one(item, fetcher, caps[item.kind], key_prefix)) for item in items]
+    tasks = [asyncio.create_task(_intake_one(item, fetcher, caps[item.kind], key_prefix, scope)) for item in items]
 
     def cancel_later(index: int, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -129,30 +140,89 @@ def _items(req: MediaRequest) -> list[_Item]:
     return items
 
 
-async def _intake_one(item: _Item, fetcher: SafeFetcher, max_bytes: int, key_prefix: str) -> tuple[MediaRef, StoredBlob]:
+class _Spool:
+    """A fetch's sink: each byte is taken from the create's budget before it is kept, and the
+    bytes go to ``path`` in blocks written off the event loop."""
+
+    BLOCK = 1024 * 1024
+
+    def __init__(self, path: Path, scope: IntakeScope) -> None:
+        self.path = path
+        self.scope = scope
+        self.received = 0
+        self.taken = 0
+        self._buffer = bytearray()
+
+    async def expect(self, size: int) -> None:
+        await self._take_up_to(size)  # all at once, before the first byte is read
+
+    async def write(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        await self._take_up_to(self.received)
+        self._buffer += chunk
+        if len(self._buffer) >= self.BLOCK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is buffered; the file exists afterwards (empty for an empty body)."""
+        data, self._buffer = bytes(self._buffer), bytearray()
+        await asyncio.to_thread(_append, self.path, data)
+
+    async def _take_up_to(self, size: int) -> None:
+        if size > self.taken:
+            await self.scope.take(size - self.taken)
+            self.taken = size
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:  # opened per block: no descriptor outlives a cancelled fetch
+        f.write(data)
+
+
+def _spool_name(item: _Item) -> str:
+    return item.param.replace("[", "_").rstrip("]")  # "images[0]" -> "images_0"
+
+
+async def _intake_one(item: _Item, fetcher: SafeFetcher, max_bytes: int, key_prefix: str, scope: IntakeScope) -> tuple[MediaRef, StoredBlob]:
+    work = scope.work
+    path = await scope.make_folder() / _spool_name(item)
     if item.source[:5].lower() == "data:":
-        _, data = await asyncio.to_thread(decode_data_uri, item.source, param=item.param, max_bytes=max_bytes)
+        # The URI is already in memory (the request body, under its limit); decoded, counted, spooled.
+        _, data = await work.run(lambda: decode_data_uri(item.source, param=item.param, max_bytes=max_bytes))
+        await scope.take(len(data))
+        await asyncio.to_thread(path.write_bytes, data)
+        size = len(data)
+        del data
     else:
-        data = await fetcher.fetch(item.source, param=item.param, max_bytes=max_bytes)
-    return await asyncio.to_thread(_describe, item, data, key_prefix)
+        spool = _Spool(path, scope)
+        size = await fetcher.fetch_into(item.source, spool, param=item.param, max_bytes=max_bytes)
+        await spool.flush()
+    cost = await work.run(_decode_cost, item.kind, path)
+    return await work.decode(cost, _describe, item, path, size, key_prefix)
 
 
-def _describe(item: _Item, data: bytes, key_prefix: str) -> tuple[MediaRef, StoredBlob]:
-    """Inspect or probe one item's bytes (in a worker thread) and name its storage key."""
-    name = item.param.replace("[", "_").rstrip("]")  # "images[0]" -> "images_0"
+def _decode_cost(kind: str, path: Path) -> int:
+    """The decode memory ``_describe`` will need, from the file's header (nothing decoded)."""
+    if kind == "image":
+        return images.decode_cost(path)
+    return probe.decode_cost(path) if kind == "video" else probe.AUDIO_DECODE_COST
+
+
+def _describe(item: _Item, path: Path, size: int, key_prefix: str) -> tuple[MediaRef, StoredBlob]:
+    """Inspect or probe one spooled item (on the media pool) and name its storage key."""
     if item.kind == "image":
-        image = inspect_image(data, param=item.param)
+        image = images.inspect_image(path, param=item.param)
         fmt, width, height, duration, has_audio = image.format, image.width, image.height, None, False
     else:
-        info = probe_video(data, param=item.param) if item.kind == "video" else probe_audio(data, param=item.param)
+        info = probe.probe_video(path, param=item.param) if item.kind == "video" else probe.probe_audio(path, param=item.param)
         if not MIN_CLIP - DURATION_TOLERANCE <= info.duration <= MAX_CLIP + DURATION_TOLERANCE:
             message = f"{item.param} is {_secs(info.duration)} s long; each reference {item.kind} must be 2-15 s"
             raise MediaError(message, param=item.param, code="invalid_media_duration")
         fmt, width, height, duration, has_audio = info.format, info.width, info.height, info.duration, info.has_audio
     ext, content_type = _TYPES[fmt]
-    key = f"{key_prefix}{name}.{ext}"
+    key = f"{key_prefix}{_spool_name(item)}.{ext}"
     ref = MediaRef(key=key, kind=item.kind, width=width, height=height, duration=duration, has_audio=has_audio, format=fmt)
-    return ref, StoredBlob(key=key, data=data, content_type=content_type)
+    return ref, StoredBlob(key=key, path=path, size=size, content_type=content_type)
 
 
 def _check_total(name: str, kind: str, refs: list[MediaRef]) -> None:

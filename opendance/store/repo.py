@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import case, create_engine, delete, event, func, select, update
+from sqlalchemy import BigInteger, case, cast, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
@@ -186,6 +186,13 @@ class TaskStore:
             q = q.where(TaskRow.id.not_in(list(leave_out)))
         with self._session() as s:
             return int(s.scalar(q) or 0)
+
+    def stored_input_bytes(self, owner: str) -> int:
+        """Bytes of inputs the owner's tasks keep stored (``job.input_bytes``, 0 in tasks made
+        before it was recorded)."""
+        total = func.coalesce(func.sum(cast(TaskRow.job["input_bytes"].as_string(), BigInteger)), 0)
+        with self._session() as s:
+            return int(s.scalar(select(total).where(TaskRow.owner == owner)) or 0)
 
     def count_by_status(self) -> dict[str, int]:
         q = select(TaskRow.raw_status, func.count()).group_by(TaskRow.raw_status)

@@ -151,12 +151,12 @@ class HostileHost:
         """``size`` zero bytes, sent gzip-compressed although identity was asked for."""
         return self.add(path, gzip.compress(b"\0" * size, 9), "image/png", headers={"Content-Encoding": "gzip"})
 
-    def stall(self, path: str, after: bytes = b"") -> str:
-        """Headers promising 100 kB, ``after`` (the first bytes of it), then silence until the test ends."""
+    def stall(self, path: str, after: bytes = b"", length: int = 100_000) -> str:
+        """Headers promising ``length`` bytes, ``after`` (the first of them), then silence until the test ends."""
 
         def route(h: BaseHTTPRequestHandler, stop: threading.Event) -> None:
             h.send_response(200)
-            h.send_header("Content-Length", "100000")
+            h.send_header("Content-Length", str(length))
             h.end_headers()
             h.wfile.write(after)
             h.wfile.flush()

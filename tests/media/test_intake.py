@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from opendance.config import Settings
 from opendance.engines.base import MediaRef
 from opendance.errors import MediaError
+from opendance.media.budget import MediaWork
 from opendance.media.fetch import SafeFetcher
 from opendance.media.intake import IntakeResult, MediaRequest, intake_media
 from opendance.testing.media import audio_bytes, data_uri, image_bytes, video_bytes
@@ -19,33 +22,48 @@ JPEG = data_uri(image_bytes(200, 200, "JPEG", seed=1), "image/jpeg")
 BROKEN = data_uri(b"GIF89a not really", "image/gif")
 
 
-def intake(req: MediaRequest, settings: Settings | None = None, **fetcher_options: Any) -> IntakeResult:
+def intake(req: MediaRequest, settings: Settings | None = None, spooled: dict[str, bytes] | None = None, **fetcher_options: Any) -> IntakeResult:
+    """Run ``intake_media`` in a create's scope; the spooled bytes of each blob go to ``spooled``
+    (read before the scope ends, which removes them: checked too)."""
     options: dict[str, Any] = dict(allow_hosts=["127.0.0.1"], connect_timeout=2.0, read_timeout=2.0, total_timeout=10.0, max_redirects=3)
     options.update(fetcher_options)
+    settings = settings or Settings()
 
-    async def main() -> IntakeResult:
+    async def main(spool: Path) -> IntakeResult:
         fetcher = SafeFetcher(**options)
+        work = MediaWork(spool, threads=2, decode_bytes=256 << 20, inflight_bytes=1 << 30, wait=5.0)
         try:
-            return await intake_media(req, fetcher=fetcher, settings=settings or Settings(), key_prefix="inputs/task_x/")
+            async with work.intake("owner", "task_x") as scope:
+                result = await intake_media(req, fetcher=fetcher, settings=settings, key_prefix="inputs/task_x/", scope=scope)
+                for blob in result.blobs:
+                    assert blob.size == blob.path.stat().st_size
+                    if spooled is not None:
+                        spooled[blob.key] = blob.path.read_bytes()
+            return result
         finally:
+            assert list(spool.iterdir()) == [] and work.inflight_budget.used == 0 and work.decode_budget.used == 0
+            work.close()
             await fetcher.aclose()
 
-    return asyncio.run(main())
+    with tempfile.TemporaryDirectory() as spool:
+        return asyncio.run(main(Path(spool)))
 
 
 def refused(req: MediaRequest, settings: Settings | None = None, **options: Any) -> MediaError:
     with pytest.raises(MediaError) as info:
-        intake(req, settings, **options)
+        intake(req, settings, None, **options)
     assert info.value.status == 400
     return info.value
 
 
 def test_first_and_last_frame_from_data_uris():
-    result = intake(MediaRequest(image=PNG, last_image=JPEG))
+    spooled: dict[str, bytes] = {}
+    result = intake(MediaRequest(image=PNG, last_image=JPEG), spooled=spooled)
     assert result.image == MediaRef("inputs/task_x/image.png", "image", 320, 240, format="png")
     assert result.last_image == MediaRef("inputs/task_x/last_image.jpg", "image", 200, 200, format="jpeg")
     assert [(b.key, b.content_type) for b in result.blobs] == [("inputs/task_x/image.png", "image/png"), ("inputs/task_x/last_image.jpg", "image/jpeg")]
-    assert result.blobs[0].data == image_bytes(320, 240, "PNG")
+    assert spooled["inputs/task_x/image.png"] == image_bytes(320, 240, "PNG")
+    assert result.input_bytes == sum(len(data) for data in spooled.values())
     assert (result.images, result.videos, result.audios) == ([], [], [])
 
 

@@ -151,3 +151,12 @@ def test_list_pages_and_unfinished(store):
     page, more = store.list("alice", limit=10, after="task_l4")
     assert [t.id for t in page] == ["task_l3", "task_l2", "task_l1", "task_l0"] and not more
     assert [t.id for t in store.unfinished()] == ["task_l0", "task_l1", "task_l2", "task_l4", "task_l5", "task_l6"]
+
+
+def test_stored_input_bytes_on_postgres(store):
+    """The per-key cap's sum: past 2**31, and 0 for tasks without the field."""
+    new_task(store, "task_big", job={"task_id": "task_big", "input_bytes": 3 << 30})
+    new_task(store, "task_more", job={"task_id": "task_more", "input_bytes": 1 << 30})
+    new_task(store, "task_old")
+    new_task(store, "task_bob", owner="bob", job={"task_id": "task_bob", "input_bytes": 7})
+    assert (store.stored_input_bytes("alice"), store.stored_input_bytes("bob"), store.stored_input_bytes("nobody")) == (4 << 30, 7, 0)
