@@ -29,7 +29,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-import logging
 import os
 import shutil
 from collections import defaultdict
@@ -40,8 +39,6 @@ from typing import Any, TypeVar
 
 from ..errors import RateLimited, ServiceUnavailable
 from .datauri import format_size
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BUSY_RETRY_AFTER = 5  # seconds: budgets free up as soon as the creates ahead finish their media
