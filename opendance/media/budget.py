@@ -105,6 +105,16 @@ def _about(n: int) -> str:
     return f"{n} bytes"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or a name we did not make): not ours to judge
+    return True
+
+
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
     with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone, and its budget with it
         loop.call_soon_threadsafe(fn, *args)
@@ -113,8 +123,10 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: A
 class MediaWork:
     """The media thread pool, the two budgets and the spool directory of one API process."""
 
-    def __init__(self, spool_dir: Path, *, threads: int, decode_bytes: int, inflight_bytes: int, wait: float) -> None:
-        self.spool_dir = Path(spool_dir)
+    def __init__(self, spool_root: Path, *, threads: int, decode_bytes: int, inflight_bytes: int, wait: float) -> None:
+        # A folder per process: API servers that share a data dir never touch each other's files.
+        self.spool_root = Path(spool_root)
+        self.spool_dir = self.spool_root / str(os.getpid())
         self.wait = wait
         self.decode_budget = ByteBudget(decode_bytes)
         self.inflight_budget = ByteBudget(inflight_bytes)
@@ -132,10 +144,17 @@ class MediaWork:
         )
 
     def clear_spool(self) -> None:
-        """Remove what a server that stopped (or was killed) left in the spool, and make it."""
-        if self.spool_dir.exists():
-            shutil.rmtree(self.spool_dir, ignore_errors=True)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        """Remove what servers that stopped (or were killed) left in the spool: every folder but
+        those of live processes; then make this process's own, empty."""
+        self.spool_root.mkdir(parents=True, exist_ok=True)
+        for entry in self.spool_root.iterdir():
+            if entry.name.isdigit() and entry != self.spool_dir and _alive(int(entry.name)):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        self.spool_dir.mkdir()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

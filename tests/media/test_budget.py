@@ -4,6 +4,7 @@ thread pool and the header-only decode costs. Counted in bytes and by who waits,
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import threading
 import zlib
@@ -175,6 +176,20 @@ def test_the_stored_bytes_cap_counts_what_the_key_stores_and_fetches(tmp_path):
         media.close()
 
     asyncio.run(main())
+
+
+def test_the_spool_is_cleared_of_dead_processes_folders_only(tmp_path):
+    root = tmp_path / "spool"
+    dead, alive = root / "999999999", root / "1"  # no such process; init
+    for folder in (dead, alive):
+        folder.mkdir(parents=True)
+        (folder / "images_0").write_bytes(b"x")
+    (root / ".part-stray").write_bytes(b"x")
+    media = work(tmp_path)
+    media.clear_spool()
+    assert sorted(p.name for p in root.iterdir()) == sorted(["1", str(os.getpid())])
+    assert list(media.spool_dir.iterdir()) == [] and (alive / "images_0").exists()
+    media.close()
 
 
 def test_a_scope_spools_in_its_own_folder_and_removes_it(tmp_path):

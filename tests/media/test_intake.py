@@ -41,7 +41,7 @@ def intake(req: MediaRequest, settings: Settings | None = None, spooled: dict[st
                         spooled[blob.key] = blob.path.read_bytes()
             return result
         finally:
-            assert list(spool.iterdir()) == [] and work.inflight_budget.used == 0 and work.decode_budget.used == 0
+            assert list(work.spool_dir.iterdir()) == [] and work.inflight_budget.used == 0 and work.decode_budget.used == 0
             work.close()
             await fetcher.aclose()
 
