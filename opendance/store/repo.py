@@ -8,10 +8,11 @@ backwards, and ``progress`` only ever grows.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 import time
 from dataclasses import dataclass
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import BigInteger, case, cast, create_engine, delete, event, func, select, update
@@ -20,7 +21,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from ..domain import TRANSITIONS, IllegalTransition, RawStatus, Status
+from . import jsoncol
 from .models import MetaRow, TaskRow
+
+log = logging.getLogger("opendance.store")
 
 
 @dataclass(frozen=True)
@@ -67,13 +71,30 @@ class Task:
         return cls(**values)
 
 
+def _readable(rows: Sequence[TaskRow]) -> list[Task]:
+    """The rows as tasks, leaving out (and logging) any row that cannot be read, so that one bad
+    row never breaks a list."""
+    tasks = []
+    for row in rows:
+        try:
+            tasks.append(Task.from_row(row))
+        except Exception:  # noqa: BLE001 - e.g. a status no version of the code wrote
+            log.exception("task %s cannot be read; left out of the list", row.id)
+    return tasks
+
+
 class DuplicateIdempotencyKey(Exception):
     """Another task of this owner already holds the idempotency key."""
 
 
 def make_engine(url: str) -> Engine:
+    # Strict writes and forgiving reads of the JSON columns (jsoncol): one row that holds what
+    # JSON cannot render must not break every read of its owner's tasks.
+    json_args = {"json_serializer": jsoncol.dumps, "json_deserializer": jsoncol.loads}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=16)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=16, **json_args
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
@@ -84,7 +105,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **json_args)
 
 
 class TaskStore:
@@ -151,7 +172,11 @@ class TaskStore:
         model: str | None = None,
         newest_first: bool = True,
     ) -> tuple[list[Task], bool]:
-        """One page of the owner's tasks and whether more follow. ``after`` is a task id (cursor)."""
+        """One page of the owner's tasks and whether more follow. ``after`` is a task id (cursor).
+
+        A row that cannot be read is left out (and logged) without shortening the page: the
+        next rows take its place, so pages stay full and ``has_more`` stays true to the rows.
+        """
         q = select(TaskRow).where(TaskRow.owner == owner)
         if after is not None:
             cursor = select(TaskRow.seq).where(TaskRow.id == after, TaskRow.owner == owner).scalar_subquery()
@@ -160,10 +185,18 @@ class TaskStore:
             q = q.where(TaskRow.status == status.value)
         if model is not None:
             q = q.where(TaskRow.model == model)
-        q = q.order_by(TaskRow.seq.desc() if newest_first else TaskRow.seq.asc()).limit(limit + 1)
+        q = q.order_by(TaskRow.seq.desc() if newest_first else TaskRow.seq.asc())
+        tasks: list[Task] = []
         with self._session() as s:
-            rows = s.scalars(q).all()
-        return [Task.from_row(r) for r in rows[:limit]], len(rows) > limit
+            while True:
+                wanted = limit + 1 - len(tasks)
+                rows = s.scalars(q.limit(wanted)).all()
+                tasks += _readable(rows)
+                if len(rows) < wanted or len(tasks) > limit:
+                    break
+                last = rows[-1].seq  # some rows were unreadable: read on past them
+                q = q.where(TaskRow.seq < last if newest_first else TaskRow.seq > last)
+        return tasks[:limit], len(tasks) > limit
 
     def unfinished(self) -> list[Task]:
         """Tasks queued or running, oldest first (what a runner must take up again on start)."""
@@ -173,7 +206,7 @@ class TaskStore:
             .order_by(TaskRow.seq)
         )
         with self._session() as s:
-            return [Task.from_row(r) for r in s.scalars(q).all()]
+            return _readable(s.scalars(q).all())
 
     def count_unfinished(self, owner: str | None = None, leave_out: Collection[str] = ()) -> int:
         """Queued or running tasks (of ``owner``, when given), not counting the ids in ``leave_out``."""
