@@ -24,7 +24,7 @@ from ..store import Task
 from .protocol import TaskObject
 
 OPENAI_SHORTEST = 4  # OpenAI's shortest clip (and its default); lifted to MIN_DURATION
-_SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
+_SIZE = re.compile(r"^\s*([0-9]{1,5})\s*[xX]\s*([0-9]{1,5})\s*$", re.ASCII)  # ASCII digits only
 
 
 class VideoError(BaseModel):
@@ -98,7 +98,7 @@ def parse_seconds(value: Any) -> int | None:
     if value is None or value == "":
         return None
     text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-    if text is None or not text.isdigit():
+    if text is None or not (text.isascii() and text.isdigit()):  # not "٥" nor "５" nor "²"
         raise InvalidRequest(f"seconds must be a whole number of seconds; got {value!r}", param="seconds", code="invalid_type")
     n = int(text)
     if n == OPENAI_SHORTEST:

@@ -107,7 +107,7 @@ async def get_video(video_id: str, request: Request, videos: Videos, owner: Owne
     openai = wants_openai_shape(request, shape)
     task = await videos.get(video_id, owner)
     headers = None if task.status.is_terminal() else {"openai-poll-after-ms": POLL_AFTER_MS}
-    return JSONResponse(videos.render_dual(task, openai), headers=headers)
+    return JSONResponse(videos.render_dual(task, openai, base_url(request)), headers=headers)
 
 
 @router.delete("/v1/videos/{video_id}", responses={200: {"model": VideoDeleted}, **ERRORS})

@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import mimetypes
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..store import Task
 from .openai_protocol import dual_object, parse_seconds, resolve_size, video_object
 from .serving import TaskService
+from .validate import MAX_SEED
+
+log = logging.getLogger("opendance.service")
 
 THUMBNAIL_QUALITY = 80
 
@@ -31,7 +35,7 @@ _RENAMES = {
     "extra_body.seed": "seed",
     "extra_body.negative_prompt": "negative_prompt",
 }
-_INT = re.compile(r"^[+-]?\d+$")
+_INT = re.compile(r"^[+-]?[0-9]+$", re.ASCII)  # int() also reads other scripts' digits
 
 
 @dataclass
@@ -79,7 +83,7 @@ class VideoService:
         extra: dict[str, Any] = {}
         seed = fields.get("seed")
         if seed is not None:
-            extra["seed"] = int(seed) if isinstance(seed, str) and _INT.match(seed.strip()) else seed
+            extra["seed"] = _form_seed(seed)
         if fields.get("negative_prompt") is not None:
             extra["negative_prompt"] = fields["negative_prompt"]
         if extra:
@@ -96,12 +100,13 @@ class VideoService:
 
     async def page(self, owner: str, *, after: str | None, limit: Any, order: str) -> dict[str, Any]:
         tasks, has_more = await self.tasks.list(owner, limit=limit, after=after, status=None, model=None, order=order)
-        data = [video_object(t) for t in tasks]
+        data = self.tasks.render_each(tasks, video_object)
+        # The cursors are the page's tasks, rendered or not (routes.page says why).
         return {
             "object": "list",
             "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
+            "first_id": tasks[0].id if tasks else None,
+            "last_id": tasks[-1].id if tasks else None,
             "has_more": has_more,
         }
 
@@ -112,8 +117,8 @@ class VideoService:
     def render(self, task: Task) -> dict[str, Any]:
         return video_object(task)
 
-    def render_dual(self, task: Task, openai: bool) -> dict[str, Any]:
-        return dual_object(task, self.tasks.render(task), openai)
+    def render_dual(self, task: Task, openai: bool, base_url: str | None = None) -> dict[str, Any]:
+        return dual_object(task, self.tasks.render(task, base_url), openai)
 
     # -- thumbnail -----------------------------------------------------------------------
 
@@ -124,11 +129,23 @@ class VideoService:
         task, _ = await self.tasks.content(video_id, owner, "video", None)
         key = thumbnail_key(task.id)
         storage = self.tasks.storage
-        if not await asyncio.to_thread(storage.exists, key):
+        gone = NotFound(f"no task {video_id!r}", param="video_id", code="task_not_found")
+        try:
+            if await asyncio.to_thread(storage.exists, key):
+                return task, await asyncio.to_thread(storage.get_bytes, key)
             data = await asyncio.to_thread(self._make_thumbnail, task)
+        except FileNotFoundError:  # the task was deleted since it was read (video and all)
+            raise gone from None
+        try:
             await asyncio.to_thread(storage.put_bytes, key, data, "image/webp")
-            return task, data
-        return task, await asyncio.to_thread(storage.get_bytes, key)
+        except OSError as exc:  # not kept (a full disk, or a delete removing the folder): still served
+            log.warning("the thumbnail of %s could not be stored: %s", task.id, exc)
+        # A delete that ran meanwhile removed the row before the files: if the row is gone now,
+        # this thumbnail may have been written after its files were removed, so it goes too.
+        if await asyncio.to_thread(self.tasks.store.get, task.id) is None:
+            await asyncio.to_thread(storage.delete_prefix, f"tasks/{task.id}/")
+            raise gone
+        return task, data
 
     def _make_thumbnail(self, task: Task) -> bytes:
         import av  # media decoding only; never a model in the API process
@@ -163,6 +180,18 @@ def _reference(fields: dict[str, Any], upload: Upload | None) -> str | None:
     if ref is not None and not isinstance(ref, str):
         raise InvalidRequest("input_reference must be a file, a URL or {\"image_url\": ...}", param="input_reference", code="invalid_type")
     return ref
+
+
+def _form_seed(value: Any) -> Any:
+    """A form's ``seed`` text as an int (JSON values pass through, for the validator to judge).
+    Thousands of digits are refused before ``int()``, which gives up at 4300 with a ValueError."""
+    if not isinstance(value, str) or not _INT.match(value.strip()):
+        return value
+    text = value.strip()
+    sign, digits = ("-" if text[0] == "-" else ""), text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > len(str(MAX_SEED)):
+        raise InvalidRequest(f"seed must be between -1 and {MAX_SEED}; got a number of {len(digits)} digits", param="seed")
+    return int(sign + digits)
 
 
 def _renamed(exc: InvalidRequest) -> InvalidRequest:

@@ -72,8 +72,11 @@ async def read_json(request: Request, limit: int) -> Any:
     body = await read_body(request, limit)
     try:
         return json.loads(body, parse_constant=_no_constants)
+    except RecursionError:  # the parser's own limit (about 1000 levels), reached before ours
+        raise InvalidRequest("the body is nested too deeply to read", code="invalid_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+        reason = "a number has too many digits" if "integer string conversion" in str(exc) else str(exc)
+        raise InvalidRequest(f"the body is not valid JSON: {reason}", code="invalid_json") from None
 
 
 def _no_constants(name: str) -> Any:
@@ -98,11 +101,12 @@ async def create_task(
 ) -> JSONResponse:
     body = await read_json(request, service.settings.max_body_bytes)
     task = await service.create(body, owner=owner, base_url=base_url(request), idempotency_key=idempotency_key)
-    return JSONResponse(service.render(task))
+    return JSONResponse(service.render(task, base_url(request)))
 
 
 @router.get("/v1/video/generations", responses={200: {"model": TaskList}, **ERRORS})
 async def list_tasks(
+    request: Request,
     service: Service,
     owner: Owner,
     limit: str | None = None,
@@ -112,27 +116,31 @@ async def list_tasks(
     order: str = "desc",
 ) -> JSONResponse:
     tasks, has_more = await service.list(owner, limit=limit, after=after, status=status, model=model, order=order)
-    data = [service.render(t) for t in tasks]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    base = base_url(request)
+    return JSONResponse(page(service.render_each(tasks, lambda t: service.render(t, base)), tasks, has_more))
+
+
+def page(data: list[dict[str, Any]], tasks: list, has_more: bool) -> dict[str, Any]:
+    """A list page. The cursors are the page's first and last tasks, also when one of them could
+    not be rendered, so ``after=last_id`` always continues where this page ended."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": tasks[0].id if tasks else None,
+        "last_id": tasks[-1].id if tasks else None,
+        "has_more": has_more,
+    }
 
 
 @router.get("/v1/video/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS})
 @router.get("/v1/videos/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS}, include_in_schema=False)
-async def get_task(task_id: str, service: Service, owner: Owner) -> JSONResponse:
-    return JSONResponse(service.render(await service.get(task_id, owner)))
+async def get_task(task_id: str, request: Request, service: Service, owner: Owner) -> JSONResponse:
+    return JSONResponse(service.render(await service.get(task_id, owner), base_url(request)))
 
 
 @router.post("/v1/video/generations/{task_id}/cancel", responses={200: {"model": TaskObject}, **ERRORS})
-async def cancel_task(task_id: str, service: Service, owner: Owner) -> JSONResponse:
-    return JSONResponse(service.render(await service.cancel(task_id, owner)))
+async def cancel_task(task_id: str, request: Request, service: Service, owner: Owner) -> JSONResponse:
+    return JSONResponse(service.render(await service.cancel(task_id, owner), base_url(request)))
 
 
 @router.delete("/v1/video/generations/{task_id}", responses=ERRORS)

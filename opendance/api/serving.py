@@ -12,9 +12,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..callbacks import CallbackSender
@@ -72,21 +73,35 @@ class TaskService:
 
     # -- rendering -----------------------------------------------------------------------
 
-    def content_url(self, task: Task, variant: str = "video") -> str:
-        base = (self.settings.public_url or task.base_url).rstrip("/")
+    def content_url(self, task: Task, variant: str = "video", base_url: str | None = None) -> str:
+        """The link to a task's file: on ``public_url`` when set, else on the base URL of the
+        request being answered (the host and port the client reached), else (a callback, which
+        answers no request) on the one of the request that created the task."""
+        base = (self.settings.public_url or base_url or task.base_url).rstrip("/")
         url = f"{base}/v1/video/generations/{task.id}/content"
         query = [] if variant == "video" else [f"variant={variant}"]
         if self.signed_urls:
             query.append(f"token={self.signer.sign(task.id, variant)}")
         return url + ("?" + "&".join(query) if query else "")
 
-    def render(self, task: Task) -> dict[str, Any]:
+    def render(self, task: Task, base_url: str | None = None) -> dict[str, Any]:
         done = task.raw_status is RawStatus.COMPLETED
         return task_object(
             task,
-            self.content_url(task) if done else None,
-            self.content_url(task, "last_frame") if done and task.last_frame_key else None,
+            self.content_url(task, base_url=base_url) if done else None,
+            self.content_url(task, "last_frame", base_url) if done and task.last_frame_key else None,
         )
+
+    def render_each(self, tasks: list[Task], render: Callable[[Task], dict[str, Any]]) -> list[dict[str, Any]]:
+        """``render`` of every task, leaving out (and logging) one that cannot be rendered: one
+        bad task never breaks a list."""
+        out = []
+        for task in tasks:
+            try:
+                out.append(render(task))
+            except Exception:  # noqa: BLE001 - logged with the task id; the others are still listed
+                log.exception("task %s cannot be rendered; left out of the list", task.id)
+        return out
 
     async def task_changed(self, task: Task) -> None:
         if task.callback_url:
@@ -288,7 +303,8 @@ class TaskService:
             raise InvalidRequest(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}", param="variant")
         if owner is None:
             task = await asyncio.to_thread(self.store.get, task_id)
-            if task is None or token is None or not self.signer.verify(task_id, variant, token):
+            # Tokens are ASCII (base64url); anything else is no token of ours (and no input for hmac).
+            if task is None or token is None or not token.isascii() or not self.signer.verify(task_id, variant, token):
                 raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")
         else:
             task = await self.get(task_id, owner)
@@ -303,12 +319,17 @@ class TaskService:
         return task, where
 
 
+_QUERY_INT = re.compile(r"^[+-]?[0-9]{1,12}$", re.ASCII)  # int() would also take "٥", "５", " 5 " and "1_0"
+
+
 def _int_param(name: str, value: Any, default: int, lo: int, hi: int) -> int:
     if value is None:
         return default
-    try:
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str) and _QUERY_INT.match(value):
         n = int(value)
-    except (TypeError, ValueError):
+    else:
         raise InvalidRequest(f"{name} must be an integer; got {value!r}", param=name, code="invalid_type")
     if not lo <= n <= hi:
         raise InvalidRequest(f"{name} must be between {lo} and {hi}; got {n}", param=name)

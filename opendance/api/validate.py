@@ -18,6 +18,9 @@ from ..errors import InvalidRequest
 
 MAX_PROMPT = 5000
 MAX_SEED = 4294967295
+# Levels of arrays/objects a field may hold (extra_body is kept on the task; nothing the API
+# defines is deeper than 2). Deeper values cannot always be stored and rendered again.
+MAX_DEPTH = 32
 LIMITS = {"images": 9, "videos": 3, "audios": 3}
 BOOL_KEYS = ("generate_audio", "watermark", "camera_fixed", "return_last_frame")
 
@@ -59,6 +62,55 @@ def _bad(param: str, message: str, code: str = "invalid_value") -> InvalidReques
     return InvalidRequest(message, param=param, code=code)
 
 
+def _shown_key(key: str) -> str:
+    """A key as it may appear in ``param``: surrogates escaped, long keys cut."""
+    text = key.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    if text.isascii():  # O(1) in CPython: data: URIs and most prompts end here
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_json_values(body: dict[str, Any]) -> None:
+    """Refuse what Python's JSON parser takes but no store or response can hold again: a number
+    that is not finite (``1e400`` parses as infinity), an unpaired surrogate (``"\\udfff"``) in
+    any string or key, and a field nested more than ``MAX_DEPTH`` levels. Iterative (a deep value
+    costs no recursion) and in document order; the 400 names the field (``extra_body.a[2]``)."""
+    # (value, its param, the top-level field it is in, its depth below that field)
+    stack: list[tuple[Any, str, str, int]] = []
+    for key, value in reversed(body.items()):
+        shown = _shown_key(key)
+        if _has_lone_surrogate(key):
+            raise _bad(shown, f"the field name '{shown}' holds an unpaired UTF-16 surrogate", "invalid_string")
+        stack.append((value, shown, shown, 0))
+    while stack:
+        value, param, top, depth = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _bad(param, f"{param} is a number too large to represent (it reads as {value}); numbers must be finite")
+        if isinstance(value, str):
+            if _has_lone_surrogate(value):
+                message = f"{param} holds an unpaired UTF-16 surrogate (an escape like \\udfff with no pair), which is not text"
+                raise _bad(param, message, "invalid_string")
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise _bad(top, f"{top} is nested more than {MAX_DEPTH} levels deep", "too_deep")
+            if isinstance(value, list):
+                stack.extend((item, f"{param}[{i}]", top, depth + 1) for i, item in reversed(list(enumerate(value))))
+                continue
+            for key in value:
+                if _has_lone_surrogate(key):
+                    message = f"{param} has a key ('{_shown_key(key)}') holding an unpaired UTF-16 surrogate"
+                    raise _bad(param, message, "invalid_string")
+            stack.extend((item, f"{param}.{_shown_key(key)}", top, depth + 1) for key, item in reversed(value.items()))
+
+
 def _string(body: dict, key: str) -> str | None:
     value = body.get(key)
     if value is None:
@@ -68,10 +120,20 @@ def _string(body: dict, key: str) -> str | None:
     return value
 
 
+def _split_url(value: str, param: str) -> urllib.parse.SplitResult:
+    """``urlsplit`` that turns its ValueErrors (``http://[::1/x``, a port past 65535) into a 400."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - parsed lazily: raises for "Port out of range 0-65535" and non-numbers
+    except ValueError as exc:
+        raise _bad(param, f"{param} is not a valid URL: {exc}", "invalid_url") from None
+    return parts
+
+
 def _media_url(value: str, param: str) -> str:
-    if value.startswith("data:"):
+    if value[:5].lower() == "data:":  # the scheme is case-insensitive (RFC 3986): DATA: too
         return value
-    scheme = urllib.parse.urlsplit(value.strip()).scheme.lower()
+    scheme = _split_url(value.strip(), param).scheme.lower()
     if scheme in ("http", "https"):
         return value.strip()
     if not scheme:
@@ -98,7 +160,8 @@ def _media_list(body: dict, key: str) -> list[str]:
     return out
 
 
-_INT_STRING = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")
+# ASCII digits only: int() also reads Arabic-Indic or fullwidth digits, which no client means.
+_INT_STRING = re.compile(r"^\s*[+-]?[0-9]+(\.0*)?\s*$", re.ASCII)
 
 
 def parse_duration(value: Any) -> int:
@@ -168,7 +231,7 @@ def _extra_body(body: dict) -> tuple[dict[str, Any], int | None, str, str | None
     if callback is not None:
         if not isinstance(callback, str):
             raise _bad("extra_body.callback_url", f"extra_body.callback_url must be a string, not {_type_name(callback)}", "invalid_type")
-        parts = urllib.parse.urlsplit(callback)
+        parts = _split_url(callback, "extra_body.callback_url")
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise _bad("extra_body.callback_url", "extra_body.callback_url must be an http(s):// URL", "invalid_url")
     return extra, seed, negative, callback, options
@@ -199,6 +262,7 @@ def choose_mode(image: str | None, last_image: str | None, images: list, videos:
 def parse_create(body: Any, models: dict[str, ModelConfig]) -> CreateRequest:
     if not isinstance(body, dict):
         raise _bad(None, f"the request body must be a JSON object, not {_type_name(body)}", "invalid_body")  # type: ignore[arg-type]
+    check_json_values(body)
     # 1. The model.
     model = body.get("model")
     if model is None:

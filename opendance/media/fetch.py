@@ -218,7 +218,14 @@ class SafeFetcher:
                         raise _fetch_failed(param, f"{current.host} redirected to an invalid URL") from None
                     if str(target) in seen:
                         raise _fetch_failed(param, f"redirect loop at {target.host}", "too_many_redirects")
-                    current = self._parse(target, param, data_ok=True)
+                    if target.scheme not in ("http", "https"):  # data:, file: ... are for clients, not hosts
+                        scheme = target.scheme[:20] or "(none)"
+                        reason = f"{current.host} redirected to a {scheme}: URL; redirects must stay on http(s)"
+                        raise _fetch_failed(param, reason, "unsupported_url_scheme")
+                    try:
+                        current = self._parse(target, param, data_ok=False)
+                    except MediaError as exc:
+                        raise _fetch_failed(param, f"{current.host} redirected to an invalid URL ({exc.message})") from None
                     seen.add(str(current))
                     continue
                 if not 200 <= response.status_code < 300:
@@ -258,6 +265,8 @@ class SafeFetcher:
             raise MediaError(message, param=param, code="unsupported_url_scheme")
         if not parsed.raw_host:
             raise MediaError(f"{param} is not a valid URL: it has no host", param=param, code="invalid_url")
+        if parsed.port is not None and not 0 < parsed.port <= 65535:  # httpx takes any number here
+            raise MediaError(f"{param} is not a valid URL: the port {parsed.port} is not 1-65535", param=param, code="invalid_url")
         return parsed
 
     def _allowed(self, host: str, ip: IPAddress | None = None) -> bool:
@@ -320,6 +329,8 @@ class SafeFetcher:
                 failure = exc
             except httpx.HTTPError as exc:
                 raise self._network_failure(exc, host) from None
+            except httpx.InvalidURL as exc:  # httpx reads a redirect's Location even when not following it
+                raise _NetworkFailure(f"{host} redirected to an invalid URL ({exc})") from None
         assert failure is not None
         raise self._network_failure(failure, host)
 
