@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from ..callbacks import CallbackSender
@@ -190,8 +191,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only; a path
+            # served by several routes (GET list + POST create) allows all of theirs.
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
         body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -212,6 +220,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 # Methods counted under their own name; any other (h11 accepts any token as a method) is OTHER,
 # so clients cannot add series to /metrics by inventing method names.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path (asked of the routes themselves,
+    through ``matches``, so included routers count as well)."""
+    routes = request.app.router.routes
+    return [m for m in sorted(KNOWN_METHODS) if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)]
 
 
 class MetricsMiddleware:

@@ -19,7 +19,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import InvalidRequest
 from .openai_protocol import CreateVideoForm, Video, VideoDeleted, VideoList, VideoOrTask
 from .openai_serving import Upload, VideoService
-from .routes import ERRORS, Owner, Service, base_url, get_content, get_owner, read_body, read_json
+from .routes import (
+    CONTENT_RESPONSES,
+    ERRORS,
+    Limit,
+    Order,
+    Owner,
+    Service,
+    base_url,
+    documented_as,
+    get_content,
+    get_owner,
+    read_body,
+    read_json,
+)
 
 router = APIRouter(tags=["OpenAI videos"])
 
@@ -27,6 +40,7 @@ router = APIRouter(tags=["OpenAI videos"])
 POLL_AFTER_MS = "500"
 SHAPES = ("openai", "legacy")
 VARIANTS = ("video", "thumbnail", "last_frame")
+Shape = Annotated[str | None, documented_as({"type": "string", "enum": list(SHAPES)})]
 
 
 def get_videos(service: Service) -> VideoService:
@@ -98,12 +112,12 @@ async def create_video(
 
 
 @router.get("/v1/videos", responses={200: {"model": VideoList}, **ERRORS})
-async def list_videos(videos: Videos, owner: Owner, after: str | None = None, limit: str | None = None, order: str = "desc") -> JSONResponse:
+async def list_videos(videos: Videos, owner: Owner, after: str | None = None, limit: Limit = None, order: Order = "desc") -> JSONResponse:
     return JSONResponse(await videos.page(owner, after=after, limit=limit, order=order))
 
 
 @router.get("/v1/videos/{video_id}", responses={200: {"model": VideoOrTask}, **ERRORS})
-async def get_video(video_id: str, request: Request, videos: Videos, owner: Owner, shape: str | None = None) -> JSONResponse:
+async def get_video(video_id: str, request: Request, videos: Videos, owner: Owner, shape: Shape = None) -> JSONResponse:
     openai = wants_openai_shape(request, shape)
     task = await videos.get(video_id, owner)
     headers = None if task.status.is_terminal() else {"openai-poll-after-ms": POLL_AFTER_MS}
@@ -117,15 +131,16 @@ async def delete_video(video_id: str, videos: Videos, owner: Owner) -> JSONRespo
 
 @router.get(
     "/v1/videos/{video_id}/content",
-    responses={200: {"content": {"video/mp4": {}, "image/webp": {}, "image/png": {}}}, 206: {"description": "a byte range"}, **ERRORS},
+    responses={**CONTENT_RESPONSES, 200: {"content": {"video/mp4": {}, "image/webp": {}, "image/png": {}}}},
     response_class=Response,
 )
+@router.head("/v1/videos/{video_id}/content", response_class=Response, include_in_schema=False)
 async def get_video_content(
     video_id: str,
     request: Request,
     service: Service,
     videos: Videos,
-    variant: str = "video",
+    variant: Annotated[str, documented_as({"type": "string", "enum": list(VARIANTS), "default": "video"})] = "video",
     token: str | None = None,
 ) -> Response:
     if variant not in VARIANTS:

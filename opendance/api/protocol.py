@@ -4,11 +4,61 @@ stored task exactly as spec/api.md shows it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from ..domain import MAX_DURATION, MIN_DURATION
 from ..store import Task
+from .validate import LIMITS, MAX_PROMPT, MAX_SEED
+
+
+# What ``validate`` accepts, written as JSON schema (the OpenAPI document is as strict as it).
+_DURATION_TEXT = r"^\s*[+-]?[0-9]+(\.0*)?\s*$"
+Duration = Annotated[
+    int | str | None,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": MIN_DURATION, "maximum": MAX_DURATION},
+                {"type": "string", "pattern": _DURATION_TEXT},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+
+
+def _urls(low: int, high: int) -> Any:
+    """An array of 1..n URLs, or a bare string (one item)."""
+    return WithJsonSchema(
+        {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": low, "maxItems": high}, {"type": "string"}, {"type": "null"}]}
+    )
+
+
+def _maybe(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+# ``extra_body``: the known keys (a wrong type is a 400); unknown keys are kept on the task.
+# Inline (no $defs), because the create body's schema is placed into the OpenAPI document by hand.
+EXTRA_BODY = WithJsonSchema(
+    _maybe(
+        {
+            "type": "object",
+            "additionalProperties": True,
+            "properties": {
+                "seed": _maybe({"type": "integer", "minimum": -1, "maximum": MAX_SEED, "description": "-1 or absent: random"}),
+                "negative_prompt": _maybe({"type": "string", "maxLength": MAX_PROMPT}),
+                "generate_audio": _maybe({"type": "boolean"}),
+                "watermark": _maybe({"type": "boolean"}),
+                "camera_fixed": _maybe({"type": "boolean"}),
+                "return_last_frame": _maybe({"type": "boolean", "description": "also store the last frame as a PNG"}),
+                "callback_url": _maybe({"type": "string", "description": "http(s) URL: a POST of the task object per status change"}),
+            },
+        }
+    )
+)
 
 
 class CreateVideoRequest(BaseModel):
@@ -16,16 +66,20 @@ class CreateVideoRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(description="a configured model name, e.g. jisudance2.0-480p")
-    prompt: str | None = Field(None, max_length=5000, description="required for text-to-video")
+    model: str = Field(min_length=1, description="a configured model name, e.g. jisudance2.0-480p")
+    prompt: str | None = Field(None, max_length=MAX_PROMPT, description="required for text-to-video")
     image: str | None = Field(None, description="first frame: http(s) URL or data:image/...;base64, URI")
     last_image: str | None = Field(None, description="last frame; only together with image")
-    images: list[str] | str | None = Field(None, description="1-9 reference images")
-    videos: list[str] | str | None = Field(None, description="1-3 reference videos (MP4/MOV), each 2-15 s, together <= 15 s")
-    audios: list[str] | str | None = Field(None, description="1-3 reference audios (WAV/MP3/AAC/M4A), each 2-15 s, together <= 15 s")
-    duration: int | str | None = Field(None, description="5-15 seconds (default 5)")
+    images: Annotated[list[str] | str | None, _urls(1, LIMITS["images"])] = Field(None, description="1-9 reference images")
+    videos: Annotated[list[str] | str | None, _urls(1, LIMITS["videos"])] = Field(
+        None, description="1-3 reference videos (MP4/MOV), each 2-15 s, together <= 15 s"
+    )
+    audios: Annotated[list[str] | str | None, _urls(1, LIMITS["audios"])] = Field(
+        None, description="1-3 reference audios (WAV/MP3/AAC/M4A), each 2-15 s, together <= 15 s"
+    )
+    duration: Duration = Field(None, description="5-15 seconds (default 5)")
     aspect_ratio: Literal["16:9", "1:1", "9:16"] | None = Field(None, description="default 16:9 for text, else nearest to the first image")
-    extra_body: dict[str, Any] | None = Field(
+    extra_body: Annotated[dict[str, Any] | None, EXTRA_BODY] = Field(
         None,
         description="seed, negative_prompt, generate_audio, watermark, camera_fixed, return_last_frame, callback_url",
     )

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import WithJsonSchema
 
-from ..errors import AuthenticationError, InvalidRequest, PayloadTooLarge
+from ..domain import Status
+from ..errors import AuthenticationError, InvalidRequest, NotFound, PayloadTooLarge
 from ..storage import LocalFile, Stream
 from .protocol import CreateVideoRequest, ErrorResponse, ModelList, TaskList, TaskObject
-from .serving import TaskService
-from .streaming import stream_response
+from .serving import VARIANTS, TaskService
+from .streaming import RangeFileResponse, stream_response
 
 router = APIRouter()
 
@@ -109,11 +113,11 @@ async def list_tasks(
     request: Request,
     service: Service,
     owner: Owner,
-    limit: str | None = None,
+    limit: Limit = None,
     after: str | None = None,
-    status: str | None = None,
+    status: StatusFilter = None,
     model: str | None = None,
-    order: str = "desc",
+    order: Order = "desc",
 ) -> JSONResponse:
     tasks, has_more = await service.list(owner, limit=limit, after=after, status=status, model=model, order=order)
     base = base_url(request)
@@ -139,26 +143,48 @@ async def get_task(task_id: str, request: Request, service: Service, owner: Owne
 
 
 @router.post("/v1/video/generations/{task_id}/cancel", responses={200: {"model": TaskObject}, **ERRORS})
+@router.post("/v1/videos/generations/{task_id}/cancel", responses={200: {"model": TaskObject}, **ERRORS}, include_in_schema=False)
 async def cancel_task(task_id: str, request: Request, service: Service, owner: Owner) -> JSONResponse:
     return JSONResponse(service.render(await service.cancel(task_id, owner), base_url(request)))
 
 
 @router.delete("/v1/video/generations/{task_id}", responses=ERRORS)
+@router.delete("/v1/videos/generations/{task_id}", responses=ERRORS, include_in_schema=False)
 async def delete_task(task_id: str, service: Service, owner: Owner) -> JSONResponse:
     await service.delete(task_id, owner)
     return JSONResponse({"id": task_id, "object": "video.generation.job.deleted", "deleted": True})
 
 
-@router.get(
-    "/v1/video/generations/{task_id}/content",
-    responses={200: {"content": {"video/mp4": {}, "image/png": {}}}, 206: {"description": "a byte range"}, **ERRORS},
-    response_class=Response,
-)
+CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"video/mp4": {}, "image/png": {}}},
+    206: {"description": "a byte range"},
+    416: {"model": ErrorResponse, "description": "the Range starts past the end of the file"},
+    **ERRORS,
+}
+
+
+def documented_as(schema: dict[str, Any]) -> WithJsonSchema:
+    """A query parameter read as text (the service parses it, with its own messages) but
+    documented as what it must hold, so the OpenAPI schema is as strict as the validator."""
+    return WithJsonSchema(schema)
+
+
+Variant = Annotated[str, documented_as({"type": "string", "enum": list(VARIANTS), "default": "video"})]
+Limit = Annotated[str | None, documented_as({"type": "integer", "minimum": 1, "maximum": 100, "default": 20})]
+Order = Annotated[str, documented_as({"type": "string", "enum": ["asc", "desc"], "default": "desc"})]
+StatusFilter = Annotated[str | None, documented_as({"type": "string", "enum": [s.value for s in Status]})]
+
+
+# GET and HEAD (a HEAD is a GET without the body: the size and type of the file, for players).
+@router.get("/v1/video/generations/{task_id}/content", responses=CONTENT_RESPONSES, response_class=Response)
+@router.head("/v1/video/generations/{task_id}/content", response_class=Response, include_in_schema=False)
+@router.get("/v1/videos/generations/{task_id}/content", response_class=Response, include_in_schema=False)
+@router.head("/v1/videos/generations/{task_id}/content", response_class=Response, include_in_schema=False)
 async def get_content(
     task_id: str,
     request: Request,
     service: Service,
-    variant: str = "video",
+    variant: Variant = "video",
     token: str | None = None,
 ) -> Response:
     # A signed link (video_url) needs no key; otherwise the caller must own the task.
@@ -169,10 +195,15 @@ async def get_content(
     if isinstance(where, LocalFile):
         media_type = "video/mp4" if variant == "video" else "image/png"
         filename = f"{task.id}.mp4" if variant == "video" else f"{task.id}-last-frame.png"
-        return FileResponse(
+        try:  # stat here, not in the response: a file deleted meanwhile is a 404, not a 500
+            stat = await asyncio.to_thread(os.stat, where.path)
+        except FileNotFoundError:
+            raise NotFound("the file of this task is gone (deleted meanwhile)", param="task_id", code="content_not_found") from None
+        return RangeFileResponse(
             where.path,
             media_type=media_type,
             filename=filename,
+            stat_result=stat,
             content_disposition_type="inline",
             headers={"Cache-Control": "private, max-age=86400"},
         )

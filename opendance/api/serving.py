@@ -319,7 +319,7 @@ class TaskService:
         return task, where
 
 
-_QUERY_INT = re.compile(r"^[+-]?[0-9]{1,12}$", re.ASCII)  # int() would also take "٥", "５", " 5 " and "1_0"
+_QUERY_INT = re.compile(r"^-?[0-9]{1,12}$", re.ASCII)  # int() would also take "٥", "５", " 5 ", "+5" and "1_0"
 
 
 def _int_param(name: str, value: Any, default: int, lo: int, hi: int) -> int:

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from opendance.testing import media
 from opendance.testing.server import wait_for_task
 
 M = "jisudance2.0-480p"
@@ -148,11 +147,3 @@ def test_a_thumbnail_of_a_video_that_is_gone_is_a_404(server, error_body):
         r = c.get(f"/v1/videos/{task['id']}/content", params={"variant": "thumbnail"})
         assert r.status_code == 404, r.text
         assert error_body(r)["code"] == "content_not_found"
-
-
-def test_data_uri_in_capitals_is_accepted(server):
-    png = media.data_uri(media.image_bytes(320, 240), "image/png")
-    with server.client() as c:
-        r = c.post("/v1/video/generations", json={"model": M, "image": "DATA:" + png[len("data:") :]})
-        assert r.status_code == 200, r.text
-        assert r.json()["mode"] == "image-to-video"
