@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import MediaError
@@ -113,13 +114,44 @@ def _reason(exc: Exception) -> str:
 
 def load_image(data: bytes) -> Image.Image:
     """Decode stored bytes (already checked by ``inspect_image``) to the RGB picture an engine
-    uses: EXIF orientation applied, the first frame of a GIF, transparency composited on black."""
+    uses: EXIF orientation applied, the first frame of a GIF, transparency composited on black,
+    and every mode Pillow decodes to converted with its real tones (``to_rgb``)."""
     with _open(data) as img:
         img.seek(0)
         img.load()
         img = ImageOps.exif_transpose(img) or img
-        if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
-            rgba = img.convert("RGBA")
-            black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-            return Image.alpha_composite(black, rgba).convert("RGB")
-        return img.convert("RGB")
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. Pillow's own ``convert("RGB")`` clips wide modes (a 16-bit grey
+    PNG, ``I;16``, becomes all white), so:
+
+    - ``I;16*`` (16-bit grey): scaled from 0-65535. ``I`` (32-bit integers): the same 16-bit
+      scale when its values fit in it (16-bit data is what it usually holds), else its own
+      darkest-to-lightest range. ``F`` (32-bit float): 0-1 when its values are in it (the
+      convention for float images), else its own range; NaN is black.
+    - Alpha (``RGBA``, ``LA``, ``PA``, palette or colour-key transparency): composited on black.
+    - The rest (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, 16-bit RGB, which Pillow reads
+      as 8-bit ``RGB``) converts correctly as Pillow does it. An embedded ICC profile is not
+      applied (a CMYK photo's colours are Pillow's plain CMYK conversion).
+    """
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_grey_tones(np.asarray(img), mode), "L").convert("RGB")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _grey_tones(values: np.ndarray, mode: str) -> np.ndarray:
+    values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(values.min()), float(values.max())
+    if mode.startswith("I;16") or (mode == "I" and low >= 0 and high <= 65535):
+        low, high = 0.0, 65535.0
+    elif mode == "F" and low >= 0 and high <= 1:
+        low, high = 0.0, 1.0
+    span = (high - low) or 1.0
+    return np.clip(np.rint((values - low) * np.float32(255.0 / span)), 0, 255).astype(np.uint8)
