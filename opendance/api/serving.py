@@ -30,7 +30,7 @@ from ..metrics import Metrics
 from ..runner.base import Runner
 from ..runner.execute import input_prefix
 from ..storage import LocalFile, Redirect, Storage
-from ..store import DuplicateIdempotencyKey, Task, TaskStore
+from ..store import DuplicateIdempotencyKey, StoreWriteFailed, Task, TaskStore
 from .auth import UrlSigner
 from .limits import QueueAdmission
 from .protocol import task_object
@@ -170,6 +170,12 @@ class TaskService:
                 task = await asyncio.to_thread(
                     self._store_new, req, job, aspect, media.blobs, owner, base_url, idempotency_key, request_hash
                 )
+            except StoreWriteFailed as exc:
+                # The database did not take the row (a full disk under SQLite, PostgreSQL gone):
+                # no task exists, and the inputs written for it were removed by ``_store_new``.
+                log.error("create %s: %s", task_id, exc)
+                message = "the server could not store this task (its database did not take the write); try again later"
+                raise ServiceUnavailable(message, code="storage_error", retry_after=30) from None
             except OSError as exc:
                 # A full disk or a failing write while storing the inputs: the server's fault, not
                 # the request's; nothing was stored (``_store_new`` removes what it wrote).

@@ -1,5 +1,5 @@
 """The task store: SQLAlchemy models, Alembic migrations, and ``TaskStore``."""
 
-from .repo import DuplicateIdempotencyKey, Task, TaskStore
+from .repo import DuplicateIdempotencyKey, StoreWriteFailed, Task, TaskStore
 
-__all__ = ["DuplicateIdempotencyKey", "Task", "TaskStore"]
+__all__ = ["DuplicateIdempotencyKey", "StoreWriteFailed", "Task", "TaskStore"]

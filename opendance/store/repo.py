@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, case, cast, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from ..domain import TRANSITIONS, IllegalTransition, RawStatus, Status
@@ -87,6 +87,11 @@ class DuplicateIdempotencyKey(Exception):
     """Another task of this owner already holds the idempotency key."""
 
 
+class StoreWriteFailed(OSError):
+    """The database did not take a write (a full disk, a read-only file, a lost connection):
+    the server's trouble, not the request's."""
+
+
 def make_engine(url: str) -> Engine:
     # Strict writes and forgiving reads of the JSON columns (jsoncol): one row that holds what
     # JSON cannot render must not break every read of its owner's tasks.
@@ -146,6 +151,8 @@ class TaskStore:
                 if fields.get("idempotency_key"):
                     raise DuplicateIdempotencyKey() from exc
                 raise
+            except OperationalError as exc:  # "database or disk is full" and the like: no row was made
+                raise StoreWriteFailed(f"the task store did not take the write ({exc.orig})") from exc
             return Task.from_row(row)
 
     def get(self, task_id: str, owner: str | None = None) -> Task | None:
