@@ -112,7 +112,9 @@ async def create_video(
 
 
 @router.get("/v1/videos", responses={200: {"model": VideoList}, **ERRORS})
-async def list_videos(videos: Videos, owner: Owner, after: str | None = None, limit: Limit = None, order: Order = "desc") -> JSONResponse:
+async def list_videos(
+    videos: Videos, owner: Owner, after: str | None = None, limit: Limit = None, order: Order = "desc"
+) -> JSONResponse:
     return JSONResponse(await videos.page(owner, after=after, limit=limit, order=order))
 
 

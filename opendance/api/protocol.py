@@ -32,7 +32,13 @@ Duration = Annotated[
 def _urls(low: int, high: int) -> Any:
     """An array of 1..n URLs, or a bare string (one item)."""
     return WithJsonSchema(
-        {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": low, "maxItems": high}, {"type": "string"}, {"type": "null"}]}
+        {
+            "anyOf": [
+                {"type": "array", "items": {"type": "string"}, "minItems": low, "maxItems": high},
+                {"type": "string"},
+                {"type": "null"},
+            ]
+        }
     )
 
 
@@ -54,7 +60,7 @@ EXTRA_BODY = WithJsonSchema(
                 "watermark": _maybe({"type": "boolean"}),
                 "camera_fixed": _maybe({"type": "boolean"}),
                 "return_last_frame": _maybe({"type": "boolean", "description": "also store the last frame as a PNG"}),
-                "callback_url": _maybe({"type": "string", "description": "http(s) URL: a POST of the task object per status change"}),
+                "callback_url": _maybe({"type": "string", "description": "http(s) URL: a POST of the task object per change"}),
             },
         }
     )

@@ -198,7 +198,8 @@ async def get_content(
         try:  # stat here, not in the response: a file deleted meanwhile is a 404, not a 500
             stat = await asyncio.to_thread(os.stat, where.path)
         except FileNotFoundError:
-            raise NotFound("the file of this task is gone (deleted meanwhile)", param="task_id", code="content_not_found") from None
+            gone = "the file of this task is gone (deleted meanwhile)"
+            raise NotFound(gone, param="task_id", code="content_not_found") from None
         return RangeFileResponse(
             where.path,
             media_type=media_type,

@@ -266,7 +266,8 @@ class SafeFetcher:
         if not parsed.raw_host:
             raise MediaError(f"{param} is not a valid URL: it has no host", param=param, code="invalid_url")
         if parsed.port is not None and not 0 < parsed.port <= 65535:  # httpx takes any number here
-            raise MediaError(f"{param} is not a valid URL: the port {parsed.port} is not 1-65535", param=param, code="invalid_url")
+            message = f"{param} is not a valid URL: the port {parsed.port} is not 1-65535"
+            raise MediaError(message, param=param, code="invalid_url")
         return parsed
 
     def _allowed(self, host: str, ip: IPAddress | None = None) -> bool:
