@@ -88,6 +88,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         # may still be delivering changes of their last moments.
         first = started if settings.runner == "local" else started - callbacks.window
         sweepers = [
+            asyncio.create_task(_sweep_leftovers(service), name="leftovers"),
             asyncio.create_task(_sweep_forever(service), name="retention"),
             asyncio.create_task(_resend_callbacks_forever(service, first), name="callbacks"),
         ]
@@ -115,6 +116,14 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+async def _sweep_leftovers(service: TaskService) -> None:
+    """Once at start, in the background: what a killed process left in storage."""
+    try:
+        await service.sweep_leftovers()
+    except Exception:  # noqa: BLE001 - a failed sweep only leaves the files for the next start
+        log.exception("sweeping leftovers of killed processes failed")
 
 
 async def _sweep_forever(service: TaskService, every: float = 600.0) -> None:

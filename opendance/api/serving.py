@@ -39,6 +39,9 @@ from .validate import CreateRequest, parse_create
 log = logging.getLogger("opendance.service")
 
 VARIANTS = ("video", "last_frame")
+# Storage nobody has written to for this long is a leftover (sweep_leftovers): far longer than
+# any create (fetch deadlines are minutes) or file write takes.
+LEFTOVER_GRACE = 3600.0
 
 
 class TaskService:
@@ -300,6 +303,28 @@ class TaskService:
         if ids:
             log.info("retention: deleted %d finished tasks", len(ids))
         return len(ids)
+
+    async def sweep_leftovers(self) -> int:
+        """Remove what a killed process left in storage: part files (``.part-*``) of writes that
+        never finished, and task folders with no task row (a create killed after storing its
+        inputs, a delete killed between the row and the files). Only what nobody has written to
+        for ``LEFTOVER_GRACE`` seconds: another API server sharing the storage may be in the
+        middle of a create, and no create or write takes that long. Returns how many it removed."""
+        older_than = time.time() - LEFTOVER_GRACE
+        found = await asyncio.to_thread(self.storage.leftovers, "tasks/", older_than)
+        for key in found.parts:
+            await asyncio.to_thread(self.storage.delete_prefix, key)
+        with_row = await asyncio.to_thread(self.store.existing, found.folders)
+        orphans = [task_id for task_id in found.folders if task_id not in with_row]
+        for task_id in orphans:
+            await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{task_id}/")
+        if found.parts or orphans:
+            log.warning(
+                "removed %d unfinished writes and %d task folders without a task, left by a killed process",
+                len(found.parts),
+                len(orphans),
+            )
+        return len(found.parts) + len(orphans)
 
     # -- content -------------------------------------------------------------------------
 

@@ -35,6 +35,14 @@ class Stream:
     etag: str | None = None
 
 
+@dataclass
+class Leftovers:
+    """What killed processes may have left (``Storage.leftovers``)."""
+
+    parts: list[str]  # keys of part files: writes that never finished
+    folders: list[str]  # names of the folders right below the prefix whose files are all old
+
+
 class Storage(ABC):
     @abstractmethod
     def put_file(self, key: str, path: Path, content_type: str) -> None:
@@ -61,6 +69,12 @@ class Storage(ABC):
     @abstractmethod
     def locate(self, key: str) -> LocalFile | Redirect | Stream | None:
         """How the API should serve ``key`` to a client, or None if it does not exist."""
+
+    def leftovers(self, prefix: str, older_than: float) -> Leftovers:
+        """Part files under ``prefix`` last written before ``older_than`` (a Unix time), and the
+        folders right below ``prefix`` whose every file is older than that (and that hold no
+        newer folder). The default finds nothing: object stores write whole objects."""
+        return Leftovers(parts=[], folders=[])
 
     def check_writable(self) -> None:
         """Raise if the storage cannot take writes now (used by /readyz)."""

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .base import LocalFile, Storage
+from .base import Leftovers, LocalFile, Storage
+
+PART_PREFIX = ".part-"  # a write in progress (renamed to its key when complete)
 
 
 class LocalStorage(Storage):
@@ -26,7 +28,7 @@ class LocalStorage(Storage):
     def _atomic_write(self, key: str, write) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=PART_PREFIX)
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -63,6 +65,29 @@ class LocalStorage(Storage):
             shutil.rmtree(path, ignore_errors=True)
         elif path.exists():
             path.unlink(missing_ok=True)
+
+    def leftovers(self, prefix: str, older_than: float) -> Leftovers:
+        base = self._path(prefix.rstrip("/"))
+        found = Leftovers(parts=[], folders=[])
+        try:
+            folders = [entry for entry in os.scandir(base) if entry.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return found
+        for folder in folders:
+            newest = 0.0
+            for dirpath, dirnames, filenames in os.walk(folder.path):
+                for name in [*filenames, *dirnames]:
+                    path = os.path.join(dirpath, name)
+                    try:
+                        mtime = os.lstat(path).st_mtime
+                    except FileNotFoundError:  # removed meanwhile
+                        continue
+                    newest = max(newest, mtime)
+                    if name.startswith(PART_PREFIX) and mtime < older_than:
+                        found.parts.append(Path(path).relative_to(self.root).as_posix())
+            if max(newest, folder.stat(follow_symlinks=False).st_mtime) < older_than:
+                found.folders.append(folder.name)
+        return found
 
     def locate(self, key: str) -> LocalFile | None:
         path = self._path(key)

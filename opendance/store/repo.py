@@ -338,6 +338,14 @@ class TaskStore:
         with self._session() as s:
             return list(s.scalars(q).all())
 
+    def existing(self, task_ids: Collection[str]) -> set[str]:
+        """Which of ``task_ids`` have a row."""
+        ids, found = list(task_ids), set()
+        with self._session() as s:
+            for start in range(0, len(ids), 500):  # well below every database's parameter limit
+                found.update(s.scalars(select(TaskRow.id).where(TaskRow.id.in_(ids[start : start + 500]))).all())
+        return found
+
     def delete(self, task_id: str) -> None:
         with self._session() as s:
             s.execute(delete(TaskRow).where(TaskRow.id == task_id))
