@@ -39,6 +39,16 @@ def _raise_open_files_limit(connections: int) -> None:
             pass
 
 
+def _can_run_models(settings, command: str, only=None) -> bool:
+    """The packages and checkpoint folders the models need on this machine (engines.preflight)."""
+    from .engines.preflight import problems
+
+    missing = problems(settings.models(), only)
+    for line in missing:
+        print(f"opendance {command}: {line}", file=sys.stderr)
+    return not missing
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -48,6 +58,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if not _models_file_ok(settings, "serve"):
+        return 2
+    # The local runner runs the models in this server's own worker processes; with Temporal,
+    # workers do (and check themselves).
+    if settings.runner == "local" and not _can_run_models(settings, "serve"):
         return 2
     app = create_app(settings)
     _raise_open_files_limit(settings.max_connections)
@@ -88,6 +102,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not _models_file_ok(settings, "worker"):
         return 2
+    if not _can_run_models(settings, "worker", settings.worker_models):
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve_worker(settings, list(settings.worker_models)))
     return 0
@@ -110,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="models TOML file (default: seed names on the preview engine)")
     serve.add_argument("--runner", choices=["local", "temporal"], help="who runs tasks (default local)")
     serve.add_argument("--storage", choices=["local", "s3"], help="where videos are stored (default local)")
+    serve.add_argument(
+        "--allow-hosts",
+        dest="allow_hosts",
+        metavar="HOSTS",
+        help="comma-separated hosts, IPs or CIDR networks that media URLs may reach although private (e.g. 127.0.0.1)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database commands")
