@@ -125,6 +125,7 @@ class TaskObject(BaseModel):
     started_at: int | None
     completed_at: int | None
     extra_body: dict[str, Any]
+    ignored_fields: list[str] = Field(description="top-level fields of the create request that are not part of the API (ignored)")
 
 
 class TaskList(BaseModel):
@@ -197,4 +198,6 @@ def task_object(task: Task, video_url: str | None, last_frame_url: str | None) -
         "started_at": _ts(task.started_at),
         "completed_at": _ts(task.completed_at),
         "extra_body": task.extra_body,
+        # Unknown top-level fields of the create request: ignored, as the spec says, and said.
+        "ignored_fields": list(task.ignored_fields),
     }

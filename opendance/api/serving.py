@@ -188,6 +188,8 @@ class TaskService:
                 # Two requests with the same key raced; the other one made the task.
                 earlier = await asyncio.to_thread(self.store.get_by_idempotency_key, owner, idempotency_key)
                 return self._same_request(earlier, request_hash)
+        if req.ignored_fields:
+            log.info("task %s: ignored the unknown fields %s (misspelt?)", task.id, ", ".join(req.ignored_fields))
         self.metrics.created.labels(task.model, task.mode).inc()
         await self.runner.submit(task)
         await self.task_changed(task)
@@ -239,6 +241,7 @@ class TaskService:
                 job=job.to_dict(),
                 extra_body=req.extra_body,
                 callback_url=req.callback_url,
+                ignored_fields=req.ignored_fields,
                 base_url=base_url,
                 idempotency_key=idempotency_key,
                 request_hash=request_hash,

@@ -23,6 +23,14 @@ MAX_SEED = 4294967295
 MAX_DEPTH = 32
 LIMITS = {"images": 9, "videos": 3, "audios": 3}
 BOOL_KEYS = ("generate_audio", "watermark", "camera_fixed", "return_last_frame")
+FIELDS = ("model", "prompt", "image", "last_image", "images", "videos", "audios", "duration", "aspect_ratio", "extra_body")
+MAX_IGNORED_SHOWN, MAX_NAME_SHOWN = 20, 64  # ignored_fields lists at most this many names, each cut to this length
+
+
+def ignored_fields(body: dict[str, Any]) -> list[str]:
+    """The top-level fields the spec does not define (``durration``): ignored, but reported."""
+    unknown = [name for name in body if name not in FIELDS]
+    return [name if len(name) <= MAX_NAME_SHOWN else name[:MAX_NAME_SHOWN] + "..." for name in unknown[:MAX_IGNORED_SHOWN]]
 
 
 @dataclass
@@ -42,6 +50,7 @@ class CreateRequest:
     callback_url: str | None = None
     options: dict[str, bool] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
+    ignored_fields: list[str] = field(default_factory=list)  # unknown top-level fields (ignored, as the spec says)
 
 
 def _type_name(value: Any) -> str:
@@ -309,4 +318,5 @@ def parse_create(body: Any, models: dict[str, ModelConfig]) -> CreateRequest:
         callback_url=callback,
         options=options,
         extra_body=extra,
+        ignored_fields=ignored_fields(body),
     )

@@ -27,6 +27,11 @@ from .models import MetaRow, TaskRow
 log = logging.getLogger("opendance.store")
 
 
+# ``Task.ignored_fields`` is kept inside the ``job`` JSON column under this key (it has no column
+# of its own, to need no migration); ``Task.job`` never holds it, so runners never see it.
+IGNORED_FIELDS_KEY = "_ignored_fields"
+
+
 @dataclass(frozen=True)
 class Task:
     """A snapshot of one task row."""
@@ -62,12 +67,17 @@ class Task:
     engine_seconds: float | None
     idempotency_key: str | None
     request_hash: str | None
+    ignored_fields: tuple[str, ...] = ()  # unknown top-level fields of the create request
 
     @classmethod
     def from_row(cls, row: TaskRow) -> Task:
-        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
+        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls) if f.name != "ignored_fields"}
         values["status"] = Status(values["status"])
         values["raw_status"] = RawStatus(values["raw_status"])
+        if isinstance(values["job"], dict) and IGNORED_FIELDS_KEY in values["job"]:
+            values["job"] = dict(values["job"])
+            ignored = values["job"].pop(IGNORED_FIELDS_KEY)
+            values["ignored_fields"] = tuple(str(name) for name in ignored) if isinstance(ignored, list) else ()
         return cls(**values)
 
 
@@ -131,8 +141,10 @@ class TaskStore:
 
     # -- create / read -------------------------------------------------------------------
 
-    def create(self, **fields: Any) -> Task:
+    def create(self, *, ignored_fields: Collection[str] = (), **fields: Any) -> Task:
         now = time.time()
+        if ignored_fields:
+            fields["job"] = {**fields["job"], IGNORED_FIELDS_KEY: list(ignored_fields)}
         row = TaskRow(
             status=Status.QUEUED.value,
             raw_status=RawStatus.QUEUED.value,
