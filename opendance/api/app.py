@@ -17,6 +17,7 @@ from starlette.routing import Match
 from .. import __version__
 from ..callbacks import CallbackSender
 from ..config import Settings
+from ..domain import Mode
 from ..errors import OpenDanceError
 from ..media.budget import MediaWork
 from ..media.fetch import Resolver, SafeFetcher
@@ -92,6 +93,15 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             asyncio.create_task(_sweep_forever(service), name="retention"),
             asyncio.create_task(_resend_callbacks_forever(service, first), name="callbacks"),
         ]
+        for line in _model_lines(models):
+            log.info("%s", line)
+        if not app.state.auth.enabled:
+            log.warning(
+                "no API keys are set: this server is open, anyone who can reach %s:%s can make and read tasks "
+                "(set OPENDANCE_API_KEYS to require keys)",
+                settings.host,
+                settings.port,
+            )
         log.info("opendance %s ready: %s runner, %s storage, models: %s", __version__, settings.runner, settings.storage, ", ".join(models))
         try:
             yield
@@ -146,6 +156,26 @@ async def _resend_callbacks_forever(service: TaskService, first: float, every: f
         await asyncio.sleep(every)
         # Later rounds: changes whose delivery has had every attempt's time and is still marked.
         changed_before = time.time() - service.callbacks.window - 5.0
+
+
+def _model_lines(models: dict) -> list[str]:
+    """One line per model: which engine makes which of its modes (``preview`` is no model)."""
+    lines = []
+    for name, model in models.items():
+        by_engine: dict[str, list[str]] = {}
+        for mode, spec in model.modes.items():
+            by_engine.setdefault(spec.engine, []).append(mode.value)
+        named = {_engine_label(engine): modes for engine, modes in by_engine.items()}
+        if len(named) == 1 and len(model.modes) == len(Mode):
+            how = f"{next(iter(named))} for every mode"
+        else:
+            how = "; ".join(f"{engine} for {', '.join(modes)}" for engine, modes in named.items())
+        lines.append(f"model {name} ({model.resolution}, {model.fps} fps): {how}")
+    return lines
+
+
+def _engine_label(engine: str) -> str:
+    return "the preview engine (procedural videos, no model weights)" if engine == "preview" else f"the {engine} engine"
 
 
 def _store_gauges(store: TaskStore, runner) -> dict:
