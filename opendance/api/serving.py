@@ -138,13 +138,18 @@ class TaskService:
         async with self.admission.admit(owner, task_id), self._intake_scope(owner, task_id, req) as scope:
             if req.callback_url:
                 await self.fetcher.check_url(req.callback_url, param="extra_body.callback_url")
-            media = await intake_media(
-                MediaRequest(req.image, req.last_image, req.images, req.videos, req.audios),
-                fetcher=self.fetcher,
-                settings=self.settings,
-                key_prefix=input_prefix(task_id),
-                scope=scope,
-            )
+            try:
+                media = await intake_media(
+                    MediaRequest(req.image, req.last_image, req.images, req.videos, req.audios),
+                    fetcher=self.fetcher,
+                    settings=self.settings,
+                    key_prefix=input_prefix(task_id),
+                    scope=scope,
+                )
+            except OSError as exc:
+                # Spooling the media to disk failed (a full disk): the server's fault, not the request's.
+                message = f"the server could not store this task's inputs ({exc.strerror or exc}); try again later"
+                raise ServiceUnavailable(message, code="storage_error", retry_after=30) from None
             model = self.models[req.model]
             aspect = req.aspect_ratio or self._default_aspect(media)
             width, height = model.size(aspect)

@@ -69,6 +69,7 @@ def test_a_create_on_a_full_disk_is_a_503_even_text_only(tmp_path, error_body):
             assert r.status_code == 503 and error_body(r)["code"] == "storage_error", r.text
             assert rows(disk / "data" / "opendance.db") == before  # no task was made
             assert sorted(p.name for p in (disk / "data" / "files" / "tasks").iterdir()) == [first["id"]]  # no inputs left
+            assert not [p for p in (disk / "data").rglob("*") if p.is_file() and "spool" in p.parts]  # nor spooled media
             (disk / "filler").unlink()
             task = wait_for_task(c, c.post("/v1/video/generations", json={"model": M, "prompt": "after"}).json()["id"])
             assert task["status"] == "completed", task
