@@ -14,6 +14,8 @@ under its alpha.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -125,18 +127,17 @@ class Overlay:
         return mark
 
 
-def draw_caption(picture: Picture, xy: tuple[int, int], text: str, font: Any, anchor: str) -> None:
-    """White ``text`` with a one-pixel black shadow below and to the right, anchored at ``xy``."""
+def draw_caption(picture: Picture, xy: tuple[int, int], text: str, font: Any) -> None:
+    """White ``text`` with a one-pixel black shadow below and to the right, its left end on the
+    font's descender line at ``xy`` (Pillow's anchor "ld")."""
     if not picture.yuv:
         draw, (x, y) = ImageDraw.Draw(picture.planes[0]), xy
-        draw.text((x + 1, y + 1), text, font=font, anchor=anchor, fill=(0, 0, 0))
-        draw.text((x, y), text, font=font, anchor=anchor, fill=(255, 255, 255))
+        draw.text((x + 1, y + 1), text, font=font, anchor="ld", fill=(0, 0, 0))
+        draw.text((x, y), text, font=font, anchor="ld", fill=(255, 255, 255))
         return
-    # The glyphs are rendered once, as a mask, and used for the shadow, the text and the chroma.
-    left, top, right, bottom = font.getbbox(text, anchor=anchor)
-    mask = Image.new("L", (right - left + 1, bottom - top + 1))
-    ImageDraw.Draw(mask).text((-left, -top), text, font=font, anchor=anchor, fill=255)
-    at = (xy[0] + left, xy[1] + top)
+    # The caption changes every frame (a time code), so it is set from glyphs rendered once
+    # each, then used as one mask for the shadow, the text and the chroma.
+    mask, at = _set(text, font, xy)
     luma, *chroma = picture.planes
     luma.paste(LUMA_BLACK, (at[0] + 1, at[1] + 1, at[0] + 1 + mask.width, at[1] + 1 + mask.height), mask)
     luma.paste(LUMA_WHITE, (*at, at[0] + mask.width, at[1] + mask.height), mask)
@@ -144,6 +145,28 @@ def draw_caption(picture: Picture, xy: tuple[int, int], text: str, font: Any, an
     chroma_alpha, (cx, cy) = _half(covered, at)
     for plane in chroma:
         plane.paste(CHROMA_NEUTRAL, (cx, cy, cx + chroma_alpha.width, cy + chroma_alpha.height), chroma_alpha)
+
+
+def _set(text: str, font: Any, xy: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
+    """``text`` as a mask with a spare pixel right and below, and where its top left goes."""
+    ascent, descent = font.getmetrics()
+    glyphs = [_glyph(font, ch) for ch in text]
+    mask = Image.new("L", (max(1, math.ceil(sum(g[3] for g in glyphs))) + 2, ascent + descent + 1))
+    pen = 0.0
+    for glyph, left, top, advance in glyphs:
+        x, y = round(pen) + left, ascent + top
+        mask.paste(255, (x, y, x + glyph.width, y + glyph.height), glyph)
+        pen += advance
+    return mask, (xy[0], xy[1] - ascent - descent)
+
+
+@functools.lru_cache(maxsize=512)
+def _glyph(font: Any, ch: str) -> tuple[Image.Image, int, int, float]:
+    """One character as a mask, its offset from the pen on the baseline, and its advance."""
+    left, top, right, bottom = font.getbbox(ch, anchor="ls")
+    glyph = Image.new("L", (max(1, right - left), max(1, bottom - top)))
+    ImageDraw.Draw(glyph).text((-left, -top), ch, font=font, anchor="ls", fill=255)
+    return glyph, left, top, font.getlength(ch)
 
 
 def _half(alpha: Image.Image, at: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:

@@ -3,7 +3,7 @@ field, an "opendance preview" label and a time code (and the typesetting the lab
 
 Everything static is drawn once (the field, converted to YUV once per pixel parity when the
 frames are YUV; the caption and the label as overlays); per frame there is one crop, two
-pastes and the time code.
+pastes and the time code (in YUV, set from glyphs rendered once each).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def text_frames(job: Job, rng: np.random.Generator, font_path: str | None, yuv: 
         frame = fields[px, py].crop(x - px, y - py, w, h)
         for overlay in overlays:
             overlay.paste(frame)
-        draw_caption(frame, (pad, h - pad), f"{i / fps:05.2f} s  frame {i + 1}/{n}", stamp_font, "ld")
+        draw_caption(frame, (pad, h - pad), f"{i / fps:05.2f} s  frame {i + 1}/{n}", stamp_font)
         yield frame.frame()
 
 

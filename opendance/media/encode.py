@@ -101,6 +101,10 @@ def encode_mp4(
             video = out.add_stream("libx264", rate=fps, options=video_options())
             video.width, video.height, video.pix_fmt = width, height, "yuv420p"
             video.time_base = Fraction(1, fps)
+            # Frame threads (x264's own default), not PyAV's default of slice threads: libx264
+            # encodes earlier frames on its threads while the engine makes the next one, and
+            # whole-frame slices compress better (files 2-6% smaller at the same PSNR here).
+            video.codec_context.thread_type = "FRAME"
             _tag_bt709(video.codec_context)
             sound = _AudioWriter(out, audio, fps) if audio is not None else None
             for frame in output.frames:
@@ -145,7 +149,8 @@ def _check_frame(frame: Any, index: int, width: int, height: int) -> None:
 def _video_frame(av: Any, to_yuv: RgbToYuv420, frame: np.ndarray | Yuv420, index: int, fps: int) -> Any:
     # BT.709 limited range, tagged on the stream: what players assume for HD, so colours match.
     if isinstance(frame, Yuv420):
-        out = av.VideoFrame.from_ndarray(frame.data, format="yuv420p")
+        # Wrapped, not copied: libx264 copies its input into its own frames inside the encode call.
+        out = av.VideoFrame.from_numpy_buffer(frame.data, format="yuv420p")
     else:
         out = to_yuv.video_frame(frame)
     out.pts, out.time_base = index, Fraction(1, fps)
