@@ -102,9 +102,12 @@ class Audio:
 
 @dataclass
 class Output:
-    frames: Iterable[np.ndarray]  # exactly job.num_frames frames, uint8 H x W x 3
+    frames: Iterable[np.ndarray]  # exactly job.num_frames frames, uint8 H x W x 3 (or Yuv420, see above)
     fps: int
     audio: Audio | None = None
+    # Flat computer graphics (colour fields, text), not pictures of the world: the encoder
+    # searches fewer block shapes on them (see media.encode.GRAPHICS_OPTIONS).
+    graphics: bool = False
 
 
 class Checkpoints(Protocol):

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -109,7 +111,7 @@ class PreviewEngine(Engine):
         # Finished frames kept as checkpoint chunks only when the model asks (``checkpoint_frames``
         # in its spec): preview frames are about as cheap to remake as to store.
         paced = checkpointed(_paced(frames, n, ctx, mark), n, ctx, self.opts.checkpoint_frames)
-        return Output(frames=paced, fps=job.fps, audio=audio)
+        return Output(frames=paced, fps=job.fps, audio=audio, graphics=job.mode is Mode.TEXT_TO_VIDEO)
 
     def _caption_font(self, prompt: str) -> str | None:
         """The font file for the prompt's caption, or None for the built-in font."""
@@ -143,13 +145,15 @@ def _ease(t: float) -> float:  # smoothstep: motion starts and stops gently
 
 
 def _zoom_frames(still: Picture, n: int, rng: np.random.Generator, moving: bool) -> Iterator[Frame]:
-    """``still`` exactly, then an eased zoom and pan; with a fixed camera, the still held."""
+    """``still`` exactly, then an eased zoom and pan; with a fixed camera, the still held. In YUV
+    a helper thread resamples half of each frame (the zoom is most of this mode's work)."""
     angle, base = rng.uniform(0, 2 * math.pi), still.frame()
     yield base
-    for i in range(1, n):
-        e = _ease(i / (n - 1))
-        dx, dy = 0.6 * e * math.cos(angle), 0.6 * e * math.sin(angle)
-        yield still.view(1 + (ZOOM - 1) * e, dx, dy).frame() if moving else base
+    with ThreadPoolExecutor(1, thread_name_prefix="preview-zoom") if still.yuv and moving else nullcontext() as helper:
+        for i in range(1, n):
+            e = _ease(i / (n - 1))
+            dx, dy = 0.6 * e * math.cos(angle), 0.6 * e * math.sin(angle)
+            yield still.view_frame(1 + (ZOOM - 1) * e, dx, dy, helper) if moving else base
 
 
 def _morph_frames(first: Picture, last: Picture, n: int, moving: bool) -> Iterator[Frame]:

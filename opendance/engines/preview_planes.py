@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,26 @@ class Picture:
         """Zoomed in by ``zoom`` (>= 1), the window moved towards an edge by ``fx``, ``fy`` in [-1, 1]."""
         return Picture([_view(p, zoom, fx, fy) for p in self.planes])
 
+    def view_frame(self, zoom: float, fx: float, fy: float, helper: Executor | None = None) -> Frame:
+        """``view(zoom, fx, fy).frame()``. In YUV, given a ``helper`` thread, the resampling is cut
+        in two halves that run at once (Pillow lets go of the GIL while it resamples): the lower
+        half of the luma and V there, the upper half and U here."""
+        if not self.yuv or helper is None or zoom <= 1.0:
+            return self.view(zoom, fx, fy).frame()
+        luma, u, v = self.planes
+        w, h = luma.size
+        frame, split = Yuv420(np.empty((h * 3 // 2, w), np.uint8)), h // 2
+
+        def lower() -> None:
+            frame.y[split:] = np.asarray(_view(luma, zoom, fx, fy, rows=(split, h)))
+            frame.v[...] = np.asarray(_view(v, zoom, fx, fy))
+
+        later = helper.submit(lower)
+        frame.y[:split] = np.asarray(_view(luma, zoom, fx, fy, rows=(0, split)))
+        frame.u[...] = np.asarray(_view(u, zoom, fx, fy))
+        later.result()
+        return frame
+
     def blend(self, other: Picture, t: float) -> Picture:
         return Picture([Image.blend(a, b, t) for a, b in zip(self.planes, other.planes, strict=True)])
 
@@ -74,14 +95,19 @@ class Picture:
         return Picture([luma.crop((x, y, x + w, y + h)), *(c.crop(half) for c in chroma)])
 
 
-def _view(image: Image.Image, zoom: float, fx: float = 0.0, fy: float = 0.0) -> Image.Image:
-    """Upscaling the frame-sized image (not a larger source) is the cheap path in Pillow."""
+def _view(
+    image: Image.Image, zoom: float, fx: float = 0.0, fy: float = 0.0, rows: tuple[int, int] | None = None
+) -> Image.Image:
+    """Rows ``rows`` (all by default) of the zoomed view. Upscaling the frame-sized image (not a
+    larger source) is the cheap path in Pillow."""
     if zoom <= 1.0:
         return image
     w, h = image.size
+    top, bottom = rows or (0, h)
     bw, bh = w / zoom, h / zoom
     x0, y0 = (w - bw) / 2 * (1 + fx), (h - bh) / 2 * (1 + fy)
-    return image.resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + bw, y0 + bh))
+    box = (x0, y0 + bh * (top / h), x0 + bw, y0 + bh * (bottom / h))
+    return image.resize((w, bottom - top), Image.Resampling.BILINEAR, box=box)
 
 
 class Overlay:

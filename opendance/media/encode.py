@@ -33,19 +33,27 @@ _AAC_FRAME = 1024  # samples per AAC frame
 # crf 18 keeps smooth frames above ~40 dB PSNR (frame 0 of an image task must match its input);
 # veryfast is the knee of libx264's speed/size curve for this kind of content.
 VIDEO_OPTIONS = {"crf": "18", "preset": "veryfast", "profile": "high"}
+# For ``Output.graphics``: no sub-8x8 inter partitions (flat fields and text gain nothing from
+# them) and 2 B-frames instead of 3. On the preview's text-to-video, measured against
+# VIDEO_OPTIONS: the same PSNR, files 2-3% smaller, 15-22% less CPU time per video.
+GRAPHICS_PARAMS = "partitions=i8x8,i4x4:bframes=2"
 
 
-def video_options() -> dict[str, str]:
-    """``VIDEO_OPTIONS``, with libx264 kept off its AVX-512 kernels where the CPU has them.
+def video_options(graphics: bool = False) -> dict[str, str]:
+    """``VIDEO_OPTIONS`` (with ``GRAPHICS_PARAMS`` for graphics), with libx264 kept off its
+    AVX-512 kernels where the CPU has them.
 
     Measured on an AVX-512 machine (Xeon, PyAV 17 and 18): 40 encodes of the same 40 frames gave
     4 different bitstreams, up to 29/255 apart once decoded, so the same seed did not make the
     same video; capped at AVX2 the 40 were identical. ``asm=avx2`` names a set of CPU features,
     so it is only given where the CPU has AVX2 (any CPU with AVX-512 does).
     """
-    options = dict(VIDEO_OPTIONS)
+    params = [GRAPHICS_PARAMS] if graphics else []
     if platform.machine().lower() in ("x86_64", "amd64") and "avx512f" in _cpu_flags():
-        options["x264-params"] = "asm=avx2"
+        params.append("asm=avx2")
+    options = dict(VIDEO_OPTIONS)
+    if params:
+        options["x264-params"] = ":".join(params)
     return options
 
 
@@ -98,7 +106,7 @@ def encode_mp4(
     count = 0
     try:
         with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-            video = out.add_stream("libx264", rate=fps, options=video_options())
+            video = out.add_stream("libx264", rate=fps, options=video_options(graphics=output.graphics))
             video.width, video.height, video.pix_fmt = width, height, "yuv420p"
             video.time_base = Fraction(1, fps)
             # Frame threads (x264's own default), not PyAV's default of slice threads: libx264

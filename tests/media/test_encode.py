@@ -240,3 +240,13 @@ def test_yuv420_planes_are_pyavs_planes(width, height):
     assert _psnr(frame.to_rgb(), rgb) >= 35
     with pytest.raises(ValueError):
         Yuv420.from_planes(frame.y, frame.u[:-1], frame.v)
+
+
+def test_graphics_get_the_graphics_options(tmp_path):
+    """libx264 writes its settings into the stream: a graphics output is encoded with 2 B-frames
+    and no sub-8x8 inter partitions, any other with the default settings."""
+    for graphics, bframes, analyse in ((False, b"bframes=3", b"analyse=0x3:0x113"), (True, b"bframes=2", b"analyse=0x3:0x3")):
+        path = tmp_path / f"g{graphics}.mp4"
+        encode_mp4(Output(_frames(8), fps=8, graphics=graphics), path, width=W, height=H, num_frames=8)
+        data = path.read_bytes()
+        assert bframes in data and analyse in data
