@@ -95,6 +95,20 @@ class Run:
     p99: float  # ms
     requests: int
     errors: int  # non-2xx responses and socket errors
+    cpu_ms: float = 0.0  # the server process's CPU time (all its threads) per request
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and its threads so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, url: str, script: Path, seconds: int, connections: int) -> Run:
+    before = cpu_seconds(pid)
+    run = wrk(url, script, seconds, connections)
+    run.cpu_ms = (cpu_seconds(pid) - before) * 1000 / max(1, run.requests)
+    return run
 
 
 def _ms(text: str) -> float:
@@ -191,19 +205,20 @@ def main() -> None:
                 }
                 for name, text in scripts.items():
                     (folder / f"{name}.lua").write_text(text)
-                servers = {"opendance": server.url, "floor": floor_url}
+                servers = {"opendance": (server.process.pid, server.url), "floor": (floor.pid, floor_url)}
                 results: dict[tuple[str, str], list[Run]] = {}
                 load = [os.getloadavg()[0]]
                 for endpoint in endpoints:
                     for r in range(args.rounds):
                         for name in servers if r % 2 == 0 else list(servers)[::-1]:
-                            run = wrk(servers[name] + PATHS[endpoint], folder / f"{endpoint}.lua", args.seconds, args.connections)
+                            pid, url = servers[name]
+                            run = measured(pid, url + PATHS[endpoint], folder / f"{endpoint}.lua", args.seconds, args.connections)
                             results.setdefault((endpoint, name), []).append(run)
                     load.append(os.getloadavg()[0])
                 if args.rounds > 0:
                     report(results, endpoints, args, load)
                 if args.profile is not None:
-                    profile({"opendance": (server.process.pid, server.url), "floor": (floor.pid, floor_url)}, folder, endpoints, args)
+                    profile(servers, folder, endpoints, args)
             finally:
                 os.killpg(floor.pid, signal.SIGTERM)
                 floor.wait(10)
@@ -226,8 +241,9 @@ def report(results: dict[tuple[str, str], list[Run]], endpoints: list[str], args
     print(f"wrk -t1 -c{args.connections}, {args.seconds} s per run, {args.rounds} interleaved rounds per endpoint and server; "
           f"{os.cpu_count()} CPUs, {platform.machine()}, Python {sys.version.split()[0]}, FastAPI {fastapi.__version__}, "
           f"Starlette {starlette.__version__}, uvicorn {uvicorn.__version__}; load average {' -> '.join(f'{x:.1f}' for x in load)}\n")
-    print("| request | server | requests/s (median round) | p50 ms | p99 ms | errors | opendance / floor, requests/s | opendance / floor, p99 |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| request | server | requests/s (median round) | p50 ms | p99 ms | server CPU ms per request | errors "
+          "| opendance / floor, requests/s | opendance / floor, p99 |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for endpoint in endpoints:
         ours, floor = results[endpoint, "opendance"], results[endpoint, "floor"]
         rps_ratio = statistics.median(a.rps / b.rps for a, b in zip(ours, floor, strict=True))
@@ -235,7 +251,8 @@ def report(results: dict[tuple[str, str], list[Run]], endpoints: list[str], args
         for name, runs in (("opendance", ours), ("floor", floor)):
             m = _median_run(runs)
             ratios = f"| {rps_ratio:.2f}x | {p99_ratio:.2f}x |" if name == "opendance" else "| | |"
-            print(f"| {labels[endpoint]} | {name} | {m.rps:.0f} | {m.p50:.1f} | {m.p99:.1f} | {sum(r.errors for r in runs)} {ratios}")
+            cpu = statistics.median(r.cpu_ms for r in runs)
+            print(f"| {labels[endpoint]} | {name} | {m.rps:.0f} | {m.p50:.1f} | {m.p99:.1f} | {cpu:.2f} | {sum(r.errors for r in runs)} {ratios}")
     if "create" in endpoints and "get" in endpoints:
         create = statistics.median(r.rps for r in results["create", "opendance"])
         get = statistics.median(r.rps for r in results["get", "floor"])
@@ -257,7 +274,7 @@ def profile(servers: dict[str, tuple[int, str]], folder: Path, endpoints: list[s
             spy_proc = subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--threads", "--nonblocking",
                                          "-f", "raw", "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)  # py-spy attaches
-            run = wrk(url + PATHS[endpoint], folder / f"{endpoint}.lua", seconds - 2, args.connections)
+            run = measured(pid, url + PATHS[endpoint], folder / f"{endpoint}.lua", seconds - 2, args.connections)
             spy_proc.wait(seconds + 30)
             summaries.append((f"{name}, {endpoint}", run, summarize(raw)))
     text = render_profiles(summaries)
@@ -336,15 +353,18 @@ def render_profiles(summaries: list[tuple[str, Run, dict]]) -> str:
              "busy in the frame it waits in):", ""]
     for endpoint, run, s in summaries:
         total = max(1, s["total"])
-        lines.append(f"**{endpoint}** ({run.rps:.0f} requests/s during the profile; {s['total']} busy samples, "
-                     f"{s['idle']} of waiting threads left out):")
+        # A busy sample stands for 5 ms of one thread's time (200 Hz).
+        per_request = s["total"] * 5.0 / max(1, run.requests)
+        lines.append(f"**{endpoint}** ({run.rps:.0f} requests/s during the profile, {run.cpu_ms:.2f} ms of CPU per request; "
+                     f"{s['total']} busy samples = {per_request:.2f} ms of thread time per request, {s['idle']} samples of "
+                     "waiting threads left out):")
         lines.append("")
-        lines.append("| where | share of samples |")
-        lines.append("| --- | ---: |")
+        lines.append("| where | share of busy samples | thread ms per request |")
+        lines.append("| --- | ---: | ---: |")
         for group, n in sorted(s["groups"].items(), key=lambda kv: -kv[1]):
-            lines.append(f"| thread: {group} | {100 * n / total:.0f}% |")
+            lines.append(f"| thread: {group} | {100 * n / total:.0f}% | {per_request * n / total:.2f} |")
         for name, n in sorted(s["categories"].items(), key=lambda kv: -kv[1]):
-            lines.append(f"| {name} | {100 * n / total:.1f}% |")
+            lines.append(f"| {name} | {100 * n / total:.1f}% | {per_request * n / total:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
