@@ -122,7 +122,9 @@ def wrk(url: str, script: Path, seconds: int, connections: int) -> Run:
          "-s", str(script), url],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout
-    pct = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)$", out, re.M))
+    pct = dict(re.findall(r"^\s*(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    if "50" not in pct or "99" not in pct or "Requests/sec" not in out:
+        raise RuntimeError(f"could not read wrk's output:\n{out}")
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     sock = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", m.group(0))) if (
@@ -177,6 +179,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument("--connections", type=int, default=16, help="wrk -c (one wrk thread)")
     parser.add_argument("--only", default="get,list,create", help="comma-separated endpoints: get, list, create")
+    parser.add_argument("--queue-caps", type=int, default=0,
+                        help="OPENDANCE_MAX_QUEUED_PER_KEY and _TOTAL (0: off); a cap too high to reach still costs its checks")
+    parser.add_argument("--gil", action="store_true", help="with --profile: sample only the thread holding the GIL (py-spy --gil)")
     parser.add_argument("--profile", type=Path, help="afterwards, record py-spy profiles of opendance under each load into this folder")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -186,7 +191,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         folder = Path(tmp)
         (folder / "models.toml").write_text(MODELS)
-        with LiveServer(folder / "opendance", config=folder / "models.toml", env=ENV) as server, server.client(KEY) as client:
+        caps = {"OPENDANCE_MAX_QUEUED_PER_KEY": str(args.queue_caps), "OPENDANCE_MAX_QUEUED_TOTAL": str(args.queue_caps)}
+        with LiveServer(folder / "opendance", config=folder / "models.toml", env={**ENV, **caps}) as server, server.client(KEY) as client:
             ids = setup_tasks(client)
             fill_floor(folder / "floor.db", client, ids)
             floor_port = free_port()
@@ -271,13 +277,13 @@ def profile(servers: dict[str, tuple[int, str]], folder: Path, endpoints: list[s
     for endpoint in endpoints:
         for name, (pid, url) in servers.items():
             raw = out / f"{name}-{endpoint}.txt"
-            spy_proc = subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--threads", "--nonblocking",
-                                         "-f", "raw", "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cmd = [spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--threads", "--nonblocking", "-f", "raw", "-o", str(raw)]
+            spy_proc = subprocess.Popen(cmd + (["--gil"] if args.gil else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)  # py-spy attaches
             run = measured(pid, url + PATHS[endpoint], folder / f"{endpoint}.lua", seconds - 2, args.connections)
             spy_proc.wait(seconds + 30)
             summaries.append((f"{name}, {endpoint}", run, summarize(raw)))
-    text = render_profiles(summaries)
+    text = render_profiles(summaries, args.gil)
     (out / "summary.md").write_text(text)
     print("\n" + text)
 
@@ -347,10 +353,14 @@ def summarize(raw: Path) -> dict:
     return {"total": total, "idle": idle, "groups": groups, "categories": categories}
 
 
-def render_profiles(summaries: list[tuple[str, Run, dict]]) -> str:
-    lines = ["py-spy (200 Hz, all threads) of each server during one more wrk run per endpoint; each busy sample counted",
-             "once, by its thread and by the innermost frame that names a category (a thread waiting for the GIL counts as",
-             "busy in the frame it waits in):", ""]
+def render_profiles(summaries: list[tuple[str, Run, dict]], gil: bool) -> str:
+    if gil:
+        lines = ["py-spy --gil (200 Hz: only the thread holding the GIL, so the Python work) of each server during one more wrk",
+                 "run per endpoint; each sample counted once, by its thread and by the innermost frame that names a category:", ""]
+    else:
+        lines = ["py-spy (200 Hz, all threads) of each server during one more wrk run per endpoint; each busy sample counted",
+                 "once, by its thread and by the innermost frame that names a category (a thread waiting for the GIL counts as",
+                 "busy in the frame it waits in):", ""]
     for endpoint, run, s in summaries:
         total = max(1, s["total"])
         # A busy sample stands for 5 ms of one thread's time (200 Hz).
