@@ -11,7 +11,8 @@ temporary folder, exactly as a worker does it. Two paths:
 
 - ``today``: the encoder path before issue 14, kept here as it was: the engine's RGB frames (the
   engine contract's path, ``StepContext()``), each converted to yuv420p by a fresh swscale
-  context (``frame.reformat``), libx264 ``veryfast`` crf 18 with its automatic threads;
+  context (``frame.reformat``), libx264 with PyAV's default (slice) threads and the encoder's
+  default options (``video_options()``: ``veryfast`` crf 18, kept off AVX-512 kernels);
 - ``new``: what ``opendance.runner.execute.run_job`` does now: ``StepContext(yuv420=True)``, so
   the preview draws its frames straight in YUV 4:2:0 planes, then ``encode_mp4``.
 
@@ -40,14 +41,13 @@ import numpy as np
 from opendance.domain import OUTPUT_SIZES, Mode
 from opendance.engines.base import Inputs, Job, Output, StepContext
 from opendance.engines.preview import PreviewEngine
-from opendance.media.encode import encode_mp4
+from opendance.media.encode import encode_mp4, video_options
 from opendance.media.yuv import RgbToYuv420
 from opendance.testing.media import gradient_image
 
 DURATION, FPS = 5, 24
 PROMPT = "A red fox trots through fresh snow at dawn, steam rising from its breath, cinematic"
 CASES = [(res, mode) for res in ("480p", "720p") for mode in (Mode.TEXT_TO_VIDEO, Mode.IMAGE_TO_VIDEO)]
-TODAY_OPTIONS = {"crf": "18", "preset": "veryfast", "profile": "high"}
 
 
 def _job(mode: Mode, resolution: str) -> tuple[Job, Inputs]:
@@ -63,7 +63,7 @@ def encode_today(output: Output, path: Path, width: int, height: int) -> None:
     import av
 
     with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-        video = out.add_stream("libx264", rate=FPS, options=dict(TODAY_OPTIONS))
+        video = out.add_stream("libx264", rate=FPS, options=video_options())
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.time_base = Fraction(1, FPS)
         for index, rgb in enumerate(output.frames):
