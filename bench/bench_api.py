@@ -10,7 +10,8 @@ Part 2 runs preview tasks one at a time on a second server and compares, per tas
 time the client sees (create -> completed, polling every 10 ms) and the store's own timeline
 with the engine time the worker measured: overhead = wall - engine. Then, in the same run, it
 makes the same videos in this process with ``run_job`` (no server) and times each phase: the
-frames, the RGB -> YUV conversion, x264 and the MP4 writer, the atomic store of the file. What
+frames, their hand-off to libx264 (the RGB -> YUV conversion of RGB frames; the preview draws
+YUV itself), x264 and the MP4 writer, the atomic store of the file. What
 the server adds on top of ``run_job`` is the client's wall minus that.
 
     .venv/bin/python bench/bench_api.py --only overhead   # part 2 alone
@@ -137,7 +138,7 @@ def part2(tasks: int) -> list[str]:
         "| **the same video made in-process by `run_job` (no server), by phase:** | |",
         f"| run_job wall | {phases['wall']:.3f} |",
         f"| - engine (frames) | {phases['engine']:.3f} |",
-        f"| - RGB -> YUV 4:2:0 (swscale) | {phases['yuv']:.3f} |",
+        f"| - frames handed to libx264 (RGB -> YUV 4:2:0; the preview draws YUV, so only wrapping) | {phases['yuv']:.3f} |",
         f"| - x264 + MP4 writer (encode_mp4 minus the two above) | {phases['x264']:.3f} |",
         f"| - atomic store of the MP4 (put_file) | {phases['store']:.3f} |",
         f"| what the server adds (client wall - run_job wall): queue, messages, store writes, polling | {statistics.median(walls) - phases['wall']:.3f} |",
@@ -169,8 +170,8 @@ def in_process(tasks: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {k: [] for k in ("wall", "engine", "yuv", "x264", "store")}
     with tempfile.TemporaryDirectory() as d:
         storage = LocalStorage(Path(d))
-        original_yuv, original_encode, original_put = encode._to_yuv, encode.encode_mp4, storage.put_file
-        encode._to_yuv = timed("yuv", original_yuv)
+        original_yuv, original_encode, original_put = encode._video_frame, encode.encode_mp4, storage.put_file
+        encode._video_frame = timed("yuv", original_yuv)
         storage.put_file = timed("store", original_put)
         import opendance.runner.execute as execute
 
@@ -189,7 +190,7 @@ def in_process(tasks: int) -> dict[str, float]:
                     samples["x264"].append(clock["encode"] - clock["yuv"] - result.engine_seconds)
                     samples["store"].append(clock["store"])
         finally:
-            encode._to_yuv, execute.encode_mp4 = original_yuv, original_encode
+            encode._video_frame, execute.encode_mp4 = original_yuv, original_encode
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

@@ -7,7 +7,10 @@ every step and calls ``ctx.check_cancelled()`` between steps, which raises ``Can
 
 An ``Output`` holds exactly ``job.num_frames`` RGB frames of ``job.width`` x ``job.height``
 (uint8, H x W x 3), as a sequence or an iterator (so long videos stream into the encoder), and
-optional audio. ``media.encode`` checks both and writes the MP4.
+optional audio. ``media.encode`` checks both and writes the MP4. When the frames go straight to
+the encoder (``ctx.yuv420``), an engine that draws its own frames may give ``media.yuv.Yuv420``
+frames instead (the planes libx264 encodes), which saves it an RGB frame and the encoder a
+colour conversion.
 """
 
 from __future__ import annotations
@@ -99,9 +102,12 @@ class Audio:
 
 @dataclass
 class Output:
-    frames: Iterable[np.ndarray]  # exactly job.num_frames frames, uint8 H x W x 3
+    frames: Iterable[np.ndarray]  # exactly job.num_frames frames, uint8 H x W x 3 (or Yuv420, see above)
     fps: int
     audio: Audio | None = None
+    # Flat computer graphics (colour fields, text), not pictures of the world: the encoder
+    # searches fewer block shapes on them (see media.encode.GRAPHICS_OPTIONS).
+    graphics: bool = False
 
 
 class Checkpoints(Protocol):
@@ -126,6 +132,9 @@ class StepContext:
     bytes (e.g. ``torch.save`` of the latents) or a JSON-able dict; ``parts`` are extra
     write-once blobs (``load_checkpoint_part(name)`` reads one back). Without a checkpoint store
     ``checkpoint_every`` is 0, saving does nothing and loading finds nothing.
+
+    ``yuv420`` says that whoever takes the frames (the MP4 encoder) also takes ``Yuv420`` frames;
+    RGB frames are always accepted, so an engine may ignore it.
     """
 
     def __init__(
@@ -133,10 +142,12 @@ class StepContext:
         progress: Callable[[int, int], None] = lambda done, total: None,
         cancelled: Callable[[], bool] = lambda: False,
         checkpoints: Checkpoints | None = None,
+        yuv420: bool = False,
     ) -> None:
         self._progress = progress
         self._cancelled = cancelled
         self._checkpoints = checkpoints
+        self.yuv420 = yuv420
 
     @property
     def checkpoint_every(self) -> int:

@@ -18,21 +18,33 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from ..media.yuv import Yuv420
 from .base import StepContext
 
 
-def _pack(frames: list[np.ndarray]) -> bytes:
+Frame = np.ndarray | Yuv420
+
+
+def _pack(frames: list[Frame]) -> bytes:
+    """One chunk: RGB frames as ``frames``, or ``Yuv420`` frames as ``yuv420`` (a run makes all its
+    frames in one format; a run resumed after an upgrade may continue another run's chunks in the
+    other format, which is why each chunk says what it holds)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, frames=np.stack(frames))
+    if all(isinstance(f, Yuv420) for f in frames):
+        np.savez_compressed(buf, yuv420=np.stack([f.data for f in frames]))
+    else:
+        np.savez_compressed(buf, frames=np.stack(frames))
     return buf.getvalue()
 
 
-def _unpack(data: bytes) -> np.ndarray:
+def _unpack(data: bytes) -> list[Frame]:
     with np.load(io.BytesIO(data)) as npz:
-        return npz["frames"]
+        if "yuv420" in npz:
+            return [Yuv420(np.ascontiguousarray(f)) for f in npz["yuv420"]]
+        return list(npz["frames"])
 
 
-def checkpointed(frames: Iterable[np.ndarray], total: int, ctx: StepContext, chunk: int) -> Iterator[np.ndarray]:
+def checkpointed(frames: Iterable[Frame], total: int, ctx: StepContext, chunk: int) -> Iterator[Frame]:
     if chunk <= 0 or ctx.checkpoint_every <= 0:
         yield from frames
         return
@@ -51,7 +63,7 @@ def checkpointed(frames: Iterable[np.ndarray], total: int, ctx: StepContext, chu
         # The frames before ``done`` are already out: advance the source past them.
         for _ in itertools.islice(it, done):
             pass
-    pending: list[np.ndarray] = []
+    pending: list[Frame] = []
     saving = True  # after a failed save, later chunks would leave a gap: stop saving
     for frame in it:
         yield frame

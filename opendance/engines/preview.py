@@ -18,7 +18,9 @@ clients, CI and load tests can exercise the whole server in seconds:
 ``camera_fixed`` turns zoom and pan off (a still image is held; a morph only crossfades),
 and ``watermark`` draws a small "AI generated" mark; ``generate_audio`` is ignored (the preview
 makes no sound of its own). Frames are made lazily as the encoder pulls them; every frame
-checks for cancellation.
+checks for cancellation. When the encoder takes them (``ctx.yuv420``) the frames are drawn
+straight in its YUV 4:2:0 planes (``preview_planes``): the same pictures, with no RGB frame made
+and none converted; the RGB frames of the engine contract otherwise.
 
 The prompt is typeset with the model's ``font`` option when it has one; otherwise, for a prompt
 in Chinese, Japanese or Korean, with the first CJK font found among the usual system places
@@ -28,23 +30,27 @@ Pillow's built-in font, which has Latin glyphs only (other scripts show as boxes
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import ImageFont
 
 from ..domain import Mode
 from ..errors import EngineError
 from ..media.audio import mix_reference_audio
-from ..media.frames import fit_cover, read_video_frames, to_array
+from ..media.frames import fit_cover, read_video_frames
+from ..media.yuv import RgbToYuv420
 from .base import Engine, Inputs, Job, Output, StepContext
 from .frame_chunks import checkpointed
 from .options import PreviewOptions
+from .preview_planes import Frame, Overlay, Picture
+from .preview_text import label, text_frames
 
 PROGRESS_EVERY = 4  # frames between progress reports
 ZOOM = 1.12  # how far image modes zoom in over their clip
@@ -84,27 +90,28 @@ class PreviewEngine(Engine):
 
     def generate(self, job: Job, inputs: Inputs, ctx: StepContext) -> Output:
         self.check_inputs(job, inputs)
-        w, h, n = job.width, job.height, job.num_frames
+        w, h, n, yuv = job.width, job.height, job.num_frames, ctx.yuv420
         rng = np.random.default_rng(job.seed)
         moving = not job.options.get("camera_fixed", False)
-        frames: Iterable[np.ndarray]
+        frames: Iterable[Frame]
         if job.mode is Mode.TEXT_TO_VIDEO:
-            frames = _text_frames(job, rng, self._caption_font(job.prompt))
+            frames = text_frames(job, rng, self._caption_font(job.prompt), yuv)
         elif job.mode is Mode.IMAGE_TO_VIDEO:
-            frames = _zoom_frames(fit_cover(inputs.image, w, h), n, rng, moving)
+            frames = _zoom_frames(Picture.of(fit_cover(inputs.image, w, h), yuv), n, rng, moving)
         elif job.mode is Mode.FIRST_AND_LAST_FRAME:
-            frames = _morph_frames(fit_cover(inputs.image, w, h), fit_cover(inputs.last_image, w, h), n, moving)
+            first, last = (Picture.of(fit_cover(image, w, h), yuv) for image in (inputs.image, inputs.last_image))
+            frames = _morph_frames(first, last, n, moving)
         else:
-            frames = _montage_frames(job, inputs, rng, moving)
+            frames = _montage_frames(job, inputs, rng, moving, yuv)
         audio = None  # the preview's only sound is reference audio (``generate_audio`` is ignored)
         if job.mode is Mode.OMNI_REFERENCE and inputs.audios:
             audio = mix_reference_audio(list(inputs.audios), job.duration)
         ctx.check_cancelled()
-        mark = _watermark(w, h) if job.options.get("watermark", False) else None
+        mark = Overlay(*label("AI generated", w, h, top=False)).marker() if job.options.get("watermark", False) else None
         # Finished frames kept as checkpoint chunks only when the model asks (``checkpoint_frames``
         # in its spec): preview frames are about as cheap to remake as to store.
         paced = checkpointed(_paced(frames, n, ctx, mark), n, ctx, self.opts.checkpoint_frames)
-        return Output(frames=paced, fps=job.fps, audio=audio)
+        return Output(frames=paced, fps=job.fps, audio=audio, graphics=job.mode is Mode.TEXT_TO_VIDEO)
 
     def _caption_font(self, prompt: str) -> str | None:
         """The font file for the prompt's caption, or None for the built-in font."""
@@ -122,9 +129,7 @@ def _is_cjk(ch: str) -> bool:
             or 0x20000 <= o <= 0x3FFFF)
 
 
-def _paced(
-    frames: Iterable[np.ndarray], total: int, ctx: StepContext, mark: Callable[[np.ndarray], np.ndarray] | None
-) -> Iterator[np.ndarray]:
+def _paced(frames: Iterable[Frame], total: int, ctx: StepContext, mark: Callable[[Frame], Frame] | None) -> Iterator[Frame]:
     """Exactly ``total`` frames; checks cancellation before each one and reports progress."""
     it = iter(frames)
     for done in range(1, total + 1):
@@ -139,46 +144,40 @@ def _ease(t: float) -> float:  # smoothstep: motion starts and stops gently
     return t * t * (3 - 2 * t)
 
 
-def _view(image: Image.Image, zoom: float, fx: float = 0.0, fy: float = 0.0) -> Image.Image:
-    """``image`` zoomed in by ``zoom`` (>= 1), the window moved towards an edge by ``fx``, ``fy``
-    in [-1, 1]. Upscaling the frame-sized image (not a larger source) is the cheap path in Pillow."""
-    if zoom <= 1.0:
-        return image
-    w, h = image.size
-    bw, bh = w / zoom, h / zoom
-    x0, y0 = (w - bw) / 2 * (1 + fx), (h - bh) / 2 * (1 + fy)
-    return image.resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + bw, y0 + bh))
-
-
-def _zoom_frames(still: Image.Image, n: int, rng: np.random.Generator, moving: bool) -> Iterator[np.ndarray]:
-    """``still`` exactly, then an eased zoom and pan; with a fixed camera, the still held."""
-    angle, base = rng.uniform(0, 2 * math.pi), to_array(still)
+def _zoom_frames(still: Picture, n: int, rng: np.random.Generator, moving: bool) -> Iterator[Frame]:
+    """``still`` exactly, then an eased zoom and pan; with a fixed camera, the still held. In YUV
+    a helper thread resamples half of each frame (the zoom is most of this mode's work)."""
+    angle, base = rng.uniform(0, 2 * math.pi), still.frame()
     yield base
-    for i in range(1, n):
-        e = _ease(i / (n - 1))
-        dx, dy = 0.6 * e * math.cos(angle), 0.6 * e * math.sin(angle)
-        yield np.asarray(_view(still, 1 + (ZOOM - 1) * e, dx, dy)) if moving else base
+    with ThreadPoolExecutor(1, thread_name_prefix="preview-zoom") if still.yuv and moving else nullcontext() as helper:
+        for i in range(1, n):
+            e = _ease(i / (n - 1))
+            dx, dy = 0.6 * e * math.cos(angle), 0.6 * e * math.sin(angle)
+            yield still.view_frame(1 + (ZOOM - 1) * e, dx, dy, helper) if moving else base
 
 
-def _morph_frames(first: Image.Image, last: Image.Image, n: int, moving: bool) -> Iterator[np.ndarray]:
+def _morph_frames(first: Picture, last: Picture, n: int, moving: bool) -> Iterator[Frame]:
     """Exactly ``first`` and ``last`` at the ends; between, a crossfade that pushes in and back
     out (the zoom is 1 at both ends, so one zoom of the blend is enough)."""
-    yield to_array(first)
+    yield first.frame()
     for i in range(1, n - 1):
         t = i / (n - 1)
-        mixed = Image.blend(first, last, _ease(t))
-        yield np.asarray(_view(mixed, 1 + (ZOOM - 1) * math.sin(math.pi * t)) if moving else mixed)
-    yield to_array(last)
+        mixed = first.blend(last, _ease(t))
+        yield (mixed.view(1 + (ZOOM - 1) * math.sin(math.pi * t)) if moving else mixed).frame()
+    yield last.frame()
 
 
-def _montage_frames(job: Job, inputs: Inputs, rng: np.random.Generator, moving: bool) -> Iterator[np.ndarray]:
+def _montage_frames(job: Job, inputs: Inputs, rng: np.random.Generator, moving: bool, yuv: bool) -> Iterator[Frame]:
     w, h, n, fps = job.width, job.height, job.num_frames, job.fps
     lengths = [_video_frames(p, fps) for p in inputs.videos]
     for kind, index, count in _plan(len(inputs.images), lengths, n, fps):
         if kind == "image":
-            yield from _zoom_frames(fit_cover(inputs.images[index], w, h), count, rng, moving)
+            yield from _zoom_frames(Picture.of(fit_cover(inputs.images[index], w, h), yuv), count, rng, moving)
         else:
-            yield from _exactly(read_video_frames(inputs.videos[index], fps, w, h, max_frames=count), count, index)
+            frames: Iterator[Frame] = read_video_frames(inputs.videos[index], fps, w, h, max_frames=count)
+            if yuv:  # decoded frames come as RGB: converted here, as the encoder would (a held frame once)
+                frames = _converted(frames)
+            yield from _exactly(frames, count, index)
 
 
 def _plan(images: int, videos: list[int], n: int, fps: int) -> list[tuple[str, int, int]]:
@@ -218,7 +217,15 @@ def _video_frames(path: Path, fps: int) -> int:
     return max(1, round(seconds * fps))
 
 
-def _exactly(frames: Iterator[np.ndarray], count: int, index: int) -> Iterator[np.ndarray]:
+def _converted(frames: Iterator[np.ndarray]) -> Iterator[Frame]:
+    convert, last, out = RgbToYuv420(), None, None
+    for frame in frames:
+        if frame is not last:  # read_video_frames repeats one array for a held source frame
+            last, out = frame, convert(frame)
+        yield out
+
+
+def _exactly(frames: Iterator[Frame], count: int, index: int) -> Iterator[Frame]:
     """``count`` frames of a video: trimmed, or its last frame held if it decodes short."""
     last = None
     for last in itertools.islice(frames, count):
@@ -227,120 +234,3 @@ def _exactly(frames: Iterator[np.ndarray], count: int, index: int) -> Iterator[n
     if last is None:
         raise EngineError(f"reference video {index} has no frames")
     yield from itertools.repeat(last, count)
-
-
-@functools.lru_cache(maxsize=64)
-def _font(size: int, path: str | None = None) -> Any:
-    """The font file at ``path`` (or Pillow's built-in scalable font) at ``size`` pixels."""
-    return ImageFont.truetype(path, size) if path is not None else ImageFont.load_default(size)
-
-
-def _text_frames(job: Job, rng: np.random.Generator, font_path: str | None = None) -> Iterator[np.ndarray]:
-    w, h, n, fps = job.width, job.height, job.num_frames, job.fps
-    field = _colour_field(w, h, rng)
-    phase = rng.uniform(0, 2 * math.pi, size=2)
-    spare_x, spare_y = field.width - w, field.height - h
-    # Everything static is drawn once; per frame only a crop, two pastes and the time code.
-    overlays = [_label(f"opendance preview  seed {job.seed}", w, h, top=True)]
-    if (text := _text_layer(job.prompt, w, h, font_path)) is not None:
-        overlays.append(text)
-    stamp_font, pad = _font(max(10, min(w, h) // 30)), min(w, h) // 40
-    for i in range(n):
-        t = i / n  # one full, looping drift of the background over the clip
-        x = round(spare_x * (0.5 + 0.5 * math.sin(2 * math.pi * t + phase[0])))
-        y = round(spare_y * (0.5 + 0.5 * math.sin(2 * math.pi * t + phase[1])))
-        frame = field.crop((x, y, x + w, y + h))
-        for patch, at in overlays:
-            frame.paste(patch, at, patch)
-        draw, stamp = ImageDraw.Draw(frame), f"{i / fps:05.2f} s  frame {i + 1}/{n}"
-        draw.text((pad + 1, h - pad + 1), stamp, font=stamp_font, anchor="ld", fill=(0, 0, 0))  # shadow
-        draw.text((pad, h - pad), stamp, font=stamp_font, anchor="ld", fill=(255, 255, 255))
-        yield np.asarray(frame)
-
-
-def _colour_field(w: int, h: int, rng: np.random.Generator) -> Image.Image:
-    """A smooth seeded field a quarter larger than the frame (the spare is the pan range):
-    a few coloured blobs on a tiny grid, blown up with bicubic interpolation."""
-    gw, gh = 8, max(2, round(8 * h / w))
-    grid = np.tile(rng.uniform(20, 120, size=3), (gh, gw, 1))
-    yy, xx = np.mgrid[0:gh, 0:gw]
-    for _ in range(4):
-        cx, cy, r = rng.uniform(0, gw), rng.uniform(0, gh), rng.uniform(1.5, 4)
-        weight = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / r**2)[..., None]
-        grid = grid * (1 - weight) + rng.uniform(40, 230, size=3) * weight
-    small = Image.fromarray(np.clip(grid, 0, 255).astype(np.uint8), "RGB")
-    return small.resize((w + w // 4, h + h // 4), Image.Resampling.BICUBIC)
-
-
-def _text_layer(prompt: str, w: int, h: int, font_path: str | None = None) -> tuple[Image.Image, tuple[int, int]] | None:
-    """The prompt wrapped and centred as an RGBA patch and its position; ``None`` if blank.
-    The font shrinks for long prompts; what still does not fit ends in an ellipsis."""
-    if not (text := " ".join(prompt.split())):
-        return None
-    box_w, box_h, start = int(w * 0.84), int(h * 0.6), max(12, min(w, h) // 12)
-    for size in (start, start * 4 // 5, start * 2 // 3, start // 2):
-        font, line_h = _font(size, font_path), round(size * 1.25)
-        max_lines = max(1, box_h // line_h)
-        cap = max_lines * (box_w * 5 // size + 1)  # more characters than the box can hold: no glyph is under size/5
-        lines = _wrap(text[:cap].split(), font, box_w, max_lines)
-        if len(lines) <= max_lines and len(text) <= cap:
-            break
-    if len(lines) > max_lines or len(text) > cap:
-        lines = lines[:max_lines]
-        while lines[-1] and font.getlength(lines[-1] + "…") > box_w:
-            lines[-1] = lines[-1][:-1]
-        lines[-1] += "…"
-    layer = Image.new("RGBA", (box_w + 8, len(lines) * line_h + 8), (0, 0, 0, 0))
-    draw, stroke = ImageDraw.Draw(layer), max(1, size // 16)
-    for k, line in enumerate(lines):
-        draw.text((layer.width / 2, 4 + k * line_h), line, font=font, anchor="ma", fill=(255, 255, 255, 255),
-                  stroke_width=stroke, stroke_fill=(0, 0, 0, 170))
-    return layer, ((w - layer.width) // 2, (h - layer.height) // 2)
-
-
-def _wrap(words: list[str], font: Any, width: int, max_lines: int) -> list[str]:
-    """Greedy word wrap, stopping after ``max_lines + 1`` lines (one more says "it overflows");
-    a word wider than the line is broken between characters."""
-    per_line = width * 5 // int(font.size) + 1  # more characters than one line holds
-    lines, line = [], ""
-    for word in words:
-        while font.getlength(word[:per_line]) > width and len(lines) <= max_lines:
-            lo, hi = 1, min(len(word), per_line)  # the longest prefix that fits (at least one character)
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if font.getlength(word[:mid]) <= width else (lo, mid - 1)
-            lines += [line, word[:lo]] if line else [word[:lo]]
-            line, word = "", word[lo:]
-        candidate = f"{line} {word}" if line else word
-        if font.getlength(candidate) <= width:
-            line = candidate
-        else:
-            lines.append(line)
-            line = word
-        if len(lines) > max_lines:
-            return lines
-    return lines + [line] if line else lines
-
-
-def _label(text: str, w: int, h: int, top: bool) -> tuple[Image.Image, tuple[int, int]]:
-    """Small white text on a translucent dark box, top left or bottom right, with its position."""
-    font, margin = _font(max(10, min(w, h) // 30)), min(w, h) // 40
-    patch = Image.new("RGBA", (int(font.getlength(text)) + 12, font.size + 12), (0, 0, 0, 110))
-    ImageDraw.Draw(patch).text((6, 6), text, font=font, fill=(255, 255, 255, 235))
-    return patch, (margin, margin) if top else (w - patch.width - margin, h - patch.height - margin)
-
-
-def _watermark(w: int, h: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A function that returns a copy of a frame with "AI generated" in its lower right corner."""
-    patch, (x0, y0) = _label("AI generated", w, h, top=False)
-    rgba = np.asarray(patch, dtype=np.float32)
-    colour, alpha = rgba[..., :3], rgba[..., 3:] / 255
-    box = np.s_[y0 : y0 + patch.height, x0 : x0 + patch.width]
-
-    def mark(frame: np.ndarray) -> np.ndarray:
-        out = frame.copy()  # frames may be shared arrays (a held still is one array)
-        out[box] = (out[box] * (1 - alpha) + colour * alpha + 0.5).astype(np.uint8)
-        return out
-
-    return mark
-

@@ -102,7 +102,8 @@ def run_job(
             engine_seconds += dt
 
         t0 = time.perf_counter()
-        output = engine.generate(job, inputs, StepContext(progress=on_step, cancelled=cancelled, checkpoints=checkpoints))
+        ctx = StepContext(progress=on_step, cancelled=cancelled, checkpoints=checkpoints, yuv420=True)  # frames go to encode_mp4
+        output = engine.generate(job, inputs, ctx)
         add_engine_time(time.perf_counter() - t0)
         output.frames = _timed(output.frames, add_engine_time)
 

@@ -12,6 +12,7 @@ from opendance.engines.base import Audio, Output
 from opendance.errors import Cancelled, EngineError
 from opendance.media.encode import encode_mp4, probe_mp4
 from opendance.media.frames import read_video_frames, to_array
+from opendance.media.yuv import RgbToYuv420, Yuv420
 from opendance.testing.media import gradient_image, tone, video_bytes
 
 W, H = 320, 192
@@ -179,7 +180,6 @@ def test_read_video_frames_shows_the_latest_source_frame_at_each_tick(tmp_path):
     assert len(got) == 12 and max(abs(g - w) for g, w in zip(got, want, strict=True)) <= 2
 
 
-
 def test_the_same_frames_always_make_the_same_bytes(tmp_path):
     """Same seed, same video: libx264's AVX-512 kernels broke that (see ``video_options``).
     The preview's own frames, encoded again and again in one process, give one bitstream."""
@@ -197,3 +197,56 @@ def test_the_same_frames_always_make_the_same_bytes(tmp_path):
         encode_mp4(Output(frames=iter(frames), fps=8), path, width=864, height=480, num_frames=len(frames))
         digests.add(path.read_bytes())
     assert len(digests) == 1
+
+
+def test_yuv420_frames_encode_like_their_rgb_frames(tmp_path):
+    """A ``Yuv420`` frame goes to libx264 as it is; an RGB frame is converted by ``RgbToYuv420``,
+    which is swscale's BT.709 limited-range conversion, so the two give the same video."""
+    import av
+
+    frames = list(_frames(12))
+    convert = RgbToYuv420()
+    for rgb in frames[:2]:
+        plain = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        expected = plain.reformat(format="yuv420p", dst_colorspace="itu709", dst_color_range="MPEG").to_ndarray()
+        assert np.array_equal(convert(rgb).data, expected)
+    a = encode_mp4(Output(frames, fps=12), tmp_path / "rgb.mp4", width=W, height=H, num_frames=12)
+    b = encode_mp4(Output([convert(f) for f in frames], fps=12), tmp_path / "yuv.mp4", width=W, height=H, num_frames=12)
+    assert (tmp_path / "rgb.mp4").read_bytes() == (tmp_path / "yuv.mp4").read_bytes()
+    assert probe_mp4(tmp_path / "yuv.mp4")["pix_fmt"] == "yuv420p"
+    assert b.last_frame.shape == (H, W, 3) and _psnr(b.last_frame, a.last_frame) >= 40
+
+
+def test_a_yuv420_frame_of_the_wrong_size_is_refused(tmp_path):
+    frames = [RgbToYuv420()(np.zeros((H, W + 2, 3), np.uint8))] * 4
+    with pytest.raises(EngineError, match="frame 0 must be 320x192"):
+        encode_mp4(Output(iter(frames), fps=24), tmp_path / "bad.mp4", width=W, height=H, num_frames=4)
+    assert not (tmp_path / "bad.mp4").exists()
+
+
+@pytest.mark.parametrize("width,height", [(320, 192), (162, 94)])
+def test_yuv420_planes_are_pyavs_planes(width, height):
+    """The planes are views of PyAV's yuv420p layout, also where a chroma plane is not whole rows
+    of the buffer (a height of 2 mod 4)."""
+    import av
+
+    rgb = to_array(gradient_image(width, height, seed=4))
+    frame = RgbToYuv420()(rgb)
+    reference = av.VideoFrame.from_ndarray(frame.data, format="yuv420p")
+    for plane, mine in zip(reference.planes, (frame.y, frame.u, frame.v), strict=True):
+        rows = np.frombuffer(bytes(plane), np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+        assert np.array_equal(rows, mine)
+    assert np.array_equal(Yuv420.from_planes(frame.y, frame.u, frame.v).data, frame.data)
+    assert _psnr(frame.to_rgb(), rgb) >= 35
+    with pytest.raises(ValueError):
+        Yuv420.from_planes(frame.y, frame.u[:-1], frame.v)
+
+
+def test_graphics_get_the_graphics_options(tmp_path):
+    """libx264 writes its settings into the stream: a graphics output is encoded with 2 B-frames
+    and no sub-8x8 inter partitions, any other with the default settings."""
+    for graphics, bframes, analyse in ((False, b"bframes=3", b"analyse=0x3:0x113"), (True, b"bframes=2", b"analyse=0x3:0x3")):
+        path = tmp_path / f"g{graphics}.mp4"
+        encode_mp4(Output(_frames(8), fps=8, graphics=graphics), path, width=W, height=H, num_frames=8)
+        data = path.read_bytes()
+        assert bframes in data and analyse in data
