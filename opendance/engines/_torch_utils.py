@@ -1,6 +1,7 @@
-"""What the diffusers engines (``wan``, ``ltx``, ``ltx2``) share: their common options, loading a
-pipeline once per process, progress/cancel on every step, chunk planning and seam blending, and
-turning generated frames into the exact output size and count.
+"""The pieces the diffusers engines (``wan``, ``ltx``, ``ltx2``) are made of: loading a pipeline
+once per process, progress/cancel on every step, chunk planning and seam blending, and turning
+generated frames into the exact output size and count. ``diffusers_base.DiffusersEngine`` puts
+them together into the one skeleton every family runs on.
 
 Only engine modules import this (it imports torch).
 """

@@ -12,6 +12,9 @@
   the request sets ``extra_body.generate_audio``; reference audios are mixed into it (or are the
   sound track on their own when ``generate_audio`` is off).
 
+The conditions are planned as LTX-Video's are (``ltx_conditions``); the load / plan / chunk loop /
+resume skeleton is ``diffusers_base.DiffusersEngine``.
+
 Distilled checkpoints (LTX-2.3 distilled) take ``sigmas`` (their schedule; its length is the step
 count) and ``guidance = 1``.
 
@@ -21,191 +24,78 @@ TOML options: everything in ``DiffusersOptions`` plus ``sigmas``, ``decode_times
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
 import numpy as np
 
 from ..domain import Mode
-from ..errors import EngineError
-from ..media.frames import fit_cover
-from ._torch_utils import (
-    Chunk,
-    StepReporter,
-    Timeline,
-    check_call_kwargs,
-    check_window,
-    enable_cache,
-    grid_size,
-    load_pipeline,
-    make_generator,
-    output_frames,
-    plan_chunks,
-    reference_audio,
-    reference_video_frames,
-    release_pipeline,
-    reset_cache,
-    round_frames,
-    to_uint8_frames,
-    with_camera,
-)
-from .base import Audio, Engine, Inputs, Job, Output, StepContext
-from .diffusers_resume import DenoiseCheckpoints
+from ._torch_utils import Chunk, Timeline, reference_audio, to_uint8_frames
+from .base import Audio, Inputs, Job
+from .diffusers_base import DiffusersEngine, Plan
+from .ltx_conditions import plan_conditions
 from .options import LTX2Options
 
-log = logging.getLogger("opendance.engines.ltx2")
-
 AUDIO_RATE = 48000
-_DENOISED = ("latents", "audio_latents")  # what every LTX-2 call denoises (and a checkpoint saves)
 _HEADROOM = 0.98
+PIPELINES = ("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline")
 
 
-class LTX2Engine(Engine):
+class LTX2Engine(DiffusersEngine):
     name = "ltx2"
+    options = LTX2Options
+    denoised = ("latents", "audio_latents")  # every LTX-2 call denoises both (a checkpoint saves both)
 
-    def __init__(self, spec: dict[str, Any], device: str = "cpu") -> None:
+    def load(self) -> None:
         import diffusers
 
-        super().__init__(spec, device)
-        t0 = time.perf_counter()
-        self.opts = opts = LTX2Options(**spec)
-        self.device = opts.device or device
-        cls_name = opts.pipeline or "LTX2Pipeline"
-        if cls_name not in ("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"):
+        cls_name = self.opts.pipeline or "LTX2Pipeline"
+        if cls_name not in PIPELINES:
             raise ValueError(f"the ltx2 engine runs LTX2Pipeline / LTX2ImageToVideoPipeline, not {cls_name}")
-        self.pipe = self.i2v = self.cond = None
-        try:
-            self.pipe = load_pipeline(getattr(diffusers, cls_name), opts.checkpoint, opts, self.device)
-            enable_cache(self.pipe, opts)
-            self.i2v = self._sibling(diffusers.LTX2ImageToVideoPipeline)
-            self.cond = self._sibling(diffusers.LTX2ConditionPipeline)
-            for pipe in (self.pipe, self.i2v, self.cond):
-                pipe.set_progress_bar_config(disable=True)
-                check_call_kwargs(pipe, opts.call_kwargs)
-                # The step callback also sees the sound's latents (checkpoints save both).
-                pipe._callback_tensor_inputs = [*type(pipe)._callback_tensor_inputs, *_DENOISED[1:]]
-            self.temporal = self.pipe.vae_temporal_compression_ratio
-            check_window(opts, self.temporal)
-            self.audio_rate = int(self.pipe.vocoder.config.output_sampling_rate)
-        except BaseException:
-            self.close()  # nothing half-loaded stays in the process's pipeline cache
-            raise
-        self.load_seconds = time.perf_counter() - t0
-        log.info("ltx2 engine ready in %.2fs", self.load_seconds)
+        self.i2v = self.cond = None
+        self.pipe = self.load_pipeline(getattr(diffusers, cls_name), self.opts.checkpoint)
+        self.i2v = self.sibling(diffusers.LTX2ImageToVideoPipeline)
+        self.cond = self.sibling(diffusers.LTX2ConditionPipeline)
+        self.temporal = self.pipe.vae_temporal_compression_ratio
+        self.multiple = 32
+        self.audio_rate = int(self.pipe.vocoder.config.output_sampling_rate)
 
-    def _sibling(self, cls):
-        """Another LTX-2 pipeline class over the same modules: no new weights, nothing moved or
-        cast (``from_pipe`` would cast every module to one dtype, fp32-kept ones included)."""
-        import inspect
-
-        if isinstance(self.pipe, cls):
-            return self.pipe
-        accepted = inspect.signature(cls.__init__).parameters
-        return cls(**{k: v for k, v in self.pipe.components.items() if k in accepted})
-
-    def check_inputs(self, job: Job, inputs: Inputs) -> None:
-        if job.mode in (Mode.IMAGE_TO_VIDEO, Mode.FIRST_AND_LAST_FRAME) and inputs.image is None:
-            raise EngineError(f"{job.mode.value} needs a first image")
-        if job.mode == Mode.FIRST_AND_LAST_FRAME and inputs.last_image is None:
-            raise EngineError("first-and-last-frame needs a last image")
-
-    def generate(self, job: Job, inputs: Inputs, ctx: StepContext) -> Output:
+    def call_arguments(self, job: Job) -> dict[str, Any]:
         opts = self.opts
-        self.check_inputs(job, inputs)
-        # 1. Plan: the native grid (multiples of 32), native frames, chunks.
-        width, height = grid_size(job.width, job.height, opts.max_area, 32)
-        total = round_frames(job.duration * opts.native_fps, self.temporal)
-        chunks = plan_chunks(total, opts.frames, opts.overlap, self.temporal)
+        return dict(frame_rate=float(opts.native_fps), sigmas=opts.sigmas, decode_timestep=opts.decode_timestep)
 
-        # 2. Inputs on the grid.
-        image = fit_cover(inputs.image, width, height) if inputs.image is not None else None
-        last_image = fit_cover(inputs.last_image, width, height) if inputs.last_image is not None else None
-        control: list[np.ndarray] = []
-        references = []
-        if job.mode == Mode.OMNI_REFERENCE:
-            control = reference_video_frames(inputs, opts.native_fps, width, height, opts.frames)
-            references = [fit_cover(im, width, height) for im in inputs.images]
-
-        # 3. Arguments every call shares; progress counts steps across all chunks, which a run
-        #    that starts again continues from its checkpoint.
-        resume = self._resume = DenoiseCheckpoints(ctx, opts.steps, _DENOISED)
-        call = dict(
-            prompt=with_camera(job.prompt, job.options),
-            negative_prompt=job.negative_prompt or opts.negative_prompt,
-            height=height,
-            width=width,
-            frame_rate=float(opts.native_fps),
-            num_inference_steps=opts.steps,
-            sigmas=opts.sigmas,
-            guidance_scale=opts.guidance,
-            decode_timestep=opts.decode_timestep,
-            generator=make_generator(self.device, job.seed),
-            output_type="np",
-            callback_on_step_end=StepReporter(ctx, opts.steps * len(chunks), self.device, resume),
-            callback_on_step_end_tensor_inputs=list(_DENOISED),
-            **opts.call_kwargs,
-        )
-
-        # 4. Denoise chunk by chunk: video frames and their sound, cross-faded at the seams.
-        resume.bind(call["generator"])
-        timeline, sound = Timeline(), np.zeros((2, 0), np.float32)
-        for chunk in chunks:
-            ctx.check_cancelled()
-            saved = resume.finished_chunk(chunk.index)
-            if saved is not None:
-                frames, audio = list(saved["frames"]), saved["audio"]
-            else:
-                frames, audio = self._chunk(job.mode, chunk, len(chunks), timeline, image, last_image, control,
-                                            references, call)
-                resume.chunk_done(chunk.index, frames=np.stack(frames), audio=audio)
-            timeline.add(chunk, frames)
-            sound = self._add_sound(sound, chunk, audio)
-
-        # 5. Exactly the requested frames and size; the sound track.
-        return Output(
-            frames=output_frames(timeline.frames, job.num_frames, job.width, job.height),
-            fps=job.fps,
-            audio=self._sound_track(job, inputs, sound),
-        )
-
-    def _chunk(self, mode, chunk: Chunk, n_chunks, timeline, image, last_image, control, references, call):
+    def conditions(self, plan: Plan, chunk: Chunk, timeline: Timeline) -> list:
+        """The chunk's ``LTX2VideoCondition``s (their ``index`` counts latent frames)."""
         from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
 
-        first, last, t = chunk.index == 0, chunk.index == n_chunks - 1, self.temporal
-        if first and mode == Mode.TEXT_TO_VIDEO:
-            return self._call(self.pipe, call, num_frames=chunk.length)
-        if first and mode == Mode.IMAGE_TO_VIDEO:
-            return self._call(self.i2v, call, num_frames=chunk.length, image=image)
-        conditions = []
-        if chunk.cond:
-            tail = timeline.tail(chunk)[: (chunk.cond - 1) // t * t + 1]  # a video condition is k * t + 1 frames
-            conditions.append(LTX2VideoCondition(frames=np.stack(tail), index=0, strength=1.0))
-        if first and image is not None:
-            conditions.append(LTX2VideoCondition(frames=image, index=0, strength=1.0))
-        if last and mode == Mode.FIRST_AND_LAST_FRAME:
-            conditions.append(LTX2VideoCondition(frames=last_image, index=-1, strength=1.0))
-        if first and mode == Mode.OMNI_REFERENCE:
-            strength = self.opts.reference_strength
-            window = control[: (min(len(control), chunk.length) - 1) // t * t + 1] if control else []
-            if window:
-                conditions.append(LTX2VideoCondition(frames=np.stack(window), index=0, strength=strength))
-            latents = (chunk.length - 1) // t + 1
-            slots = len(references) + (1 if window else 0)
-            for j, ref in enumerate(references):
-                index = round((j + slots - len(references)) * (latents - 1) / slots)
-                conditions.append(LTX2VideoCondition(frames=ref, index=index, strength=strength))
-        return self._call(self.cond, call, num_frames=chunk.length, conditions=conditions or None)
+        planned = plan_conditions(plan.job.mode, chunk, chunk.index == plan.last, timeline, temporal=self.temporal,
+                                  image=plan.image, last_image=plan.last_image, control=plan.control,
+                                  references=plan.references or [], strength=self.opts.reference_strength)
+        return [LTX2VideoCondition(frames=np.stack(c.video) if c.video is not None else c.image,
+                                   index=c.frame // self.temporal, strength=c.strength) for c in planned]
 
-    def _call(self, pipe, call: dict[str, Any], **kwargs: Any) -> tuple[list[np.ndarray], np.ndarray]:
+    def denoise_chunk(self, plan: Plan, chunk: Chunk, timeline: Timeline) -> dict[str, np.ndarray]:
+        mode, first = plan.job.mode, chunk.index == 0
+        if first and mode == Mode.TEXT_TO_VIDEO:
+            return self._call(self.pipe, plan, num_frames=chunk.length)
+        if first and mode == Mode.IMAGE_TO_VIDEO:
+            return self._call(self.i2v, plan, num_frames=chunk.length, image=plan.image)
+        conditions = self.conditions(plan, chunk, timeline)
+        return self._call(self.cond, plan, num_frames=chunk.length, conditions=conditions or None)
+
+    def _call(self, pipe, plan: Plan, **kwargs: Any) -> dict[str, np.ndarray]:
         import torch
 
-        reset_cache(pipe)
-        with torch.inference_mode(), self._resume.into(pipe):
-            out = pipe(**call, **kwargs)
+        out = self.run_pipeline(pipe, plan, **kwargs)
         audio = out.audio[0] if out.audio.ndim == 3 else out.audio
         audio = audio.float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio, np.float32)
-        return to_uint8_frames(out.frames), audio
+        return {"frames": np.stack(to_uint8_frames(out.frames)), "audio": audio}
+
+    def chunk_finished(self, plan: Plan, chunk: Chunk, arrays: dict[str, np.ndarray]) -> None:
+        sound = plan.sound if plan.sound is not None else np.zeros((2, 0), np.float32)
+        plan.sound = self._add_sound(sound, chunk, arrays["audio"])
+
+    def audio(self, plan: Plan, inputs: Inputs) -> Audio | None:
+        return self._sound_track(plan.job, inputs, plan.sound)
 
     def _add_sound(self, sound: np.ndarray, chunk: Chunk, audio: np.ndarray) -> np.ndarray:
         """Place a chunk's audio at its start time, cross-fading where it overlaps the previous one.
@@ -237,9 +127,8 @@ class LTX2Engine(Engine):
         return Audio(samples=mix.astype(np.float32), sample_rate=AUDIO_RATE)
 
     def close(self) -> None:
-        if self.pipe is not None:
-            release_pipeline(self.pipe)
-        self.pipe = self.i2v = self.cond = None
+        super().close()
+        self.i2v = self.cond = None
 
 
 def _stereo(samples: np.ndarray) -> np.ndarray:

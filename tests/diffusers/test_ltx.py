@@ -22,18 +22,21 @@ def test_every_mode_makes_the_spec_mp4(mode, engines, make_job, inputs_for, run,
 
 def test_omni_reference_conditions(engines, make_job, inputs_for):
     """References become soft conditions of the first chunk: the videos' frames from frame 0,
-    the images as keyframes after them."""
+    the images as keyframes after them (planned as LTX-2's are)."""
     job = make_job(LTX, Mode.OMNI_REFERENCE)
     engine = engines(job.engine)
     inputs = inputs_for(job.mode)
     from opendance.engines._torch_utils import Chunk, Timeline
+    from opendance.engines.ltx_conditions import plan_conditions
 
     frames = [np.zeros((32, 32, 3), np.uint8)] * 24
-    conds = engine._conditions(job.mode, Chunk(0, 0, 41, 0), 1, Timeline(), None, None, frames, inputs.images)
+    strength = job.engine.get("reference_strength", 0.5)
+    conds = plan_conditions(job.mode, Chunk(0, 0, 41, 0), True, Timeline(), temporal=engine.temporal, control=frames,
+                            references=inputs.images, strength=strength)
     video, *images = conds
-    assert len(video["video"]) == 21 and video["frame_index"] == 0  # 24 frames cut to 4k + 1
-    assert [c["frame_index"] for c in images] == [12, 28]
-    assert {c["strength"] for c in conds} == {job.engine.get("reference_strength", 0.5)}
+    assert len(video.video) == 21 and video.frame == 0  # 24 frames cut to 4k + 1
+    assert [c.frame for c in images] == [12, 28]
+    assert {c.strength for c in conds} == {strength}
 
 
 def test_same_seed_same_video(engines, make_job, inputs_for, run):

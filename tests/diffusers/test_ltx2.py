@@ -55,3 +55,28 @@ def test_cancel_stops_before_video_or_audio_decode(engines, make_job, inputs_for
             run(engine, job, inputs_for(job.mode), cancel_after=1)
         assert decodes.calls == 0
     assert engine.cond.interrupt
+
+
+def test_conditions_count_latent_frames(engines, make_job):
+    """LTX-2's conditions are planned as LTX-Video's, with ``index`` in latent frames: a later
+    chunk of first-and-last-frame starts from the previous tail (k * t + 1 frames) and ends on
+    the last image at its last latent frame."""
+    from PIL import Image
+
+    from opendance.engines._torch_utils import Chunk, Timeline
+    from opendance.engines.base import StepContext
+    from opendance.engines.diffusers_base import Plan
+    from opendance.engines.diffusers_resume import DenoiseCheckpoints
+
+    job = make_job(LTX2, Mode.FIRST_AND_LAST_FRAME)
+    engine = engines(job.engine)
+    t = engine.temporal
+    first, second = Chunk(0, 0, 41, 0), Chunk(1, 30, 21, 11)
+    timeline = Timeline()
+    timeline.add(first, [np.full((32, 32, 3), i, np.uint8) for i in range(41)])
+    last_image = Image.new("RGB", (32, 32), (9, 9, 9))
+    plan = Plan(job, 32, 32, [first, second], {}, DenoiseCheckpoints(StepContext(), 2), last_image=last_image)
+    tail, last = engine.conditions(plan, second, timeline)
+    assert tail.index == 0 and tail.strength == 1.0
+    assert [int(f[0, 0, 0]) for f in tail.frames] == list(range(30, 39))  # 11 tail frames cut to 2 * 4 + 1
+    assert last.frames is last_image and last.index == (second.length - 1) // t == 5
