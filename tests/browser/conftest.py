@@ -47,8 +47,10 @@ step_seconds = 0.1
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Per module, not per session: Playwright's sync API keeps an event loop running on the
+    main thread while it is started, and ``asyncio.run`` in any later test would refuse to run."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: ./scripts/test installs it (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
