@@ -4,6 +4,7 @@ opendance's ``/api/v3``."""
 
 from __future__ import annotations
 
+import json
 import time
 from importlib.metadata import version
 
@@ -58,7 +59,7 @@ step_seconds = 0.05
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("ark-sdk")
     (root / "models.toml").write_text(MODELS)
-    env = {"OPENDANCE_API_KEYS": KEY, "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0"}
+    env = {"OPENDANCE_API_KEYS": KEY, "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0", "OPENDANCE_ALLOW_HOSTS": "127.0.0.1"}
     with LiveServer(root / "data", env=env, config=root / "models.toml") as s:
         yield s
 
@@ -231,6 +232,22 @@ def test_bad_requests_are_the_sdks_own_errors_with_our_message(ark):
     with pytest.raises(ArkBadRequestError) as err:
         tasks.list(page_size=501)
     assert err.value.param == "page_size"
+
+
+def test_callbacks_carry_the_ark_task(ark, media_host):
+    """An app written for Ark parses its callbacks as Ark tasks: a task made through /api/v3
+    gets those, one per status change."""
+    created = ark.content_generation.tasks.create(
+        model="seedance-480p", content=[{"type": "text", "text": "call me"}], callback_url=media_host.url + "/ark-hook")
+    assert wait(ark, created.id).status == "succeeded"
+    deadline = time.monotonic() + 20
+    while True:
+        posts = [json.loads(b) for p, b in media_host.posts if p == "/ark-hook" and json.loads(b)["id"] == created.id]
+        if posts and posts[-1]["status"] == "succeeded" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [p["status"] for p in posts] == ["queued", "running", "succeeded"]
+    assert posts[-1]["content"]["video_url"] and posts[-1]["usage"]["completion_tokens"] > 0 and "raw_status" not in posts[-1]
 
 
 def test_a_wrong_key_is_the_sdks_authentication_error(server):
