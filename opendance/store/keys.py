@@ -1,24 +1,31 @@
 """API keys in the store, and what their tasks add up to (quotas, usage).
 
-A key row holds the SHA-256 of the key, never the key. Usage is not a second ledger: it is
-read from the tasks table (owner, model, status, duration, created_at), so it cannot drift
-from the tasks themselves. A task counts on the UTC day it was created; a day is bucketed in
-SQL (``strftime`` on SQLite, ``to_char`` on PostgreSQL).
+A key row holds the SHA-256 of the key, never the key. Usage is read from the tasks table
+(owner, model, status, duration, created_at), so it cannot drift from the tasks themselves.
+The one thing the tasks table cannot tell is what deleted tasks were; so a delete rolls its
+task into ``usage_rollup`` (per owner, day and model) in the same transaction, and usage and
+the daily quota add the two: every task is counted exactly once, as its row or rolled up.
+Otherwise deleting finished tasks would erase usage and give a day's quota back.
+
+A task counts on the UTC day it was created; a day is bucketed in SQL (``strftime`` on SQLite,
+``to_char`` on PostgreSQL) and in Python for the roll-up, to the same YYYY-MM-DD.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..domain import RawStatus
-from .models import ApiKeyRow, TaskRow
+from .models import ApiKeyRow, TaskRow, UsageRollupRow
 
 # Tasks that end this way delivered no video: they do not count against seconds_per_day.
 NOT_CHARGED = (RawStatus.FAILED.value, RawStatus.CANCELLED.value, RawStatus.EXPIRED.value)
@@ -66,6 +73,32 @@ class UsageRow:
     failed: int
     cancelled: int
     expired: int
+
+
+def utc_day(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).date().isoformat()
+
+
+_ENDED = {RawStatus.COMPLETED.value: "completed", RawStatus.FAILED.value: "failed", RawStatus.CANCELLED.value: "cancelled",
+          RawStatus.EXPIRED.value: "expired"}
+
+
+def roll_up(session: Session, owner: str, model: str, created_at: float, duration: int, raw_status: str) -> None:
+    """Add a task being deleted to ``usage_rollup`` (in the delete's transaction). Only finished
+    tasks are deleted; one that is not counts nowhere, as in usage."""
+    column = _ENDED.get(raw_status)
+    if column is None:
+        return
+    values = {"video_seconds": duration if column == "completed" else 0, "completed": 0, "failed": 0, "cancelled": 0,
+              "expired": 0, column: 1}
+    dialect = session.get_bind().dialect.name
+    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
+    stmt = insert(UsageRollupRow).values(owner=owner, day=utc_day(created_at), model=model, **values)
+    table = UsageRollupRow.__table__.c
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=["owner", "day", "model"],
+        set_={k: table[k] + stmt.excluded[k] for k in values},
+    ))
 
 
 class DuplicateKeyName(Exception):
@@ -144,8 +177,9 @@ class KeyStore:
     # -- what the tasks add up to --------------------------------------------------------
 
     def counts(self, owner: str, since: float, leave_out: Collection[str] = (), session: Session | None = None) -> tuple[int, int]:
-        """(unfinished tasks, video seconds charged since ``since``) of ``owner``, not counting
-        the ids in ``leave_out``. In ``session`` when given (the insert's own transaction)."""
+        """(unfinished tasks, video seconds charged since ``since``, the start of a UTC day) of
+        ``owner``, deleted tasks included, not counting the ids in ``leave_out``. In
+        ``session`` when given (the insert's own transaction)."""
         q = select(
             func.coalesce(func.sum(case((TaskRow.raw_status.in_(UNFINISHED), 1), else_=0)), 0),
             func.coalesce(
@@ -154,11 +188,16 @@ class KeyStore:
         ).where(TaskRow.owner == owner, (TaskRow.created_at >= since) | TaskRow.raw_status.in_(UNFINISHED))
         if leave_out:
             q = q.where(TaskRow.id.not_in(list(leave_out)))
+        deleted = select(func.coalesce(func.sum(UsageRollupRow.video_seconds), 0)).where(
+            UsageRollupRow.owner == owner, UsageRollupRow.day >= utc_day(since)
+        )
         if session is not None:
             unfinished, seconds = session.execute(q).one()
+            seconds += session.scalar(deleted)
         else:
             with self._session() as s:
                 unfinished, seconds = s.execute(q).one()
+                seconds += s.scalar(deleted)
         return int(unfinished), int(seconds)
 
     def lock(self, session: Session, owner: str) -> None:
@@ -189,10 +228,18 @@ class KeyStore:
             .group_by(TaskRow.owner, day, TaskRow.model)
             .order_by(day, TaskRow.owner, TaskRow.model)
         )
+        rolled = select(UsageRollupRow).where(UsageRollupRow.day >= utc_day(start), UsageRollupRow.day < utc_day(end))
         if owner is not None:
             q = q.where(TaskRow.owner == owner)
+            rolled = rolled.where(UsageRollupRow.owner == owner)
+        totals: dict[tuple[str, str, str], list[int]] = {}
         with self._session() as s:
-            return [UsageRow(o, str(d), m, *(int(v or 0) for v in rest)) for o, d, m, *rest in s.execute(q).all()]
+            for o, d, m, *counts in s.execute(q).all():
+                totals[(str(d), o, m)] = [int(v or 0) for v in counts]
+            for r in s.scalars(rolled).all():
+                add = [r.video_seconds, r.completed, r.failed, r.cancelled, r.expired]
+                totals[(r.day, r.owner, r.model)] = [a + b for a, b in zip(totals.get((r.day, r.owner, r.model), [0] * 5), add)]
+        return [UsageRow(o, d, m, *counts) for (d, o, m), counts in sorted(totals.items())]
 
     def _utc_day(self, column):
         dialect = self.engine.dialect.name

@@ -96,3 +96,20 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_api_keys_owner", "owner"),)
+
+
+class UsageRollupRow(Base):
+    """What deleted tasks (by their client, or retention) add up to, per owner, UTC day of
+    creation and model, written in the transaction that deletes them: a task is counted either
+    as its row or in here, never both, so usage and the daily quota outlive the rows."""
+
+    __tablename__ = "usage_rollup"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD (UTC)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    video_seconds: Mapped[int] = mapped_column(Integer, nullable=False)  # of the completed ones
+    completed: Mapped[int] = mapped_column(Integer, nullable=False)
+    failed: Mapped[int] = mapped_column(Integer, nullable=False)
+    cancelled: Mapped[int] = mapped_column(Integer, nullable=False)
+    expired: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..domain import TRANSITIONS, IllegalTransition, RawStatus, Status
 from . import jsoncol
+from .keys import roll_up
 from .models import MetaRow, TaskRow
 
 log = logging.getLogger("opendance.store")
@@ -407,8 +408,16 @@ class TaskStore:
         return found
 
     def delete(self, task_id: str) -> None:
+        """Delete the row; what it counts for in usage and quotas is rolled up in the same
+        transaction (``DELETE ... RETURNING``: exactly one of two racing deletes rolls it up)."""
         with self._session() as s:
-            s.execute(delete(TaskRow).where(TaskRow.id == task_id))
+            gone = s.execute(
+                delete(TaskRow)
+                .where(TaskRow.id == task_id)
+                .returning(TaskRow.owner, TaskRow.model, TaskRow.created_at, TaskRow.duration, TaskRow.raw_status)
+            ).first()
+            if gone is not None:
+                roll_up(s, *gone)
             s.commit()
 
     # -- meta ----------------------------------------------------------------------------

@@ -119,6 +119,12 @@ def test_seconds_per_day(env):
         for r in (first, second):
             assert wait_for_task(c, r.json()["id"])["status"] == "completed"
         assert create(c).status_code == 429  # finished tasks still count: they made video
+        # Deleting them gives nothing back, and their usage stays.
+        assert c.delete(f"/v1/video/generations/{first.json()['id']}").status_code == 200
+        assert c.delete(f"/api/v3/contents/generations/tasks/{second.json()['id']}").status_code == 200
+        assert create(c).status_code == 429
+        (row,) = c.get("/v1/usage").json()["data"]
+        assert (row["model"], row["video_seconds"], row["completed"]) == ("quick", 10, 2)
     listing = operator.run("keys", "list")
     line = next(line for line in listing.stdout.splitlines() if line.startswith("daily "))
     assert " 10 s " in line + " "

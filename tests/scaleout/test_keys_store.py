@@ -104,6 +104,45 @@ def test_counts_and_usage_per_utc_day(stores):
     assert {r.owner for r in KeyService(keys, []).usage(None, day(today), day(today))} == {"alice", "bob"}
 
 
+def test_deleted_tasks_still_count(stores):
+    """Usage and the daily quota outlive a deleted task (its client's DELETE, or retention),
+    exactly once even when two deletes race."""
+    tasks, keys = stores
+    today = utc_midnight(time.time())
+    for i, status in enumerate((RawStatus.COMPLETED, RawStatus.COMPLETED, RawStatus.CANCELLED)):
+        new_task(tasks, f"task_d{i}", "carol", duration=5 + i, created_at=today + i)
+        if status is RawStatus.COMPLETED:
+            tasks.transition(f"task_d{i}", RawStatus.RUNNING)
+            tasks.transition(f"task_d{i}", RawStatus.COMPLETED)
+        else:
+            tasks.fail(f"task_d{i}", status, "cancelled", "by client")
+    day = dt.datetime.fromtimestamp(today, dt.timezone.utc).date()
+    service = KeyService(keys, ["m"])
+    before = service.usage("carol", day, day)
+    assert keys.counts("carol", today) == (0, 11)
+    other = TaskStore.from_url(tasks.engine.url.render_as_string(hide_password=False))
+    try:
+        barrier = threading.Barrier(4)
+
+        def delete(store: TaskStore, task_id: str) -> None:
+            barrier.wait()
+            store.delete(task_id)
+
+        racers = [threading.Thread(target=delete, args=(s, t)) for s, t in ((tasks, "task_d0"), (other, "task_d0"),
+                                                                              (tasks, "task_d1"), (other, "task_d2"))]
+        for t in racers:
+            t.start()
+        for t in racers:
+            t.join()
+    finally:
+        other.close()
+    assert [tasks.get(f"task_d{i}") for i in range(3)] == [None, None, None]
+    assert service.usage("carol", day, day) == before
+    assert [(r.video_seconds, r.completed, r.cancelled) for r in before] == [(11, 2, 1)]
+    assert keys.counts("carol", today) == (0, 11)
+    assert keys.counts("carol", today + DAY) == (0, 0)
+
+
 def test_the_insert_counts_again_under_the_key_row_lock(stores, request):
     """Creates racing in different API servers (here: threads with their own engines) can never
     pass a key's limit together, because the insert's transaction counts again with the key's

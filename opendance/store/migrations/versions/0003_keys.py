@@ -1,4 +1,5 @@
-"""api_keys: keys made in the store (only their hashes), with their limits and models
+"""api_keys: keys made in the store (only their hashes), with their limits and models;
+usage_rollup: what deleted tasks add up to, per owner, day and model
 
 Revision ID: 0003
 Revises: 0002
@@ -31,7 +32,19 @@ def upgrade() -> None:
         sa.Column("revoked_at", sa.Float()),
     )
     op.create_index("ix_api_keys_owner", "api_keys", ["owner"])
+    op.create_table(
+        "usage_rollup",
+        sa.Column("owner", sa.String(64), primary_key=True),
+        sa.Column("day", sa.String(10), primary_key=True),
+        sa.Column("model", sa.String(200), primary_key=True),
+        sa.Column("video_seconds", sa.Integer(), nullable=False),
+        sa.Column("completed", sa.Integer(), nullable=False),
+        sa.Column("failed", sa.Integer(), nullable=False),
+        sa.Column("cancelled", sa.Integer(), nullable=False),
+        sa.Column("expired", sa.Integer(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("usage_rollup")
     op.drop_table("api_keys")
