@@ -18,9 +18,12 @@ from fastapi.responses import JSONResponse
 from ..errors import InvalidRequest, PermissionDenied
 from ..keys import Caller, KeyService, day_range
 from .keys_protocol import CreateKeyRequest, KeyInfo, KeyList, NewKey, UsageReport, key_info, usage_item
-from .routes import ERRORS, CallerDep, read_json
+from .protocol import ErrorResponse
+from .routes import ERRORS as TASK_ERRORS
+from .routes import CallerDep, read_json
 
 router = APIRouter(tags=["keys and usage"])
+ERRORS = {**TASK_ERRORS, 403: {"model": ErrorResponse}}  # a key without admin rights
 
 
 def get_keys(request: Request) -> KeyService:
