@@ -1,6 +1,6 @@
-"""Keys, quotas and usage in the store, on SQLite and on a real PostgreSQL; and two API servers
-sharing PostgreSQL: a key revoked through one is refused by the other at its next request, and
-a key's limits hold across both."""
+"""Keys, quotas and usage in the store (and the Ark list's search and the expiry query), on SQLite
+and on a real PostgreSQL; and two API servers sharing PostgreSQL: a key revoked through one is
+refused by the other at its next request, and a key's limits hold across both."""
 
 from __future__ import annotations
 
@@ -56,6 +56,27 @@ def test_schema_matches_the_models(stores):
     tasks, _ = stores
     with tasks.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_search_filters_pages_and_expiring(stores):
+    tasks, _ = stores
+    for i in range(5):
+        task = new_task(tasks, f"task_s{i}", "dave", model="m" if i % 2 else "n")
+        if i in (1, 3):
+            with tasks.engine.begin() as conn:  # as a flex task is stored: the tier in extra_body
+                conn.exec_driver_sql(f"UPDATE tasks SET expires_at = {task.created_at - 1 if i == 1 else task.created_at + 3600}, "
+                                     f"extra_body = '{{\"service_tier\": \"flex\"}}' WHERE id = 'task_s{i}'")
+    new_task(tasks, "task_other", "erin")
+    tasks.fail("task_s4", RawStatus.CANCELLED, "cancelled", "by client")
+    page, total = tasks.search("dave", offset=0, limit=2)
+    assert [t.id for t in page] == ["task_s4", "task_s3"] and total == 5
+    page, total = tasks.search("dave", offset=4, limit=2)
+    assert [t.id for t in page] == ["task_s0"] and total == 5
+    assert tasks.search("dave", offset=0, limit=10, service_tier="flex")[1] == 2
+    assert tasks.search("dave", offset=0, limit=10, service_tier="default")[1] == 3
+    assert tasks.search("dave", offset=0, limit=10, model="n", raw_status=RawStatus.QUEUED)[1] == 2
+    assert [t.id for t in tasks.search("dave", offset=0, limit=10, ids=["task_s1", "task_other"])[0]] == ["task_s1"]
+    assert [t.id for t in tasks.expiring(time.time())] == ["task_s1"]
 
 
 def test_keys_round_trip(stores):
