@@ -76,6 +76,25 @@ class CreateTaskRequest(BaseModel):
     safety_identifier: str | None = Field(None, description="kept with the task and shown back")
 
 
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its nested models written in place: an operation's
+    ``openapi_extra`` cannot point into pydantic's ``$defs`` (ReDoc refuses such a document)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
 class TaskId(BaseModel):
     id: str
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
-from .ark_protocol import TASKS, ArkErrorResponse, ArkTask, ArkTaskList, CreateTaskRequest, TaskId
+from .ark_protocol import TASKS, ArkErrorResponse, ArkTask, ArkTaskList, CreateTaskRequest, TaskId, inline_schema
 from .ark_serving import ArkService
 from .routes import CallerDep, Owner, Service, base_url, read_json
 
@@ -29,7 +29,7 @@ Ark = Annotated[ArkService, Depends(get_ark)]
 CREATE_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": CreateTaskRequest.model_json_schema()}},
+        "content": {"application/json": {"schema": inline_schema(CreateTaskRequest)}},
     }
 }
 

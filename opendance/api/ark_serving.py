@@ -41,6 +41,7 @@ UNSUPPORTED = {
     "omni_reference_task_type": "omni_reference_task_type is not supported here; the roles of the content items choose the mode",
 }
 MAX_TASK_IDS = 100
+TASK_ID = re.compile(r"^task_[A-Za-z0-9_-]{32}$")  # domain.new_task_id's ids
 MAX_PAGE = 500
 
 
@@ -110,7 +111,7 @@ def _content(content: Any, out: Translated) -> None:
             out.body["prompt"] = item["text"]
             out.names["prompt"] = f"{where}.text"
             continue
-        if kind not in ROLES:
+        if not isinstance(kind, str) or kind not in ROLES:
             raise _bad(f"{where}.type", f"{where}.type must be text, image_url, video_url or audio_url; got {kind!r}",
                        "unsupported_value")
         media = item.get(kind)
@@ -193,6 +194,10 @@ class ArkService:
                 raise _bad("filter.status", f"filter.status must be one of {', '.join(RAW_STATUS)}; got {status!r}")
         if len(task_ids) > MAX_TASK_IDS:
             raise _bad("filter.task_ids", f"filter.task_ids may name at most {MAX_TASK_IDS} tasks; got {len(task_ids)}")
+        for i, task_id in enumerate(task_ids):
+            if not TASK_ID.match(task_id):
+                raise _bad(f"filter.task_ids[{i}]", f"filter.task_ids[{i}] is not a task id (task_ and 32 letters, digits, - or _): "
+                                                    f"{task_id[:60]!r}")
         if service_tier is not None and service_tier not in ("default", "flex"):
             raise _bad("filter.service_tier", f"filter.service_tier must be default or flex; got {service_tier!r}")
         tasks, total = await asyncio.to_thread(

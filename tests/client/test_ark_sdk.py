@@ -88,6 +88,15 @@ def download(url: str, path) -> dict:
     return probe_mp4(path)
 
 
+def test_the_documented_create_body_is_self_contained(server):
+    """The create body's schema is written out in the OpenAPI document (a pointer into
+    pydantic's $defs made ReDoc fail on the whole document)."""
+    document = httpx.get(server.url + "/openapi.json").json()
+    body = document["paths"]["/api/v3/contents/generations/tasks"]["post"]["requestBody"]["content"]["application/json"]
+    assert "$defs" not in json.dumps(document)
+    assert body["schema"]["properties"]["content"]["items"]["properties"]["role"]
+
+
 def test_pinned_version():
     assert version("volcengine-ark-runtime") == "5.0.54"
 
@@ -215,6 +224,7 @@ def test_bad_requests_are_the_sdks_own_errors_with_our_message(ark):
          "content[1]", "audio alone is not a mode"),
         ([{"type": "video_url", "video_url": {"url": "https://a/b.mp4"}, "role": "first_frame"}], "content[0].role", "reference_video"),
         ([{"type": "draft_task", "draft_task": {"id": "x"}}], "content[0].type", "draft_task"),
+        ([{"type": {}, "text": "x"}], "content[0].type", "got {}"),  # found by the schema fuzzing: once a 500
         ([], "content", "non-empty"),
         ([{"type": "image_url", "image_url": {"url": "https://a/b.png"}, "role": "reference_image"}] * 10, "content",
          "1 to 9 reference_image items; got 10"),
@@ -232,6 +242,10 @@ def test_bad_requests_are_the_sdks_own_errors_with_our_message(ark):
     with pytest.raises(ArkBadRequestError) as err:
         tasks.list(page_size=501)
     assert err.value.param == "page_size"
+    with pytest.raises(ArkBadRequestError) as err:
+        tasks.list(task_ids=["task_" + "a" * 32, "-2.8e16"])
+    assert err.value.param == "filter.task_ids[1]"
+    assert tasks.list(task_ids=["task_" + "a" * 32]).total == 0
 
 
 def test_callbacks_carry_the_ark_task(ark, media_host):
