@@ -19,8 +19,8 @@ from ..callbacks import CallbackSender
 from ..config import Settings
 from ..domain import Mode
 from ..errors import OpenDanceError
-from ..media.budget import MediaWork
 from ..keys import KeyService
+from ..media.budget import MediaWork
 from ..media.fetch import Resolver, SafeFetcher
 from ..metrics import CONTENT_TYPE, Metrics
 from ..storage import make_storage
