@@ -48,6 +48,7 @@ async def create_task(
 
 @router.get(TASKS, responses={200: {"model": ArkTaskList}, **ERRORS})
 async def list_tasks(
+    request: Request,
     ark: Ark,
     owner: Owner,
     page_num: str | None = None,
@@ -58,13 +59,13 @@ async def list_tasks(
     service_tier: Annotated[str | None, Query(alias="filter.service_tier")] = None,
 ) -> JSONResponse:
     page = await ark.page(owner, page_num=page_num, page_size=page_size, status=status, task_ids=task_ids or [],
-                          model=model, service_tier=service_tier)
+                          model=model, service_tier=service_tier, base_url=base_url(request))
     return JSONResponse(page)
 
 
 @router.get(TASKS + "/{task_id}", responses={200: {"model": ArkTask}, **ERRORS})
-async def get_task(task_id: str, ark: Ark, owner: Owner) -> JSONResponse:
-    return JSONResponse(ark.render(await ark.get(task_id, owner)))
+async def get_task(task_id: str, request: Request, ark: Ark, owner: Owner) -> JSONResponse:
+    return JSONResponse(ark.render(await ark.get(task_id, owner), base_url(request)))
 
 
 @router.delete(TASKS + "/{task_id}", responses={200: {"description": "cancelled (queued, running) or deleted (finished)"}, **ERRORS})

@@ -184,7 +184,7 @@ class ArkService:
         return await self.tasks.get(task_id, owner)
 
     async def page(self, owner: str, *, page_num: Any, page_size: Any, status: str | None, task_ids: list[str],
-                   model: str | None, service_tier: str | None) -> dict[str, Any]:
+                   model: str | None, service_tier: str | None, base_url: str | None = None) -> dict[str, Any]:
         num = _int("page_num", page_num, 1)
         size = _int("page_size", page_size, 10)
         raw = None
@@ -204,7 +204,7 @@ class ArkService:
             self.tasks.store.search, owner, offset=(num - 1) * size, limit=size, raw_status=raw, ids=task_ids, model=model,
             service_tier=service_tier,
         )
-        return {"total": total, "items": [self.render(t) for t in tasks]}
+        return {"total": total, "items": self.tasks.render_each(tasks, lambda t: self.render(t, base_url))}
 
     async def delete(self, task_id: str, owner: str) -> None:
         """Cancel a queued or running task; delete a finished one (as Ark's DELETE does)."""
@@ -217,12 +217,13 @@ class ArkService:
                 pass  # it finished meanwhile: delete it
         await self.tasks.delete(task_id, owner)
 
-    def render(self, task: Task) -> dict[str, Any]:
+    def render(self, task: Task, base_url: str | None = None) -> dict[str, Any]:
+        """Links on ``base_url``, the request's (as the legacy route's; see ``content_url``)."""
         done = task.video_key is not None and task.raw_status.value == "COMPLETED"
         return ark_task(
             task,
-            self.tasks.content_url(task) if done else None,
-            self.tasks.content_url(task, "last_frame") if done and task.last_frame_key else None,
+            self.tasks.content_url(task, base_url=base_url) if done else None,
+            self.tasks.content_url(task, "last_frame", base_url) if done and task.last_frame_key else None,
         )
 
 
