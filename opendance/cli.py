@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dev_cluster_arguments(cluster)
     cluster.set_defaults(func=cmd_dev_cluster)
 
+    from .cli_keys import register as register_keys
+
+    register_keys(sub)  # keys create|list|revoke, usage: on the server's database
+
     try:  # the client commands (generate, status, list, cancel, models), when present
         from .cli_client import register
     except ImportError:

@@ -6,6 +6,7 @@
      ├── InvalidRequest            400  invalid_request_error  (code per rule), param names the field
      │    └── MediaError           400  invalid_request_error  invalid_media / media_fetch_failed / ...
      ├── AuthenticationError       401  authentication_error   invalid_api_key
+     ├── PermissionDenied          403  permission_error       permission_denied   (the admin API only)
      ├── NotFound                  404  invalid_request_error  not_found
      ├── Conflict                  409  invalid_request_error  conflict
      ├── PayloadTooLarge           413  invalid_request_error  body_too_large
@@ -66,6 +67,14 @@ class AuthenticationError(OpenDanceError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class PermissionDenied(OpenDanceError):
+    """A valid key without the right: the admin API. Tasks of other keys are a 404 instead."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
 
 
 class NotFound(OpenDanceError):

@@ -19,16 +19,23 @@ from ..callbacks import CallbackSender
 from ..config import Settings
 from ..domain import Mode
 from ..errors import OpenDanceError
+from ..keys import KeyService
 from ..media.budget import MediaWork
 from ..media.fetch import Resolver, SafeFetcher
 from ..metrics import CONTENT_TYPE, Metrics
 from ..storage import make_storage
 from ..store import TaskStore
+from ..store.keys import KeyStore
 from ..store.migrate import upgrade
 from ..web import add_web_routes
+from .ark_protocol import PREFIX as ARK_PREFIX, ark_error
+from .ark_routes import router as ark_router
+from .ark_serving import ArkService
 from .auth import Auth, UrlSigner
+from .keys_routes import router as keys_router
 from .limits import QueueAdmission, RateLimiter
 from .openai_routes import router as openai_router
+from .quotas import KeyQuotas
 from .routes import router
 from .serving import TaskService
 
@@ -70,10 +77,16 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         # Media work (decoding, probing) gets its own threads: it can never take all of the io pool above.
         media_work = MediaWork.from_settings(settings)
         await asyncio.to_thread(media_work.clear_spool)
+        keys = KeyStore(store.engine)
+        auth: Auth = app.state.auth
+        auth.attach(keys)
+        await asyncio.to_thread(lambda: auth.enabled)  # a key in the store closes the server from the start
+        app.state.keys = KeyService(keys, models)
         runner = make_runner(settings, store, storage, metrics, models)
         service = TaskService(
             settings, models, store, storage, runner, fetcher, callbacks, signer, metrics,
-            signed_urls=app.state.auth.enabled,
+            signed_urls=lambda: auth.closed,
+            quotas=KeyQuotas(keys),
             admission=QueueAdmission(
                 settings.max_queued_per_key,
                 settings.max_queued_total,
@@ -81,6 +94,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             ),
             media_work=media_work,
         )
+        service.callback_shapes["ark"] = ArkService(service).render  # tasks made through /api/v3
         metrics.add_collector(lambda: _store_gauges(store, runner))
         app.state.service = service
         await runner.start()
@@ -92,6 +106,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             asyncio.create_task(_sweep_leftovers(service), name="leftovers"),
             asyncio.create_task(_sweep_forever(service), name="retention"),
             asyncio.create_task(_resend_callbacks_forever(service, first), name="callbacks"),
+            asyncio.create_task(_expire_forever(service), name="expiry"),
         ]
         for line in _model_lines(models):
             log.info("%s", line)
@@ -121,6 +136,8 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
     app.state.metrics = Metrics()
     app.include_router(router)
     app.include_router(openai_router)  # /v1/videos: OpenAI's Videos API and the legacy alias
+    app.include_router(ark_router)  # /api/v3: the Ark-native API (volcengine-ark-runtime)
+    app.include_router(keys_router)  # /v1/admin/keys, /v1/usage
     add_web_routes(app)  # the playground at /, and /docs and /redoc from packaged assets (no CDN)
     _add_health_routes(app)
     _add_error_handlers(app)
@@ -143,6 +160,16 @@ async def _sweep_forever(service: TaskService, every: float = 600.0) -> None:
         except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
             log.exception("retention sweep failed")
         await asyncio.sleep(min(every, max(1.0, service.settings.retention_hours * 3600 / 10)))
+
+
+async def _expire_forever(service: TaskService, every: float = 1.0) -> None:
+    """Tasks past their execution_expires_after become EXPIRED within about ``every`` seconds."""
+    while True:
+        try:
+            await service.expire_due()
+        except Exception:  # noqa: BLE001 - tried again at the next interval
+            log.exception("expiring tasks failed")
+        await asyncio.sleep(every)
 
 
 async def _resend_callbacks_forever(service: TaskService, first: float, every: float = 60.0) -> None:
@@ -216,15 +243,18 @@ def _add_health_routes(app: FastAPI) -> None:
         return Response(body, media_type=CONTENT_TYPE)
 
 
-def _error(exc: OpenDanceError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+def _respond(request: Request, body: dict, status: int, headers=None) -> JSONResponse:
+    """The one error shape; under /api/v3 in Ark's words (the Ark SDK reads those)."""
+    if request.url.path.startswith(ARK_PREFIX + "/"):
+        body = ark_error(status, body["error"])
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenDanceError)
     async def domain_error(request: Request, exc: OpenDanceError) -> JSONResponse:
-        return _error(exc)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return _respond(request, exc.to_dict(), exc.status, headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -238,7 +268,7 @@ def _add_error_handlers(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed)
             message = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
         body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-        return JSONResponse(body, status_code=exc.status_code, headers=headers or None)
+        return _respond(request, body, exc.status_code, headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -247,13 +277,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         param = ".".join(loc) or None
         message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
         body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "invalid_value"}}
-        return JSONResponse(body, status_code=400)
+        return _respond(request, body, 400)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         body = {"error": {"message": "internal server error", "type": "server_error", "param": None, "code": "internal_error"}}
-        return JSONResponse(body, status_code=500)
+        return _respond(request, body, 500)
 
 
 # Methods counted under their own name; any other (h11 accepts any token as a method) is OTHER,

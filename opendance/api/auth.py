@@ -1,48 +1,95 @@
 """Bearer keys, task ownership, and signed content links.
 
-A task belongs to the key that made it: the store keeps a hash of the key (``owner``), never
-the key. Keys are compared in constant time. ``video_url`` links carry a signature so that a
-browser or ``<video src>`` can fetch the file without the key; the signature covers one task
-and one variant, so it reveals nothing else.
+Keys come from two places: ``OPENDANCE_API_KEYS`` (compared in constant time, no limits) and
+the store (``opendance keys create``; looked up by their SHA-256, with a name, limits and
+models). Once any key exists in either place, every request needs one; a server with none is
+open. A store key is read from the store on every request it makes, so a revoked key is a 401
+at once on every API server sharing the database: there is no cache to outlive a revoke.
+
+A task belongs to the key that made it: the store keeps the key's owner id (derived from a
+hash of the key), never the key. ``video_url`` links carry a signature so that a browser or
+``<video src>`` can fetch the file without the key; the signature covers one task and one
+variant, so it reveals nothing else.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 
 from ..errors import AuthenticationError
+from ..keys import Caller, hash_key, owner_of
+from ..store.keys import KeyStore
 
+__all__ = ["Auth", "UrlSigner", "owner_of"]
 
-def owner_of(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+OPEN = Caller()
+TOUCH_EVERY = 60.0  # seconds between writes of a key's last_used_at (per API server)
 
 
 class Auth:
     def __init__(self, keys: list[str]) -> None:
         self._keys = [(k.encode(), owner_of(k)) for k in keys]
+        self.store: KeyStore | None = None  # attached once the store is open
+        self._closed = bool(self._keys)  # once a key exists the server is never open again
+        self._touched: dict[str, float] = {}
+
+    def attach(self, store: KeyStore) -> None:
+        self.store = store
+
+    @property
+    def closed(self) -> bool:
+        """The last known answer of ``enabled`` (no store read): whether links must be signed."""
+        return self._closed
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys)
+        """Whether requests need a key (reads the store while none is known)."""
+        if not self._closed and self.store is not None and self.store.any():
+            self._closed = True
+        return self._closed
 
     def owner(self, authorization: str | None) -> str:
-        """The owner id for an ``Authorization`` header ("" on an open server)."""
-        if not self._keys:
-            return ""
+        return self.caller(authorization).owner
+
+    def caller(self, authorization: str | None) -> Caller:
+        """Who sends this ``Authorization`` header (``OPEN`` on an open server). Blocking: the
+        store is read, so call it from a thread."""
         if not authorization:
-            raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
+            if self.enabled:
+                raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
+            return OPEN
         scheme, _, given = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise AuthenticationError("the Authorization header must be 'Bearer <key>'")
-        candidate = given.strip().encode()
+        candidate = given.strip()
+        if scheme.lower() != "bearer" or not candidate:
+            if self.enabled:
+                raise AuthenticationError("the Authorization header must be 'Bearer <key>'")
+            return OPEN
         found = ""
         for key, owner in self._keys:  # no early exit: the time does not depend on which key
-            if hmac.compare_digest(candidate, key):
+            if hmac.compare_digest(candidate.encode(), key):
                 found = owner
-        if not found:
-            raise AuthenticationError("invalid API key")
-        return found
+        if found:
+            return Caller(owner=found)
+        row = self.store.by_hash(hash_key(candidate)) if self.store is not None else None
+        if row is not None:
+            if row.revoked_at is not None:
+                raise AuthenticationError("this API key was revoked")
+            self._closed = True
+            self._touch(row.owner)
+            return Caller.of_key(row)
+        if not self.enabled:
+            return OPEN  # an open server ignores whatever key it is sent
+        raise AuthenticationError("invalid API key")
+
+    def _touch(self, owner: str) -> None:
+        """Record the key's use, at most once a minute per server (a write per request would
+        make every GET a write)."""
+        now = time.time()
+        if now - self._touched.get(owner, 0.0) >= TOUCH_EVERY:
+            self._touched[owner] = now
+            self.store.touch(owner, now)
 
 
 class UrlSigner:

@@ -22,6 +22,7 @@ from .openai_serving import Upload, VideoService
 from .routes import (
     CONTENT_RESPONSES,
     ERRORS,
+    CallerDep,
     Limit,
     Order,
     Owner,
@@ -103,11 +104,11 @@ CREATE_BODY = {
 async def create_video(
     request: Request,
     videos: Videos,
-    owner: Owner,
+    caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
 ) -> JSONResponse:
     fields, upload = await read_create(request, videos.tasks.settings.max_body_bytes)
-    task = await videos.create(fields, upload, owner=owner, base_url=base_url(request), idempotency_key=idempotency_key)
+    task = await videos.create(fields, upload, caller=caller, base_url=base_url(request), idempotency_key=idempotency_key)
     return JSONResponse(videos.render(task))
 
 

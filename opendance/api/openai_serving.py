@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequest, NotFound
+from ..keys import Caller
 from ..store import Task
 from .openai_protocol import dual_object, parse_seconds, resolve_size, video_object
 from .serving import TaskService
@@ -63,14 +64,14 @@ class VideoService:
         fields: Any,
         upload: Upload | None,
         *,
-        owner: str,
+        caller: Caller,
         base_url: str,
         idempotency_key: str | None = None,
     ) -> Task:
         """``fields``: the JSON object, or the form's text fields (every value a string)."""
         if not isinstance(fields, dict):
             raise InvalidRequest("the request body must be a JSON object or a form", code="invalid_body")
-        model, aspect = resolve_size(fields.get("size"), fields.get("model"), self.tasks.models)
+        model, aspect = resolve_size(fields.get("size"), fields.get("model"), self.tasks.models_for(caller))
         body: dict[str, Any] = {"model": model, "prompt": fields.get("prompt")}
         duration = parse_seconds(fields.get("seconds"))
         if duration is not None:
@@ -89,7 +90,7 @@ class VideoService:
         if extra:
             body["extra_body"] = extra
         try:
-            return await self.tasks.create(body, owner=owner, base_url=base_url, idempotency_key=idempotency_key)
+            return await self.tasks.create(body, caller=caller, base_url=base_url, idempotency_key=idempotency_key)
         except InvalidRequest as exc:
             raise _renamed(exc) from None
 

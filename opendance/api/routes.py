@@ -13,6 +13,7 @@ from pydantic import WithJsonSchema
 
 from ..domain import Status
 from ..errors import AuthenticationError, InvalidRequest, NotFound, PayloadTooLarge
+from ..keys import Caller
 from ..storage import LocalFile, Stream
 from .protocol import CreateVideoRequest, ErrorResponse, ModelList, TaskList, TaskObject
 from .serving import VARIANTS, TaskService
@@ -29,15 +30,20 @@ def get_service(request: Request) -> TaskService:
     return request.app.state.service
 
 
-def get_owner(request: Request) -> str:
-    """The caller's owner id (401 without a valid key), after taking a request from its rate limit."""
+def get_caller(request: Request) -> Caller:
+    """Who is calling (401 without a valid key), after taking a request from its rate limit."""
     try:
-        owner = request.app.state.auth.owner(request.headers.get("authorization"))
+        caller = request.app.state.auth.caller(request.headers.get("authorization"))
     except AuthenticationError:
         rate_limit(request, "")  # failed attempts spend the client address's requests: no free guessing
         raise
-    rate_limit(request, owner)
-    return owner
+    rate_limit(request, caller.owner)
+    return caller
+
+
+def get_owner(request: Request) -> str:
+    """The caller's owner id: the tasks it may see."""
+    return get_caller(request).owner
 
 
 def rate_limit(request: Request, owner: str) -> None:
@@ -49,6 +55,7 @@ def rate_limit(request: Request, owner: str) -> None:
 
 Service = Annotated[TaskService, Depends(get_service)]
 Owner = Annotated[str, Depends(get_owner)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 def base_url(request: Request) -> str:
@@ -100,11 +107,11 @@ CREATE_BODY = {
 async def create_task(
     request: Request,
     service: Service,
-    owner: Owner,
+    caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
 ) -> JSONResponse:
     body = await read_json(request, service.settings.max_body_bytes)
-    task = await service.create(body, owner=owner, base_url=base_url(request), idempotency_key=idempotency_key)
+    task = await service.create(body, caller=caller, base_url=base_url(request), idempotency_key=idempotency_key)
     return JSONResponse(service.render(task, base_url(request)))
 
 
@@ -216,7 +223,7 @@ async def get_content(
 
 
 @router.get("/v1/models", responses={200: {"model": ModelList}, **ERRORS})
-async def list_models(service: Service, owner: Owner) -> JSONResponse:
+async def list_models(service: Service, caller: CallerDep) -> JSONResponse:
     data = [
         {
             "id": m.name,
@@ -226,6 +233,6 @@ async def list_models(service: Service, owner: Owner) -> JSONResponse:
             "resolution": m.resolution,
             "modes": [mode.value for mode in m.modes],
         }
-        for m in service.models.values()
+        for m in service.models_for(caller).values()
     ]
     return JSONResponse({"object": "list", "data": data})

@@ -23,6 +23,7 @@ from ..config import ModelConfig, Settings
 from ..domain import IllegalTransition, RawStatus, Status, new_task_id, nearest_aspect_ratio
 from ..engines.base import Job
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from ..keys import Caller
 from ..media.budget import IntakeScope, MediaWork
 from ..media.fetch import SafeFetcher
 from ..media.intake import MediaRequest, intake_media
@@ -33,6 +34,7 @@ from ..storage import LocalFile, Redirect, Storage
 from ..store import DuplicateIdempotencyKey, StoreWriteFailed, Task, TaskStore
 from .auth import UrlSigner
 from .limits import QueueAdmission
+from .quotas import KeyQuotas
 from .protocol import task_object
 from .validate import CreateRequest, parse_create
 
@@ -56,9 +58,10 @@ class TaskService:
         callbacks: CallbackSender,
         signer: UrlSigner,
         metrics: Metrics,
-        signed_urls: bool,
+        signed_urls: Callable[[], bool],
         admission: QueueAdmission | None = None,
         media_work: MediaWork | None = None,
+        quotas: KeyQuotas | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
@@ -69,10 +72,19 @@ class TaskService:
         self.callbacks = callbacks
         self.signer = signer
         self.metrics = metrics
-        self.signed_urls = signed_urls
+        self.signed_urls = signed_urls  # asked per link: a key made in the store closes an open server
         self.admission = admission or QueueAdmission(0, 0, lambda owner, leave_out: (0, 0))  # no limits
         self.media_work = media_work or MediaWork.from_settings(settings)
+        self.quotas = quotas
+        # tasks.api -> the task object its callbacks carry (the Ark route adds "ark")
+        self.callback_shapes: dict[str, Callable[[Task], dict[str, Any]]] = {}
         runner.add_listener(self.task_changed)
+
+    def models_for(self, caller: Caller) -> dict[str, ModelConfig]:
+        """The models this caller may use; the others do not exist for it."""
+        if caller.models is None:
+            return self.models
+        return {name: m for name, m in self.models.items() if caller.may_use(name)}
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -83,7 +95,7 @@ class TaskService:
         base = (self.settings.public_url or base_url or task.base_url).rstrip("/")
         url = f"{base}/v1/video/generations/{task.id}/content"
         query = [] if variant == "video" else [f"variant={variant}"]
-        if self.signed_urls:
+        if self.signed_urls():
             query.append(f"token={self.signer.sign(task.id, variant)}")
         return url + ("?" + "&".join(query) if query else "")
 
@@ -108,7 +120,8 @@ class TaskService:
 
     async def task_changed(self, task: Task) -> None:
         if task.callback_url:
-            self.callbacks.send(task.id, task.callback_url, self.render(task), task.raw_status.value, owner=task.owner)
+            render = self.callback_shapes.get(task.api or "", self.render)
+            self.callbacks.send(task.id, task.callback_url, render(task), task.raw_status.value, owner=task.owner)
 
     async def resend_due_callbacks(self, changed_before: float) -> int:
         """Send the callbacks a stopped server left pending (tasks whose last change, before
@@ -125,8 +138,12 @@ class TaskService:
 
     # -- create --------------------------------------------------------------------------
 
-    async def create(self, body: Any, *, owner: str, base_url: str, idempotency_key: str | None = None) -> Task:
-        req = parse_create(body, self.models)
+    async def create(
+        self, body: Any, *, caller: Caller, base_url: str, idempotency_key: str | None = None, api: str | None = None
+    ) -> Task:
+        """``api``: the API the body came through when its callbacks take that API's shape."""
+        owner = caller.owner
+        req = parse_create(body, self.models_for(caller))
         request_hash = None
         if idempotency_key is not None:
             request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -135,7 +152,10 @@ class TaskService:
                 return self._same_request(earlier, request_hash)
         # Counted before any media is fetched, so a full queue costs the server nothing.
         task_id = new_task_id()
-        async with self.admission.admit(owner, task_id), self._intake_scope(owner, task_id, req) as scope:
+        quotas = self.quotas
+        key_quota = quotas.admit(caller, task_id, req.duration) if quotas else contextlib.nullcontext()
+        # The key's quota before the media budgets: a refused create holds no share of them.
+        async with self.admission.admit(owner, task_id), key_quota, self._intake_scope(owner, task_id, req) as scope:
             if req.callback_url:
                 await self.fetcher.check_url(req.callback_url, param="extra_body.callback_url")
             try:
@@ -174,9 +194,14 @@ class TaskService:
                 options=dict(req.options),
                 input_bytes=media.input_bytes,
             )
+            row = {
+                "check": quotas.store_check(caller, task_id, req.duration) if quotas else None,
+                "expires_at": time.time() + req.expires_after if req.expires_after is not None else None,
+                "api": api,
+            }
             try:
                 task = await asyncio.to_thread(
-                    self._store_new, req, job, aspect, media.blobs, owner, base_url, idempotency_key, request_hash
+                    self._store_new, req, job, aspect, media.blobs, owner, base_url, idempotency_key, request_hash, row
                 )
             except StoreWriteFailed as exc:
                 # The database did not take the row (a full disk under SQLite, PostgreSQL gone):
@@ -227,7 +252,7 @@ class TaskService:
             return "16:9"
         return nearest_aspect_ratio(first.width, first.height)
 
-    def _store_new(self, req: CreateRequest, job: Job, aspect: str, blobs, owner, base_url, idempotency_key, request_hash) -> Task:
+    def _store_new(self, req: CreateRequest, job: Job, aspect: str, blobs, owner, base_url, idempotency_key, request_hash, row) -> Task:
         try:
             for blob in blobs:  # inside the try: a write that fails half-way leaves nothing behind
                 self.storage.put_file(blob.key, blob.path, blob.content_type)
@@ -250,6 +275,7 @@ class TaskService:
                 base_url=base_url,
                 idempotency_key=idempotency_key,
                 request_hash=request_hash,
+                **row,  # the quota check, expires_at, api
             )
         except BaseException:
             self.storage.delete_prefix(f"tasks/{job.task_id}/")
@@ -298,6 +324,26 @@ class TaskService:
             raise Conflict(f"the task is {task.status.value}; cancel it first, then delete it", param="task_id", code="task_not_finished")
         await asyncio.to_thread(self.store.delete, task_id)
         await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{task_id}/")
+
+    async def expire_due(self) -> int:
+        """EXPIRE the unfinished tasks whose ``execution_expires_after`` has passed, and stop
+        them in the runner. Safe on several API servers at once: the store's guarded
+        transition lets one of them win per task. Returns how many this call expired."""
+        expired = 0
+        for task in await asyncio.to_thread(self.store.expiring, time.time()):
+            limit = round((task.expires_at or task.created_at) - task.created_at)
+            try:
+                task = await asyncio.to_thread(
+                    self.store.fail, task.id, RawStatus.EXPIRED, "expired",
+                    f"the task did not finish within its execution_expires_after of {limit} s",
+                )
+            except (IllegalTransition, KeyError):
+                continue  # it finished, or another server expired it, meanwhile
+            await self.runner.cancel(task.id)
+            self.metrics.finished.labels(task.model, RawStatus.EXPIRED.value).inc()
+            await self.task_changed(task)
+            expired += 1
+        return expired
 
     async def sweep_retention(self) -> int:
         """Delete tasks (rows and files) that finished more than ``retention_hours`` ago."""

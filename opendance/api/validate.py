@@ -23,6 +23,8 @@ MAX_SEED = 4294967295
 MAX_DEPTH = 32
 LIMITS = {"images": 9, "videos": 3, "audios": 3}
 BOOL_KEYS = ("generate_audio", "watermark", "camera_fixed", "return_last_frame")
+SERVICE_TIERS = ("default", "flex")
+MAX_EXPIRES_AFTER = 259200  # upstream's longest execution_expires_after (72 h)
 FIELDS = ("model", "prompt", "image", "last_image", "images", "videos", "audios", "duration", "aspect_ratio", "extra_body")
 MAX_IGNORED_SHOWN, MAX_NAME_SHOWN = 20, 64  # ignored_fields lists at most this many names, each cut to this length
 
@@ -51,6 +53,8 @@ class CreateRequest:
     options: dict[str, bool] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
     ignored_fields: list[str] = field(default_factory=list)  # unknown top-level fields (ignored, as the spec says)
+    service_tier: str = "default"
+    expires_after: int | None = None  # seconds from creation after which an unfinished task is EXPIRED
 
 
 def _type_name(value: Any) -> str:
@@ -246,6 +250,26 @@ def _extra_body(body: dict) -> tuple[dict[str, Any], int | None, str, str | None
     return extra, seed, negative, callback, options
 
 
+def _tier(extra: dict[str, Any]) -> tuple[str, int | None]:
+    """``extra_body.service_tier`` and ``extra_body.execution_expires_after`` (upstream's)."""
+    tier = extra.get("service_tier")
+    if tier is None:
+        tier = "default"
+    elif tier not in SERVICE_TIERS:
+        raise _bad("extra_body.service_tier", f"extra_body.service_tier must be one of {', '.join(SERVICE_TIERS)}; got {tier!r}")
+    after = extra.get("execution_expires_after")
+    if after is None:
+        return tier, None
+    if isinstance(after, float) and after.is_integer():
+        after = int(after)
+    param = "extra_body.execution_expires_after"
+    if isinstance(after, bool) or not isinstance(after, int):
+        raise _bad(param, f"{param} must be an integer number of seconds, not {_type_name(after)}", "invalid_type")
+    if not 1 <= after <= MAX_EXPIRES_AFTER:
+        raise _bad(param, f"{param} must be between 1 and {MAX_EXPIRES_AFTER} seconds; got {after}")
+    return tier, after
+
+
 def choose_mode(image: str | None, last_image: str | None, images: list, videos: list, audios: list) -> Mode:
     """The mode from the input form (the seed's overview table); conflicts are errors."""
     if last_image is not None and image is None:
@@ -302,6 +326,7 @@ def parse_create(body: Any, models: dict[str, ModelConfig]) -> CreateRequest:
     duration = parse_duration(body.get("duration"))
     aspect_ratio = parse_aspect_ratio(body.get("aspect_ratio"))
     extra, seed, negative, callback, options = _extra_body(body)
+    tier, expires_after = _tier(extra)
     return CreateRequest(
         model=model,
         mode=mode,
@@ -319,4 +344,6 @@ def parse_create(body: Any, models: dict[str, ModelConfig]) -> CreateRequest:
         options=options,
         extra_body=extra,
         ignored_fields=ignored_fields(body),
+        service_tier=tier,
+        expires_after=expires_after,
     )

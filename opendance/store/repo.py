@@ -12,16 +12,17 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy import BigInteger, case, cast, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..domain import TRANSITIONS, IllegalTransition, RawStatus, Status
 from . import jsoncol
+from .keys import roll_up
 from .models import MetaRow, TaskRow
 
 log = logging.getLogger("opendance.store")
@@ -68,6 +69,8 @@ class Task:
     idempotency_key: str | None
     request_hash: str | None
     ignored_fields: tuple[str, ...] = ()  # unknown top-level fields of the create request
+    expires_at: float | None = None
+    api: str | None = None
 
     @classmethod
     def from_row(cls, row: TaskRow) -> Task:
@@ -141,7 +144,9 @@ class TaskStore:
 
     # -- create / read -------------------------------------------------------------------
 
-    def create(self, *, ignored_fields: Collection[str] = (), **fields: Any) -> Task:
+    def create(self, *, check: Callable[[Session], None] | None = None, ignored_fields: Collection[str] = (), **fields: Any) -> Task:
+        """Insert a queued task. ``check`` runs first in the same transaction (a key's quota:
+        it may lock rows and raise, and then nothing is written)."""
         now = time.time()
         if ignored_fields:
             fields["job"] = {**fields["job"], IGNORED_FIELDS_KEY: list(ignored_fields)}
@@ -156,6 +161,8 @@ class TaskStore:
             **fields,
         )
         with self._session() as s:
+            if check is not None:
+                check(s)
             s.add(row)
             try:
                 s.commit()
@@ -216,6 +223,48 @@ class TaskStore:
                 last = rows[-1].seq  # some rows were unreadable: read on past them
                 q = q.where(TaskRow.seq < last if newest_first else TaskRow.seq > last)
         return tasks[:limit], len(tasks) > limit
+
+    def search(
+        self,
+        owner: str,
+        *,
+        offset: int,
+        limit: int,
+        raw_status: RawStatus | None = None,
+        ids: Collection[str] = (),
+        model: str | None = None,
+        service_tier: str | None = None,
+    ) -> tuple[list[Task], int]:
+        """One page of the owner's tasks, newest first, by offset, and how many match in all
+        (Ark's list). ``service_tier`` is read from ``extra_body`` ("default" when absent)."""
+        q = select(TaskRow).where(TaskRow.owner == owner)
+        if raw_status is not None:
+            q = q.where(TaskRow.raw_status == raw_status.value)
+        if ids:
+            q = q.where(TaskRow.id.in_(list(ids)))
+        if model is not None:
+            q = q.where(TaskRow.model == model)
+        if service_tier is not None:
+            q = q.where(func.coalesce(TaskRow.extra_body["service_tier"].as_string(), "default") == service_tier)
+        with self._session() as s:
+            total = int(s.scalar(select(func.count()).select_from(q.subquery())) or 0)
+            rows = s.scalars(q.order_by(TaskRow.seq.desc()).offset(offset).limit(limit)).all()
+        return _readable(rows), total
+
+    def expiring(self, now: float, limit: int = 500) -> list[Task]:
+        """Queued or running tasks whose ``expires_at`` has passed."""
+        q = (
+            select(TaskRow)
+            .where(
+                TaskRow.expires_at.is_not(None),
+                TaskRow.expires_at <= now,
+                TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value]),
+            )
+            .order_by(TaskRow.expires_at)
+            .limit(limit)
+        )
+        with self._session() as s:
+            return [Task.from_row(r) for r in s.scalars(q).all()]
 
     def unfinished(self) -> list[Task]:
         """Tasks queued or running, oldest first (what a runner must take up again on start)."""
@@ -359,8 +408,16 @@ class TaskStore:
         return found
 
     def delete(self, task_id: str) -> None:
+        """Delete the row; what it counts for in usage and quotas is rolled up in the same
+        transaction (``DELETE ... RETURNING``: exactly one of two racing deletes rolls it up)."""
         with self._session() as s:
-            s.execute(delete(TaskRow).where(TaskRow.id == task_id))
+            gone = s.execute(
+                delete(TaskRow)
+                .where(TaskRow.id == task_id)
+                .returning(TaskRow.owner, TaskRow.model, TaskRow.created_at, TaskRow.duration, TaskRow.raw_status)
+            ).first()
+            if gone is not None:
+                roll_up(s, *gone)
             s.commit()
 
     # -- meta ----------------------------------------------------------------------------

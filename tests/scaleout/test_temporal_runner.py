@@ -209,6 +209,28 @@ def test_cancel_reaches_the_engine(cluster, scaleout_env):
     assert httpx.get(f"{cluster.url}/v1/video/generations/{tid}/content", timeout=10).status_code == 409
 
 
+def test_an_ark_tasks_execution_expires_after_stops_it_on_a_worker(cluster, scaleout_env):
+    """``execution_expires_after`` through /api/v3 on the scale-out runner: an API server's
+    expiry sweep marks the running task expired and the engine on the worker stops."""
+    body = {"model": "long", "content": [{"type": "text", "text": "too slow"}], "execution_expires_after": 2}
+    r = httpx.post(f"{cluster.apis[0].url}/api/v3/contents/generations/tasks", json=body, timeout=10)
+    assert r.status_code == 200, r.text
+    tid = r.json()["id"]
+    wait_until(lambda: any(x["task"] == tid and x["event"] == "step" for x in scaleout_env.runs()), 60, "first step")
+    final = wait_until(
+        lambda: (t := httpx.get(f"{cluster.apis[1].url}/api/v3/contents/generations/tasks/{tid}", timeout=10).json())["status"]
+        == "expired" and t, 30, "expired")
+    assert final["error"]["code"] == "expired" and final["execution_expires_after"] == 2
+
+    def engine_stopped() -> bool:
+        steps = [x for x in scaleout_env.runs() if x["task"] == tid and x["event"] == "step"]
+        return time.time() - steps[-1]["t"] > 2.0
+
+    wait_until(engine_stopped, 30, "the engine stops")
+    assert not any(x["task"] == tid and x["event"] == "end" for x in scaleout_env.runs())
+    assert cluster.get(tid, api=0)["raw_status"] == "EXPIRED"
+
+
 def test_engine_failure_fails_the_task_once(cluster, scaleout_env):
     tid = cluster.create("fails", "no luck")
     final = cluster.wait_done([tid], timeout=60)[tid]
