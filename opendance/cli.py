@@ -63,7 +63,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # workers do (and check themselves).
     if settings.runner == "local" and not _can_run_models(settings, "serve"):
         return 2
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # the models file asks for what this server cannot run
+        print(f"opendance serve: {settings.config}: {exc}", file=sys.stderr)
+        return 2
     _raise_open_files_limit(settings.max_connections)
     uvicorn.run(
         app,

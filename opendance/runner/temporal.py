@@ -44,8 +44,7 @@ WATCH_QUEUES_EVERY = 10.0  # seconds between looks at who polls each model's que
 
 
 class TemporalRunner(Runner):
-    def __init__(self, settings: Settings, store: TaskStore, storage: Storage, metrics: Any = None,
-                 models: Iterable[str] = ()) -> None:
+    def __init__(self, settings: Settings, store: TaskStore, storage: Storage, models: Iterable[str] = ()) -> None:
         super().__init__()
         self.settings = settings
         self.models = list(models)
@@ -53,7 +52,6 @@ class TemporalRunner(Runner):
         self._worker_ids: set[str] = set()  # worker processes polling any model's queue
         self.store = store
         self.storage = storage
-        self.metrics = metrics
         self.client: Client | None = None
         self._worker: Any = None
         self._tasks: list[asyncio.Task] = []
@@ -255,19 +253,16 @@ class TemporalRunner(Runner):
         await asyncio.to_thread(self.storage.delete_prefix, checkpoint_prefix(f.task_id))
         if task is None:
             return "unchanged"
-        if self.metrics is not None:
-            self.metrics.task_finished(task, None)
         await self._changed(task)
         return f.raw_status.lower()
 
     @activity.defn(name=NOTIFY)
     async def notify(self, task_id: str, event: str) -> None:
-        """Callbacks and metrics for a change a worker made (``started`` or ``finished``)."""
+        """Callbacks and metrics (the listeners) for a change a worker made (``started`` or
+        ``finished``)."""
         task = await asyncio.to_thread(self.store.get, task_id)
         if task is None:
             return
         if event == "started" and task.raw_status is not RawStatus.RUNNING:
             return  # already over: its final notification says so
-        if event == "finished" and self.metrics is not None and task.raw_status is not RawStatus.CANCELLED:
-            self.metrics.task_finished(task, task.engine_seconds)
         await self._changed(task)
