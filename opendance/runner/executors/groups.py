@@ -68,6 +68,9 @@ class GroupExecution(Execution):
             self.idle.add(rank)
             if msg.error:
                 self.errors[rank] = msg.error
+        elif isinstance(msg, (Progress, Checkpointed, ModelLoaded, Done, Failed)):
+            self.group.stray_events += 1  # only rank 0 reports; a worker that breaks that is a bug
+            log.warning("task %s: rank %d sent %s, which only rank 0 may; ignored", self.task_id, rank, type(msg).__name__)
         if self.final is not None and len(self.idle) == self.group.size - 1:
             self._end(self.final, healthy=True)
         elif (self.final is not None or self.errors) and self._timer is None:
@@ -113,6 +116,7 @@ class Group(Slot):
         self.execution: GroupExecution | None = None
         self.ranks: list[WorkerProcess] = []
         self.failures = 0  # deaths before ready, in a row
+        self.stray_events = 0  # task events from ranks other than 0 (ignored; there should be none)
         self._serve_task: asyncio.Task | None = None
 
     def __str__(self) -> str:
@@ -212,4 +216,7 @@ class Group(Slot):
 
     def describe(self) -> dict[str, Any]:
         running = self.execution.task_id if self.execution is not None else None
-        return {"devices": self.devices, "pids": self.pids, "state": self.state, "task": running}
+        described = {"devices": self.devices, "pids": self.pids, "state": self.state, "task": running}
+        if self.size > 1:
+            described["stray_events"] = self.stray_events
+        return described
