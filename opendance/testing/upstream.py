@@ -64,6 +64,7 @@ class FakeUpstream:
         self._videos: dict[tuple[int, int, int], bytes] = {}
         self._by_key: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._encoding = threading.Lock()
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -100,9 +101,14 @@ class FakeUpstream:
             def do_DELETE(self) -> None:
                 self.handle_any("DELETE")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 1024  # hundreds of relays connect at once
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 1024  # hundreds of relays connect at once
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that hung up (a killed server's relays): nothing to say
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -206,12 +212,10 @@ class FakeUpstream:
 
     def _video(self, width: int, height: int, duration: int) -> bytes:
         shape = (width, height, duration)
-        with self._lock:
-            if shape in self._videos:
-                return self._videos[shape]
-        video = conforming_mp4(width, height, duration, self.fps)
-        with self._lock:
-            return self._videos.setdefault(shape, video)
+        with self._encoding:  # once per shape; whoever asks meanwhile waits for it
+            if shape not in self._videos:
+                self._videos[shape] = conforming_mp4(width, height, duration, self.fps)
+            return self._videos[shape]
 
     def _video_bytes(self, task_id: str) -> bytes | None:
         task = self.tasks.get(task_id)
