@@ -86,8 +86,11 @@ class Supervisor:
         finally:
             self.lifecycle.forget(self.task_id)
 
-    async def stop_and_wait(self) -> Result:
-        """Stop the engine and wait for it (or kill it): the Temporal activity was cancelled."""
+    async def stop_and_wait(self, hand_over: bool = False) -> Result:
+        """Stop the engine and wait for it (or kill it): the Temporal activity was cancelled.
+        ``hand_over``: because this worker is shutting down; the task runs again elsewhere."""
+        if hand_over and self.execution.hand_over_by_kill:
+            self.execution.kill()
         self.stop()
         while True:
             msg = await self.execution.next_event(self.tick)

@@ -71,7 +71,7 @@ class GenerateActivity:
         try:
             result = await supervisor.run()
         except asyncio.CancelledError:
-            result = await supervisor.stop_and_wait()
+            result = await supervisor.stop_and_wait(hand_over=activity.is_worker_shutdown())
             if activity.is_worker_shutdown():
                 if result.outcome is Outcome.COMPLETED:
                     return COMPLETED

@@ -60,6 +60,11 @@ def place(engine: str, devices_per_task: int = 1) -> Placement:
 class Execution(ABC):
     """One job running on one slot."""
 
+    # Whether a run handed to another (its worker is shutting down) is killed rather than
+    # stopped: true where the work goes on without us (a relay's upstream task, which the next
+    # run follows; stopping it would cancel it upstream).
+    hand_over_by_kill = False
+
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.events: asyncio.Queue = asyncio.Queue()

@@ -101,6 +101,8 @@ class UpstreamSlot(Slot):
 
 
 class UpstreamExecution(Execution, RelayContext):
+    hand_over_by_kill = True
+
     def __init__(self, executor: UpstreamExecutor, task_id: str, job: dict[str, Any]) -> None:
         super().__init__(task_id)
         self.executor = executor
