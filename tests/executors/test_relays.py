@@ -186,3 +186,24 @@ def test_every_create_fails_over_from_a_channel_in_trouble(tmp_path, trouble):
     assert used == ["second"] * 4
     assert board.health("first").requests == 3  # two, then skipped, then one trial after the cool-down
     assert board.state("first") == "open"
+
+
+def test_cancel_and_expiry_reach_the_upstream_task(tmp_path):
+    with FakeUpstream(seconds=120.0) as up:
+        config = tmp_path / "models.toml"
+        config.write_text(relay_model("relayed", [legacy(up.url)], poll_interval=0.2))
+        with LiveServer(tmp_path / "data", config=config, env={**OPEN, "OPENDANCE_TASK_TIMEOUT": "4"}) as server, \
+                server.client() as c:
+            def upstream_task(tid: str) -> dict:
+                return up.tasks[up._by_key[tid]]
+
+            cancelled = c.post("/v1/video/generations", json={"model": "relayed", "prompt": "stop me"}).json()["id"]
+            wait_until(lambda: cancelled in up._by_key, 30, "created upstream")
+            assert c.post(f"/v1/video/generations/{cancelled}/cancel").json()["raw_status"] == "CANCELLED"
+            wait_until(lambda: upstream_task(cancelled)["cancelled"], 10, "cancelled upstream")
+            expired = c.post("/v1/video/generations", json={"model": "relayed", "prompt": "too slow"}).json()["id"]
+            task = wait_for_task(c, expired, timeout=60)
+            assert (task["raw_status"], task["error"]["code"]) == ("EXPIRED", "expired"), task
+            wait_until(lambda: upstream_task(expired)["cancelled"], 10, "expired task cancelled upstream")
+            wait_until(lambda: c.get("/readyz").json()["checks"]["runner"]["executors"]["upstream"]["busy"] == 0, 10,
+                       "both slots given back")

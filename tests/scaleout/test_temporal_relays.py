@@ -48,7 +48,7 @@ def test_two_hundred_relays_on_one_worker(scaleout_env):
             with api.client() as c, ThreadPoolExecutor(16) as pool:
                 ids = list(pool.map(
                     lambda i: c.post("/v1/video/generations", json={"model": "relayed", "prompt": str(i)}).json()["id"], range(200)))
-            wait_until(lambda: len(up.tasks) == 200, 60, "all 200 created upstream")
+            wait_until(lambda: len(up.tasks) >= 20, 60, "relays under way upstream")
             assert children(worker.pid) == []  # the relays are asyncio activities of the worker itself
 
             def done() -> bool:
