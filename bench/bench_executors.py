@@ -23,16 +23,20 @@ their ratio.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
+from temporalio import activity, workflow
 
 from opendance.testing.cluster import WorkerProcess, cluster_env, wait_until
 from opendance.testing.server import LiveServer
@@ -143,6 +147,10 @@ def relays(args: argparse.Namespace) -> None:
                 wait_until(lambda: all_done(api.url, ids), 600, "all relays done", poll=1.0)
                 elapsed = time.monotonic() - t0
             creates = [up.creates[tid] for tid in ids]
+            if args.temporal:
+                for s in servers[:2]:  # the worker and the API server: Temporal alone now
+                    s.stop()
+                floor = temporal_floor(servers[3].address, args.tasks, args.seconds)
     finally:
         for s in servers:
             s.stop()
@@ -154,7 +162,56 @@ def relays(args: argparse.Namespace) -> None:
     per_task = (watch.peak - idle) / max(1, up.peak_in_flight)
     print(f"| {where} | {args.tasks} | {args.seconds:g} | {created:.1f} | {elapsed:.1f} | {up.peak_in_flight} "
           f"| {min(creates)}-{max(creates)} | {idle:.0f} | {watch.peak:.0f} | {per_task:.2f} |")
+    if args.temporal:
+        print(f"the same Temporal server alone, {args.tasks} plain workflows of that shape (a {args.seconds:g} s "
+              f"heartbeating activity between two small ones): {floor:.1f} s")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+@activity.defn(name="floor.wait")
+async def _floor_wait(seconds: float) -> float:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        activity.heartbeat()
+        await asyncio.sleep(0.5)
+    return seconds
+
+
+@activity.defn(name="floor.note")
+async def _floor_note(seconds: float) -> float:
+    return seconds
+
+
+@workflow.defn(name="floor")
+class _Floor:
+    @workflow.run
+    async def run(self, seconds: float) -> float:
+        await workflow.execute_activity("floor.note", seconds, start_to_close_timeout=timedelta(seconds=60))
+        await workflow.execute_activity("floor.wait", seconds, task_queue="floor-work", start_to_close_timeout=timedelta(minutes=5),
+                                        heartbeat_timeout=timedelta(seconds=15))
+        return await workflow.execute_activity("floor.note", seconds, start_to_close_timeout=timedelta(seconds=60))
+
+
+def temporal_floor(address: str, tasks: int, seconds: float) -> float:
+    """The same shape on the same Temporal server without opendance: ``tasks`` workflows, each a
+    small activity, one of ``seconds`` (heartbeating) on another queue, a small one; seconds
+    from the first start to the last result. What Temporal itself costs here."""
+    from temporalio.client import Client
+    from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+    async def main() -> float:
+        client = await Client.connect(address)
+        control = Worker(client, task_queue="floor-control", workflows=[_Floor], activities=[_floor_note],
+                         workflow_runner=UnsandboxedWorkflowRunner())
+        work = Worker(client, task_queue="floor-work", activities=[_floor_wait], max_concurrent_activities=tasks)
+        async with control, work:
+            t0 = time.monotonic()
+            handles = await asyncio.gather(*(client.start_workflow("floor", seconds, id=f"floor-{uuid.uuid4()}",
+                                                                   task_queue="floor-control") for _ in range(tasks)))
+            await asyncio.gather(*(h.result() for h in handles))
+            return time.monotonic() - t0
+
+    return asyncio.run(main())
 
 
 def preview(args: argparse.Namespace) -> None:
