@@ -73,6 +73,8 @@ async def serve_worker(settings: Settings, models: list[str]) -> None:
             task_queue=model_queue(settings.temporal_queue_prefix, m),
             activities=[act.generate],
             max_concurrent_activities=slots[m],
+            # A relay model takes hundreds of slots: more pollers pick its tasks up faster (default 5).
+            max_concurrent_activity_task_polls=max(5, min(20, slots[m] // 10)),
             graceful_shutdown_timeout=timedelta(seconds=1),
             identity=f"{identity}:{m}",
         )
