@@ -66,10 +66,10 @@ def test_two_hundred_relays_on_one_worker(scaleout_env):
                 assert not [t for t in tasks if t["status"] == "failed"], [t["error"] for t in tasks if t["error"]][:3]
                 return sum(t["status"] == "completed" for t in tasks if t["id"] in ids) == 200
 
-            # One by one they would take 2000 s; the 90 s is met on a quiet machine (see
-            # docs/benchmarks.md#executors), but the Temporal dev server alone, running 200 plain
-            # workflows of the same shape, needs about as long on this shared machine under load,
-            # so the bound here leaves room for it.
+            # One by one they would take 2000 s. The goal is 90 s (this test: 85.9 s at load average
+            # 6; the bench: 65-74 s, docs/benchmarks.md#executors), but the Temporal dev server
+            # alone, running 200 plain workflows of the same shape, takes 35-63 s of that on this
+            # shared machine and more under heavier load, so the bound leaves room for it.
             wait_until(done, 180 - (time.monotonic() - started), "200 completed", poll=2.0)
             elapsed = time.monotonic() - started
         finally:
