@@ -241,7 +241,8 @@ class Settings(BaseSettings):
     )
     worker_models: CommaList = Field(default_factory=list, description="models an 'opendance worker' serves (one task queue each)")
     worker_slots: int | None = Field(
-        None, ge=1, description="tasks an 'opendance worker' runs at once per model queue; default one per device"
+        None, ge=1, description="tasks an 'opendance worker' runs at once per model queue; default what the model's executor has "
+        "(one per device group, cpu_slots for preview, relay_concurrency for relays)"
     )
 
     @field_validator("api_keys", "allow_hosts", "devices", "worker_models", mode="before")

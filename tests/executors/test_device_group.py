@@ -108,3 +108,17 @@ def test_a_rank_killed_mid_task_restarts_the_group_and_the_task_completes(group_
     assert len(starts) == 4  # two ranks, twice: the run was retried on the new group
     second = [r for r in starts if r["pid"] in after]
     assert len(second) == 2 and {r["step"] for r in second} == {3}  # resumed at the last checkpoint (every 3)
+
+
+def test_a_group_larger_than_the_devices_is_refused_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "models.toml"
+    config.write_text(MODELS.format(steps=2, records=tmp_path).replace("devices_per_task = 2", "devices_per_task = 4"))
+    env = {**os.environ, "OPENDANCE_DEVICES": "cpu,cpu"}
+    done = subprocess.run([sys.executable, "-m", "opendance", "serve", "--config", str(config), "--data-dir", str(tmp_path / "d"),
+                           "--port", "0"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "models.pair: devices_per_task = 4, but OPENDANCE_DEVICES lists 2 device(s) (cpu,cpu)" in done.stderr
+    assert "Traceback" not in done.stderr
