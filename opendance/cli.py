@@ -63,7 +63,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # workers do (and check themselves).
     if settings.runner == "local" and not _can_run_models(settings, "serve"):
         return 2
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # the models file asks for what this server cannot run
+        print(f"opendance serve: {settings.config}: {exc}", file=sys.stderr)
+        return 2
     _raise_open_files_limit(settings.max_connections)
     uvicorn.run(
         app,
@@ -143,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run Temporal activities of some models on this machine (runner=temporal)")
     worker.add_argument("--models", dest="worker_models", nargs="+", metavar="NAME", help="models to serve (one task queue each)")
     worker.add_argument("--devices", help="comma-separated devices, one engine process each (default cpu)")
-    worker.add_argument("--slots", dest="worker_slots", type=int, help="tasks at once per model (default: one per device)")
+    worker.add_argument("--slots", dest="worker_slots", type=int,
+                        help="tasks at once per model (default: its executor's: a device group each, cpu_slots, relay_concurrency)")
     worker.add_argument("--data-dir", dest="data_dir", type=Path, help="scratch folder for encoding (default ./opendance-data)")
     worker.add_argument("--config", type=Path, help="models TOML file (the same as the API servers')")
     worker.add_argument("--storage", choices=["local", "s3"], help="where videos are stored (default local)")

@@ -47,6 +47,9 @@ class ModelConfig(BaseModel):
     resolution: Literal["480p", "720p"]
     fps: int = Field(24, ge=8, le=60, description="frame rate of the output MP4")
     modes: dict[Mode, EngineSpec]
+    devices_per_task: int = Field(
+        1, ge=1, le=64, description="devices one task takes: a device group of this many ranks (torch.distributed)"
+    )
     owned_by: str = "opendance"
 
     def size(self, aspect_ratio: str) -> tuple[int, int]:
@@ -132,7 +135,17 @@ class Settings(BaseSettings):
     )
     runner: Literal["local", "temporal"] = Field("local", description="who runs tasks")
     storage: Literal["local", "s3"] = Field("local", description="where videos are stored")
-    devices: CommaList = Field(["cpu"], description="one worker process per device (cpu, cuda:0, cuda:1 ...)")
+    devices: CommaList = Field(
+        ["cpu"], description="devices of the model engines (cpu, cuda:0, cuda:1 ...): one worker process (rank) each"
+    )
+    cpu_slots: int | None = Field(
+        None, ge=1, description="preview and scenario tasks at once, one process each; default the number of cores"
+    )
+    relay_concurrency: int = Field(256, ge=1, description="relay tasks at once (asyncio tasks, no worker process)")
+    relay_breaker_failures: int = Field(
+        3, ge=1, description="failed upstream requests in a row after which a relay channel is skipped for a cool-down"
+    )
+    relay_breaker_cooldown: float = Field(30.0, gt=0, description="seconds a failing relay channel is skipped")
 
     header_timeout: float = Field(
         10.0, ge=0, description="seconds a client has to send a request's line and headers, from connecting or from the end "
@@ -228,7 +241,8 @@ class Settings(BaseSettings):
     )
     worker_models: CommaList = Field(default_factory=list, description="models an 'opendance worker' serves (one task queue each)")
     worker_slots: int | None = Field(
-        None, ge=1, description="tasks an 'opendance worker' runs at once per model queue; default one per device"
+        None, ge=1, description="tasks an 'opendance worker' runs at once per model queue; default what the model's executor has "
+        "(one per device group, cpu_slots for preview, relay_concurrency for relays)"
     )
 
     @field_validator("api_keys", "allow_hosts", "devices", "worker_models", mode="before")

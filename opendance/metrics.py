@@ -1,10 +1,17 @@
-"""Prometheus metrics, in a registry owned by one app (nothing global, nothing at import)."""
+"""Prometheus metrics, in a registry owned by one app (nothing global, nothing at import).
+
+The runner feeds them as one of its task listeners (``task_changed``: finished tasks) and one
+of its observers (``observe``: engine loads, every upstream request of a relay channel); the
+store and the runner's health are read at scrape time (``runner_gauges``).
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from .domain import RawStatus
+from .runner.messages import ModelLoaded, UpstreamRequest
 from .store import Task
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -33,6 +40,16 @@ class Metrics:
         )
         self.model_load = Gauge("opendance_model_load_seconds", "time the last load of an engine took", ["engine"], registry=r)
         self.model_loads = Counter("opendance_model_loads", "engine loads by workers", ["engine"], registry=r)
+        self.relay_requests = Counter("opendance_relay_requests", "requests to upstream relay channels", ["channel", "op"],
+                                      registry=r)
+        self.relay_failures = Counter(
+            "opendance_relay_failures", "upstream requests that failed as outages do (network, timeout, 429, 5xx)",
+            ["channel", "op"], registry=r,
+        )
+        self.relay_seconds = Histogram(
+            "opendance_relay_request_seconds", "latency of upstream requests", ["channel", "op"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
+        )
 
     def add_collector(self, collect) -> None:
         """``collect()`` returns {name: (help, {labels tuple: value}, label names)} at scrape time."""
@@ -51,12 +68,43 @@ class Metrics:
         self.model_load.labels(engine).set(seconds)
         self.model_loads.labels(engine).inc()
 
+    async def task_changed(self, task: Task) -> None:
+        """A runner's task listener. Cancels are counted where the client cancels."""
+        if task.raw_status.is_terminal() and task.raw_status is not RawStatus.CANCELLED:
+            self.task_finished(task, task.engine_seconds)
+
+    def observe(self, event: object) -> None:
+        """A runner's observer: what its executors saw."""
+        if isinstance(event, ModelLoaded):
+            self.model_loaded(event.engine, event.seconds)
+        elif isinstance(event, UpstreamRequest):
+            self.relay_requests.labels(event.channel, event.op).inc()
+            if event.failed:
+                self.relay_failures.labels(event.channel, event.op).inc()
+            self.relay_seconds.labels(event.channel, event.op).observe(event.seconds)
+
     def task_finished(self, task: Task, engine_seconds: float | None) -> None:
         self.finished.labels(task.model, task.raw_status.value).inc()
         if task.raw_status.value == "COMPLETED" and task.started_at and task.completed_at:
             self.task_seconds.labels(task.model).observe(task.completed_at - task.started_at)
             if engine_seconds is not None:
                 self.engine_seconds.labels(task.model).observe(engine_seconds)
+
+    @staticmethod
+    def runner_gauges(health: dict) -> dict:
+        """Gauges from the runner's health: worker processes, relay channels' breakers."""
+        channels = (health.get("executors") or {}).get("upstream", {}).get("channels", {})
+        return {
+            "opendance_workers_alive": ("worker processes alive", {(): health.get("workers_alive", 0)}, []),
+            "opendance_relay_channel_open": (
+                "1 while a relay channel is skipped for its cool-down (circuit breaker open)",
+                {(name, ): 1 if c["state"] == "open" else 0 for name, c in channels.items()}, ["channel"],
+            ),
+            "opendance_relay_channel_failures_in_a_row": (
+                "failed requests in a row of a relay channel",
+                {(name, ): c["failures_in_a_row"] for name, c in channels.items()}, ["channel"],
+            ),
+        }
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

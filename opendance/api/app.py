@@ -42,20 +42,24 @@ from .serving import TaskService
 log = logging.getLogger("opendance")
 
 
-def make_runner(settings: Settings, store, storage, metrics, models=()):
+def make_runner(settings: Settings, store, storage, models: dict):
     if settings.runner == "temporal":
         from ..runner.temporal import TemporalRunner
 
-        return TemporalRunner(settings, store, storage, metrics, models)
+        return TemporalRunner(settings, store, storage, models)
     from ..runner.local import LocalRunner
 
-    return LocalRunner(settings, store, storage, metrics)
+    return LocalRunner(settings, store, storage, models)
 
 
 def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastAPI:
     """``resolver`` (host, port) -> addresses replaces the system DNS for media and callback
     URLs (split-horizon DNS; tests play DNS rebinding with it)."""
     models = settings.models()  # a bad models file fails here, before anything starts
+    if settings.runner == "local":
+        from ..runner.executors import check_models
+
+        check_models(settings, models)  # and a model this server's devices cannot run
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -82,7 +86,9 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         auth.attach(keys)
         await asyncio.to_thread(lambda: auth.enabled)  # a key in the store closes the server from the start
         app.state.keys = KeyService(keys, models)
-        runner = make_runner(settings, store, storage, metrics, models)
+        runner = make_runner(settings, store, storage, models)
+        runner.add_listener(metrics.task_changed)
+        runner.add_observer(metrics.observe)
         service = TaskService(
             settings, models, store, storage, runner, fetcher, callbacks, signer, metrics,
             signed_urls=lambda: auth.closed,
@@ -207,10 +213,9 @@ def _engine_label(engine: str) -> str:
 
 def _store_gauges(store: TaskStore, runner) -> dict:
     counts = store.count_by_status()
-    health = runner.health()
     return {
         "opendance_tasks": ("tasks in the store by raw status", {(k,): v for k, v in counts.items()}, ["raw_status"]),
-        "opendance_workers_alive": ("worker processes alive", {(): health.get("workers_alive", 0)}, []),
+        **Metrics.runner_gauges(runner.health()),
     }
 
 

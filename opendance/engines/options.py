@@ -138,13 +138,21 @@ class PreviewOptions(BaseModel):
     )
 
 
-class RelayOptions(BaseModel):
-    """The relay engine's options: which upstream API, where, with which key and model."""
+Protocol = Literal["legacy", "openai", "ark"]
+RELAY_CHANNEL_KEYS = ("protocol", "base_url", "upstream_model", "api_key_env")
+
+
+class ChannelOptions(BaseModel):
+    """One upstream a relay model can send its tasks to."""
 
     model_config = ConfigDict(extra="forbid")
 
-    engine: str
-    protocol: Literal["legacy", "openai", "ark"] = Field(
+    name: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+        description="the channel's name in /readyz and /metrics; default the base_url's host:port. "
+        "Channels of the same name share one health record (circuit breaker), across models too",
+    )
+    protocol: Protocol = Field(
         description="legacy: this API's /v1/video/generations (Seedance gateways, another opendance); "
         "openai: OpenAI's /v1/videos (SGLang Diffusion, vLLM-Omni, OpenAI); "
         "ark: BytePlus ModelArk / Volcengine Ark's contents/generations/tasks"
@@ -155,10 +163,51 @@ class RelayOptions(BaseModel):
     )
     upstream_model: str = Field(min_length=1, description="the model name to ask the upstream for")
     api_key_env: str | None = Field(None, description="environment variable holding the upstream's API key")
+    priority: int = Field(0, ge=0, le=1000, description="lower first: a channel is used while every better one is down")
+    weight: float = Field(1.0, gt=0, le=1_000_000, description="share of the creates among healthy channels of one priority")
+
+    @property
+    def id(self) -> str:
+        from urllib.parse import urlsplit
+
+        return self.name or urlsplit(self.base_url).netloc
+
+
+class RelayOptions(BaseModel):
+    """The relay engine's options: the upstream channels and how to follow a task there.
+
+    A model names one upstream with ``protocol``, ``base_url``, ``upstream_model`` and
+    ``api_key_env`` at the top, or several as ``[[...channels]]`` tables (not both)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str
+    channels: list[ChannelOptions] = Field(min_length=1, max_length=32, description="the upstreams, tried by priority")
     poll_interval: float = Field(2.0, gt=0, le=60, description="seconds between status polls")
     request_timeout: float = Field(30.0, gt=0, description="seconds per upstream HTTP request")
     deadline: float = Field(3600.0, gt=0, description="seconds the upstream may take for one task")
+    poll_outage: float = Field(
+        120.0, gt=0, description="seconds a task's channel may fail every poll (network errors, 429, 5xx) before the task fails"
+    )
     max_video_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="largest upstream video accepted")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_channel(cls, data: Any) -> Any:
+        """The single-upstream form is one channel."""
+        if isinstance(data, dict) and "channels" not in data:
+            data = dict(data)
+            data["channels"] = [{k: data.pop(k) for k in RELAY_CHANNEL_KEYS if k in data}]
+        elif isinstance(data, dict) and (both := [k for k in RELAY_CHANNEL_KEYS if k in data]):
+            raise ValueError(f"give either channels or {', '.join(both)} (one upstream), not both")
+        return data
+
+    @model_validator(mode="after")
+    def _names(self) -> RelayOptions:
+        ids = [c.id for c in self.channels]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"channel names must differ within a model (give each a name); got {', '.join(ids)}")
+        return self
 
 
 # The engines whose options are checked with the models file (others, e.g. ``module:Class``
@@ -184,11 +233,18 @@ def check_options(engine: str, spec: dict[str, Any], mode: str | None = None) ->
         return
     try:
         opts = model(**spec)
-        if isinstance(opts, RelayOptions) and opts.protocol == "openai" and mode not in (None, *OPENAI_RELAY_MODES):
-            raise ValueError(f"protocol = \"openai\" cannot relay {mode}: OpenAI's /v1/videos takes a prompt and one first frame")
     except ValidationError as exc:
+        one_channel = engine == "relay" and "channels" not in spec  # name the keys as the file has them
         problems = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
+            loc = [str(p) for p in err["loc"]]
+            if one_channel and loc[:2] == ["channels", "0"]:
+                loc = loc[2:]
+            where = ".".join(loc)
             problems.append(f"{where}: {err['msg']}" if where else err["msg"])
         raise ValueError("; ".join(problems)) from None
+    if isinstance(opts, RelayOptions) and mode not in (None, *OPENAI_RELAY_MODES):
+        for channel in opts.channels:
+            if channel.protocol == "openai":
+                raise ValueError(f"protocol = \"openai\" (channel {channel.id}) cannot relay {mode}: "
+                                 "OpenAI's /v1/videos takes a prompt and one first frame")

@@ -1,30 +1,42 @@
 """The runner interface: who runs tasks once the service has stored them.
 
-``LocalRunner`` (the embedded default) runs them in worker processes on this machine; the
-Temporal runner hands them to workers anywhere. Both move tasks through the store's guarded
-transitions and report every change to ``on_change`` (callbacks, metrics).
+``LocalRunner`` (the embedded default) runs them on this machine's executors; the Temporal
+runner hands them to workers anywhere. Both move tasks through the store's guarded transitions
+(``lifecycle.Lifecycle``) and report every change they make to their listeners (callbacks,
+metrics), and what their executors see (a model loaded, an upstream request) to their
+observers (metrics).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..store import Task
 
 TaskListener = Callable[[Task], Awaitable[None]]
+Observer = Callable[[Any], None]  # gets ``messages.ModelLoaded`` and ``messages.UpstreamRequest``
 
 
 class Runner(ABC):
     def __init__(self) -> None:
         self._listeners: list[TaskListener] = []
+        self._observers: list[Observer] = []
 
     def add_listener(self, listener: TaskListener) -> None:
         self._listeners.append(listener)
 
+    def add_observer(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
     async def _changed(self, task: Task) -> None:
         for listener in self._listeners:
             await listener(task)
+
+    def _observe(self, event: Any) -> None:
+        for observer in self._observers:
+            observer(event)
 
     @abstractmethod
     async def start(self) -> None:

@@ -59,23 +59,33 @@ def decode_state(blob: bytes) -> tuple[bytes | dict[str, Any], int]:
 class TaskCheckpoints:
     """The checkpoints of one task. ``every`` 0 turns saving off (loading still works)."""
 
-    def __init__(self, storage: Storage, task_id: str, every: int, on_saved: Callable[[int], None] | None = None) -> None:
+    def __init__(self, storage: Storage, task_id: str, every: int, on_saved: Callable[[int], None] | None = None,
+                 read_only: bool = False) -> None:
         self.storage = storage
         self.task_id = task_id
         self.every = max(0, int(every))
         self.prefix = checkpoint_prefix(task_id)
         self._on_saved = on_saved
+        # A device group's ranks other than 0 read the checkpoint (to resume where rank 0 does)
+        # and "save" as often as it does, but only rank 0 writes.
+        self.read_only = read_only
 
-    def save(self, state: bytes | dict[str, Any], step: int, parts: dict[str, bytes] | None = None) -> bool:
+    def save(self, state: bytes | dict[str, Any], step: int, parts: dict[str, bytes] | None = None, *,
+             required: bool = False) -> bool:
         """Store ``parts`` (new write-once objects), then ``state`` as the newest. A failed write
-        is logged, not raised: a checkpoint only saves work, the job itself can go on."""
+        is logged, not raised: a checkpoint only saves work, the job itself can go on; unless
+        it is ``required`` (a relay's upstream id: going on without it could pay twice)."""
         if self.every <= 0:
             return False
+        if self.read_only:
+            return True
         try:
             for name, data in (parts or {}).items():
                 self.storage.put_bytes(self.prefix + "parts/" + _part(name), data, "application/octet-stream")
             self.storage.put_bytes(self.prefix + "state", encode_state(state, step), "application/octet-stream")
         except OSError as exc:
+            if required:
+                raise
             log.warning("task %s: checkpoint at step %d not saved: %s", self.task_id, step, exc)
             return False
         if self._on_saved is not None:

@@ -57,8 +57,11 @@ def run_job(
     cancelled: Callable[[], bool],
     tmp_dir: Path | None = None,
     checkpoints: TaskCheckpoints | None = None,
+    engine_cancelled: Callable[[], bool] | None = None,
 ) -> JobResult:
-    """``checkpoints``: where the engine keeps resume state (dropped once the video is stored)."""
+    """``checkpoints``: where the engine keeps resume state (dropped once the video is stored).
+    ``engine_cancelled``: what the engine's ``check_cancelled`` asks, when it differs from
+    ``cancelled`` (a device group: all ranks decide together; see ``follow_job``)."""
     started = time.perf_counter()
     engine_seconds = 0.0
     last_pct = -1
@@ -88,13 +91,7 @@ def run_job(
 
     with contextlib.ExitStack() as stack:
         # 1. Inputs: images decoded, videos/audios as local files.
-        inputs = Inputs(
-            image=_image(storage, job.image),
-            last_image=_image(storage, job.last_image),
-            images=[_image(storage, ref) for ref in job.images],
-            videos=[stack.enter_context(storage.local_path(ref.key)) for ref in job.videos],
-            audios=[stack.enter_context(storage.local_path(ref.key)) for ref in job.audios],
-        )
+        inputs = open_inputs(job, storage, stack)
         # 2. Generate. Engines may return an iterator, so the time the encoder spends pulling
         #    frames from it counts as engine time too.
         def add_engine_time(dt: float) -> None:
@@ -102,7 +99,8 @@ def run_job(
             engine_seconds += dt
 
         t0 = time.perf_counter()
-        ctx = StepContext(progress=on_step, cancelled=cancelled, checkpoints=checkpoints, yuv420=True)  # frames go to encode_mp4
+        ctx = StepContext(progress=on_step, cancelled=engine_cancelled or cancelled, checkpoints=checkpoints,
+                          yuv420=True)  # frames go to encode_mp4
         output = engine.generate(job, inputs, ctx)
         add_engine_time(time.perf_counter() - t0)
         output.frames = _timed(output.frames, add_engine_time)
@@ -113,20 +111,90 @@ def run_job(
         info = encode_mp4(output, mp4, width=job.width, height=job.height, num_frames=job.num_frames, on_frame=on_frame)
         if cancelled():
             raise Cancelled()
-        lf_key = None
-        if job.options.get("return_last_frame"):
-            from PIL import Image
-
-            buf = io.BytesIO()
-            Image.fromarray(info.last_frame).save(buf, format="PNG")
-            lf_key = last_frame_key(job.task_id)
-            storage.put_bytes(lf_key, buf.getvalue(), "image/png")
-        storage.put_file(video_key(job.task_id), mp4, "video/mp4")
-        if checkpoints is not None:
-            checkpoints.clear()
+        lf_key = _store(job, storage, mp4, info.last_frame, checkpoints)
     wall = time.perf_counter() - started
     log.info("task %s: %d frames in %.2fs (engine %.2fs)", job.task_id, job.num_frames, wall, engine_seconds)
     return JobResult(video_key(job.task_id), lf_key, engine_seconds, wall)
+
+
+def deliver_video(
+    job: Job,
+    path: Path,
+    storage: Storage,
+    *,
+    cancelled: Callable[[], bool],
+    engine_seconds: float,
+    tmp_dir: Path | None = None,
+    checkpoints: TaskCheckpoints | None = None,
+) -> JobResult:
+    """An MP4 made elsewhere (a relay's upstream) as the task's video: stored as it is when it
+    already is exactly the output (``relay.fit.conforms``), else fitted and encoded."""
+    from ..engines.relay.fit import conforms, fit_output, last_frame
+
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if conforms(job, path):
+            mp4, final = path, (last_frame(path) if job.options.get("return_last_frame") else None)
+        else:
+            output = fit_output(job, path)
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_dir, prefix="job-")))
+            mp4 = work / "video.mp4"
+
+            def on_frame(n: int) -> None:
+                if cancelled():
+                    raise Cancelled()
+
+            info = encode_mp4(output, mp4, width=job.width, height=job.height, num_frames=job.num_frames, on_frame=on_frame)
+            final = info.last_frame
+        if cancelled():
+            raise Cancelled()
+        lf_key = _store(job, storage, mp4, final, checkpoints)
+    wall = time.perf_counter() - started + engine_seconds
+    log.info("task %s: upstream video stored in %.2fs (%s)", job.task_id, time.perf_counter() - started,
+             "as it came" if mp4 == path else "fitted and encoded")
+    return JobResult(video_key(job.task_id), lf_key, engine_seconds, wall)
+
+
+def _store(job: Job, storage: Storage, mp4: Path, final_frame, checkpoints: TaskCheckpoints | None) -> str | None:
+    """Store the video (and its last frame when the task asks for it); drop the checkpoints.
+    Returns the last frame's key."""
+    lf_key = None
+    if job.options.get("return_last_frame") and final_frame is not None:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(final_frame).save(buf, format="PNG")
+        lf_key = last_frame_key(job.task_id)
+        storage.put_bytes(lf_key, buf.getvalue(), "image/png")
+    storage.put_file(video_key(job.task_id), mp4, "video/mp4")
+    if checkpoints is not None:
+        checkpoints.clear()
+    return lf_key
+
+
+def follow_job(
+    job: Job, engine: Engine, storage: Storage, *, cancelled: Callable[[], bool], checkpoints: TaskCheckpoints | None = None
+) -> None:
+    """A device group's rank other than 0: run the engine exactly as rank 0 does (the same
+    steps, the same collectives) and drop what it makes. Rank 0 alone encodes, stores and
+    reports; ``checkpoints`` here are read-only (``TaskCheckpoints(read_only=True)``)."""
+    with contextlib.ExitStack() as stack:
+        inputs = open_inputs(job, storage, stack)
+        output = engine.generate(job, inputs, StepContext(cancelled=cancelled, checkpoints=checkpoints))
+        for _ in output.frames:  # an engine that streams its frames works while they are pulled
+            pass
+
+
+def open_inputs(job: Job, storage: Storage, stack: contextlib.ExitStack) -> Inputs:
+    """A job's stored media, ready for an engine: images decoded, videos/audios as local files
+    (kept until ``stack`` closes)."""
+    return Inputs(
+        image=_image(storage, job.image),
+        last_image=_image(storage, job.last_image),
+        images=[_image(storage, ref) for ref in job.images],
+        videos=[stack.enter_context(storage.local_path(ref.key)) for ref in job.videos],
+        audios=[stack.enter_context(storage.local_path(ref.key)) for ref in job.audios],
+    )
 
 
 def _image(storage: Storage, ref):

@@ -32,6 +32,7 @@ class Shutdown:
 class Ready:
     device: str
     pid: int
+    rank: int = 0  # in a device group of several ranks; 0 alone reports
 
 
 @dataclass
@@ -62,9 +63,30 @@ class Done:
 
 
 @dataclass
+class Idle:
+    """A rank other than 0 finished its part of a job (``error`` when it raised): it sends no
+    task events, only this, so that its group knows every rank is free again."""
+
+    task_id: str
+    rank: int
+    error: str | None = None
+
+
+@dataclass
 class Failed:
     task_id: str
     code: str
     message: str
     cancelled: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+
+
+# -- what executors see, for metrics (never crosses a pipe) -------------------------------------
+
+
+@dataclass
+class UpstreamRequest:
+    channel: str
+    op: str  # create | status | cancel | download
+    seconds: float
+    failed: bool  # a network error, a timeout, HTTP 429 or 5xx

@@ -1,12 +1,15 @@
-"""``opendance worker``: runs the generate activities of some models on this machine's devices.
+"""``opendance worker``: runs the generate activities of some models on this machine's executors.
 
-One Temporal worker per model polls that model's task queue, with one activity slot per device
-by default; a task takes a free device process (``devices.py``) for its whole run. The activity:
+One Temporal worker per model polls that model's task queue, with as many activity slots as the
+model's executor has for it (``--slots`` overrides): one per device group for model engines,
+``cpu_slots`` for preview, ``relay_concurrency`` for relays, whose activities are asyncio
+code in this process. A task takes a slot for its whole run. The activity:
 
-1. moves the task QUEUED -> RUNNING in the store (counting the run; a task that already ran
-   ``max_attempts`` times fails as ``interrupted`` instead);
-2. hands the job to the device process, which calls ``run_job`` (the same code as the local
-   runner) with checkpoints in storage, so a retried run resumes after the last checkpoint;
+1. moves the task QUEUED -> RUNNING in the store (``lifecycle``, the same as the local runner:
+   counting the run; a task that already ran ``max_attempts`` times fails as ``interrupted``);
+2. hands the job to the slot: a worker process (or a device group's ranks) calls ``run_job``,
+   a relay runs ``RelayJob``; both keep checkpoints in storage, so a retried run resumes after
+   the last checkpoint (a relay follows its upstream task);
 3. heartbeats (progress, checkpoint step) while it runs and writes progress to the store (a
    GET never asks Temporal); a dead worker stops heartbeating and Temporal retries the task on
    another one after ``temporal_heartbeat_timeout``;
@@ -27,10 +30,12 @@ import socket
 import sys
 from datetime import timedelta
 
+from concurrent.futures import ThreadPoolExecutor
+
 from ..config import Settings
 from ..storage import make_storage
 from ..store import TaskStore
-from .devices import DevicePool
+from .executors import Executors
 from .temporal_activity import GenerateActivity
 from .temporal_workflow import connect, model_queue
 
@@ -47,20 +52,29 @@ async def serve_worker(settings: Settings, models: list[str]) -> None:
         raise SystemExit(f"unknown model(s) {', '.join(unknown)}; the models file has: {', '.join(known)}")
     if not models:
         raise SystemExit("give the models this worker serves: --models NAME [NAME ...]")
+    executors = Executors(settings, make_storage(settings), known, served=models)
+    try:
+        executors.check()
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    # Store and storage calls run in threads: hundreds of relay activities need more than
+    # asyncio's default pool (cores + 4).
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="io"))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = TaskStore.from_url(settings.sqlalchemy_url)
-    pool = DevicePool(list(settings.devices), settings)
-    await pool.start()
+    await executors.start()
     client = await connect(settings.temporal_address, settings.temporal_namespace)
-    act = GenerateActivity(settings, store, make_storage(settings), pool)
-    slots = settings.worker_slots or len(settings.devices)
+    act = GenerateActivity(settings, store, executors.storage, executors)
     identity = f"{socket.gethostname()}:{os.getpid()}"
+    slots = {m: settings.worker_slots or _slots(executors, m) for m in models}
     workers = [
         Worker(
             client,
             task_queue=model_queue(settings.temporal_queue_prefix, m),
             activities=[act.generate],
-            max_concurrent_activities=slots,
+            max_concurrent_activities=slots[m],
+            # A relay model takes hundreds of slots: more pollers pick its tasks up faster (default 5).
+            max_concurrent_activity_task_polls=max(5, min(20, slots[m] // 10)),
             graceful_shutdown_timeout=timedelta(seconds=1),
             identity=f"{identity}:{m}",
         )
@@ -72,13 +86,19 @@ async def serve_worker(settings: Settings, models: list[str]) -> None:
         loop.add_signal_handler(sig, stop.set)
     runs = [asyncio.create_task(w.run()) for w in workers]
     # Always printed (whatever the log level): scripts and tests wait for this line.
-    print(f"worker {identity} serving {', '.join(models)} on {', '.join(settings.devices)} ({slots} slot(s) per model)",
-          file=sys.stderr, flush=True)
+    served = ", ".join(f"{m} ({slots[m]} slot{'s' if slots[m] > 1 else ''}: {'/'.join(sorted(map(str, p)))})"
+                       for m, p in executors.placements().items())
+    print(f"worker {identity} serving {served}; devices {', '.join(settings.devices)}", file=sys.stderr, flush=True)
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *runs], return_when=asyncio.FIRST_COMPLETED)
     failed = [t for t in done if t is not stopper and t.exception() is not None]
     await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
-    pool.close()
+    await executors.stop()
     store.close()
     if failed:
         raise RuntimeError(f"a Temporal worker stopped: {failed[0].exception()}")
+
+
+def _slots(executors: Executors, model: str) -> int:
+    """Tasks of ``model`` this worker takes at once: what its executor can run."""
+    return max(executors.make(p.kind).capacity(p) for p in executors.placements()[model])

@@ -20,12 +20,19 @@ Checkpoints: every ``ctx.checkpoint_every`` steps and after the last one the eng
 engine resumes its latents; after the last step only the frames are left to make).
 ``record_dir`` (optional) gets one JSON line per run start, step and end in ``runs.jsonl``
 (task, pid, step, time): tests and benchmarks read which process ran which steps when.
+
+In a device group (``torch.distributed`` initialised: ``devices_per_task`` > 1), every step
+also all-reduces ``rank + 1`` over the group and records the sum with the rank, and a rank
+other than 0 behaves as one whose events would be wrong if they were reported: it reports
+progress ``steps - 1`` of ``steps`` from its first step, and makes frames of another colour.
+Tests read both to prove that every rank ran the job and that only rank 0 reported it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -68,22 +75,24 @@ class ScenarioEngine(Engine):
                 while True:
                     time.sleep(1.0)  # never checks for cancellation: only a kill stops it
             time.sleep(self.step_seconds)
-            self._record(job, "step", step + 1)
+            rank, group_sum = _all_reduce_rank()
+            self._record(job, "step", step + 1, rank=rank, sum=group_sum)
             if ctx.checkpoint_every and ((step + 1) % ctx.checkpoint_every == 0 or step + 1 == self.steps):
                 ctx.save_checkpoint({"step": step + 1}, step + 1)
-            ctx.progress(step + 1, self.steps)
+            ctx.progress(step + 1 if not rank else self.steps - 1, self.steps)
             if self.behaviour != "slow_cancel":
                 ctx.check_cancelled()
         if self.behaviour == "slow_cancel":
             time.sleep(self.ignore_cancel_seconds)
             ctx.check_cancelled()
         self._record(job, "end", self.steps)
-        return Output(frames=self._frames(job), fps=job.fps)
+        return Output(frames=self._frames(job, _rank()), fps=job.fps)
 
-    def _record(self, job: Job, event: str, step: int) -> None:
+    def _record(self, job: Job, event: str, step: int, **more) -> None:
         if self.record_dir is None:
             return
-        line = json.dumps({"task": job.task_id, "pid": os.getpid(), "event": event, "step": step, "t": time.time()})
+        line = json.dumps({"task": job.task_id, "pid": os.getpid(), "event": event, "step": step, "t": time.time(),
+                           **{k: v for k, v in more.items() if v is not None}})
         # One short O_APPEND write per line: lines from several workers never interleave.
         fd = os.open(self.record_dir / "runs.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -92,10 +101,32 @@ class ScenarioEngine(Engine):
             os.close(fd)
 
     @staticmethod
-    def _frames(job: Job):
+    def _frames(job: Job, rank: int = 0):
         rng = np.random.default_rng(job.seed)
-        base = rng.integers(0, 256, size=3, dtype=np.uint8)
+        base = rng.integers(0, 256, size=3, dtype=np.uint8) + np.uint8(rank * 128)
         for i in range(job.num_frames):
             frame = np.empty((job.height, job.width, 3), dtype=np.uint8)
             frame[:] = (base.astype(np.int32) + i * 3) % 256
             yield frame
+
+
+def _distributed() -> bool:
+    dist = sys.modules.get("torch.distributed")  # imported by a device group's ranks only
+    return dist is not None and dist.is_initialized()
+
+
+def _rank() -> int:
+    return sys.modules["torch.distributed"].get_rank() if _distributed() else 0
+
+
+def _all_reduce_rank() -> tuple[int | None, int | None]:
+    """(this rank, the sum of rank + 1 over the group) in a device group; (None, None) outside."""
+    if not _distributed():
+        return None, None
+    import torch
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    t = torch.tensor([rank + 1], dtype=torch.int64)
+    dist.all_reduce(t)
+    return rank, int(t.item())

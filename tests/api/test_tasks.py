@@ -189,7 +189,7 @@ def test_models_health_metrics(client):
     assert names == {"jisudance2.0-480p", "jisudance2.0-720p", "jisudance2.0-fast-480p", "jisudance2.0-fast-720p"}
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
-    assert ready["status"] == "ok" and ready["checks"]["runner"]["workers_alive"] == 1
+    assert ready["status"] == "ok" and ready["checks"]["runner"]["workers_alive"] >= 1  # up to cpu_slots
     metrics = client.get("/metrics").text
     assert "opendance_tasks_created_total" in metrics
     assert 'opendance_http_requests_total{method="GET",route="/v1/models",status="200"}' in metrics

@@ -112,6 +112,7 @@ def scaleout_env(pg, temporal, s3, tmp_path_factory) -> ScaleOutEnv:
         temporal_retry_interval="0.5",
         temporal_reconcile_interval="5",
         checkpoint_every="4",
+        cpu_slots="1",  # one engine process per worker, as the tests count them
         max_attempts="4",
         content_serving="redirect",
         allow_hosts="127.0.0.1",  # callbacks to the test's receiver
