@@ -120,7 +120,10 @@ def part2(tasks: int) -> list[str]:
             db = sqlite3.connect(Path(d) / "data" / "opendance.db")
             rows = {
                 r[0]: r[1:]
-                for r in db.execute(f"select id, created_at, started_at, completed_at, engine_seconds from tasks where id in ({','.join('?' * len(ids))})", ids)
+                for r in db.execute(
+                    f"select id, created_at, started_at, completed_at, engine_seconds from tasks where id in ({','.join('?' * len(ids))})",
+                    ids,
+                )
             }
     phases = in_process(tasks)
     engine = [rows[t][3] for t in ids]
@@ -128,7 +131,7 @@ def part2(tasks: int) -> list[str]:
     queue = [rows[t][1] - rows[t][0] for t in ids]
     over = [w - e for w, e in zip(walls, engine)]
     out = [
-        "| figure (preview, 480p 16:9, 5 s, 24 fps; median of %d tasks) | seconds |" % tasks,
+        f"| figure (preview, 480p 16:9, 5 s, 24 fps; median of {tasks} tasks) | seconds |",
         "| --- | --- |",
         f"| wall time seen by the client (create -> completed, 10 ms polling) | {statistics.median(walls):.3f} |",
         f"| wall time in the store (created_at -> completed_at) | {statistics.median(store_wall):.3f} |",
@@ -165,6 +168,7 @@ def in_process(tasks: int) -> dict[str, float]:
                 return fn(*args, **kw)
             finally:
                 clock[name] = clock.get(name, 0.0) + time.perf_counter() - t0
+
         return wrapper
 
     samples: dict[str, list[float]] = {k: [] for k in ("wall", "engine", "yuv", "x264", "store")}
@@ -179,8 +183,18 @@ def in_process(tasks: int) -> dict[str, float]:
         try:
             for i in range(tasks + 1):  # the first one warms up
                 clock.clear()
-                job = Job(task_id=f"task_{i}", model="m", mode=Mode.TEXT_TO_VIDEO, prompt=f"overhead {i}", width=864,
-                          height=480, fps=24, duration=5, seed=i, engine=spec)
+                job = Job(
+                    task_id=f"task_{i}",
+                    model="m",
+                    mode=Mode.TEXT_TO_VIDEO,
+                    prompt=f"overhead {i}",
+                    width=864,
+                    height=480,
+                    fps=24,
+                    duration=5,
+                    seed=i,
+                    engine=spec,
+                )
                 t0 = time.perf_counter()
                 result = run_job(job, engine, storage, progress=lambda p: None, cancelled=lambda: False)
                 if i:

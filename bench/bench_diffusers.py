@@ -45,17 +45,34 @@ CASES = {
 
 
 def _spec(folder: Path, steps: int, area: int) -> dict:
-    return dict(engine="wan", checkpoint=str(folder), steps=steps, guidance=5.0, native_fps=FPS, frames=41, overlap=5,
-                max_area=area, dtype="float32")
+    return dict(
+        engine="wan",
+        checkpoint=str(folder),
+        steps=steps,
+        guidance=5.0,
+        native_fps=FPS,
+        frames=41,
+        overlap=5,
+        max_area=area,
+        dtype="float32",
+    )
 
 
 def _bare_call(pipe, steps: int, area: int, seed: int) -> float:
     """What the engine asks of the pipeline for this task, and nothing else."""
     width, height = grid_size(WIDTH, HEIGHT, area, 16)
     t0 = time.perf_counter()
-    pipe(prompt=PROMPT, negative_prompt="", height=height, width=width, num_frames=round_frames(SECONDS * FPS, 4),
-         num_inference_steps=steps, guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(seed),
-         output_type="np")
+    pipe(
+        prompt=PROMPT,
+        negative_prompt="",
+        height=height,
+        width=width,
+        num_frames=round_frames(SECONDS * FPS, 4),
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="np",
+    )
     return time.perf_counter() - t0
 
 
@@ -70,8 +87,18 @@ def _engine_call(engine, name: str, seed: int) -> float:
     from opendance.domain import Mode
     from opendance.engines.base import Inputs, Job, StepContext
 
-    job = Job(task_id="bench", model=name, mode=Mode.TEXT_TO_VIDEO, prompt=PROMPT, width=WIDTH, height=HEIGHT, fps=FPS,
-              duration=SECONDS, seed=seed, engine=engine.spec)
+    job = Job(
+        task_id="bench",
+        model=name,
+        mode=Mode.TEXT_TO_VIDEO,
+        prompt=PROMPT,
+        width=WIDTH,
+        height=HEIGHT,
+        fps=FPS,
+        duration=SECONDS,
+        seed=seed,
+        engine=engine.spec,
+    )
     t0 = time.perf_counter()
     for _ in engine.generate(job, Inputs(), StepContext()).frames:
         pass
@@ -102,8 +129,10 @@ def overhead(args) -> None:
 
     root = Path(args.dir)
     folders = tiny_pipelines.build_all(root / "pipelines", sorted({c[0] for c in CASES.values()}))
-    extra = {name: dict(resolution="480p", fps=FPS, modes={"text-to-video": _spec(folders[p], steps, area)})
-             for name, (p, steps, area) in CASES.items()}
+    extra = {
+        name: dict(resolution="480p", fps=FPS, modes={"text-to-video": _spec(folders[p], steps, area)})
+        for name, (p, steps, area) in CASES.items()
+    }
     config = root / "models.toml"
     # The TOML writer also lists the seed names; point them at folders that exist.
     all_folders = tiny_pipelines.build_all(root / "pipelines")
@@ -111,8 +140,11 @@ def overhead(args) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}")
     rows = []
     env = {"OPENDANCE_ALLOW_HOSTS": "127.0.0.1"}  # the callback receiver
-    with LiveServer(root / "data", config=config, env=env, startup_timeout=120) as server, \
-            server.client() as client, MediaHost() as hook:
+    with (
+        LiveServer(root / "data", config=config, env=env, startup_timeout=120) as server,
+        server.client() as client,
+        MediaHost() as hook,
+    ):
         for name, (p, steps, area) in CASES.items():
             pipe = WanPipeline.from_pretrained(str(folders[p]), dtype=torch.float32, local_files_only=True)
             pipe.set_progress_bar_config(disable=True)
@@ -130,8 +162,10 @@ def overhead(args) -> None:
             med = [statistics.median(x) for x in (bare, eng, api, worker)]
             rows.append((name, steps, grid_size(WIDTH, HEIGHT, area, 16), *med))
             print(f"{name}: bare {_r(bare)} engine {_r(eng)} api {_r(api)} worker engine {_r(worker)}", file=sys.stderr)
-    print("\n| model | steps | grid | bare pipeline call s | engine (generate + 864x480 frames) s | task through the API s "
-          "| of which in the worker's engine s | engine / bare | API / bare |")
+    print(
+        "\n| model | steps | grid | bare pipeline call s | engine (generate + 864x480 frames) s | task through the API s "
+        "| of which in the worker's engine s | engine / bare | API / bare |"
+    )
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, steps, (w, h), b, e, a, we in rows:
         print(f"| {name} | {steps} | {w}x{h} | {b:.2f} | {e:.2f} | {a:.2f} | {we:.2f} | {e / b:.3f} | {a / b:.3f} |")
@@ -162,9 +196,18 @@ def _run(pipe, steps: int, width: int, height: int) -> tuple[list[np.ndarray], f
     if pipe.transformer.is_cache_enabled:
         pipe.transformer._reset_stateful_cache()
     try:
-        out = pipe(prompt=PROMPT, negative_prompt="", height=height, width=width, num_frames=41,
-                   num_inference_steps=steps, guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(1),
-                   output_type="np", callback_on_step_end=clock)
+        out = pipe(
+            prompt=PROMPT,
+            negative_prompt="",
+            height=height,
+            width=width,
+            num_frames=41,
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            generator=torch.Generator("cpu").manual_seed(1),
+            output_type="np",
+            callback_on_step_end=clock,
+        )
     finally:
         handle.remove()
     m = clock.marks
@@ -201,17 +244,20 @@ def fast_tier(args) -> None:
     pipe.set_progress_bar_config(disable=True)
     width, height = grid_size(WIDTH, HEIGHT, args.area, 16)
     params = sum(p.numel() for p in pipe.transformer.parameters())
-    print(f"Wan transformer width {args.width}, {args.layers} layers ({params / 1e6:.1f} M parameters), grid "
-          f"{width}x{height}x41 frames, {args.steps} steps, guidance 5; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"Wan transformer width {args.width}, {args.layers} layers ({params / 1e6:.1f} M parameters), grid "
+        f"{width}x{height}x41 frames, {args.steps} steps, guidance 5; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}"
+    )
     steps = args.steps
     hooks = {
         "none (standard tier)": None,
         "FirstBlockCache 0.05": FirstBlockCacheConfig(threshold=0.05),
         "FirstBlockCache 0.1": FirstBlockCacheConfig(threshold=0.1),
         "FirstBlockCache 0.2 (fast tier)": FirstBlockCacheConfig(threshold=0.2),
-        "TaylorSeer (interval 5, from step 3)": TaylorSeerCacheConfig(cache_identifiers=[r"^blocks\.\d+$"],
-                                                                      taylor_factors_dtype=torch.float32),
+        "TaylorSeer (interval 5, from step 3)": TaylorSeerCacheConfig(
+            cache_identifiers=[r"^blocks\.\d+$"], taylor_factors_dtype=torch.float32
+        ),
         "MagCache 0.06 (calibrated)": "mag",
     }
     configs = {}
@@ -229,16 +275,21 @@ def fast_tier(args) -> None:
                 pipe.transformer.disable_cache()
             prev = best.get(name)
             best[name] = (frames, min(wall, prev[1]) if prev else wall, min(cpu, prev[2]) if prev else cpu, full)
-            print(f"{name}: {wall * 1000:.0f} ms/step wall, {cpu * 1000:.0f} ms CPU, last block computed {full}x",
-                  file=sys.stderr)
+            print(
+                f"{name}: {wall * 1000:.0f} ms/step wall, {cpu * 1000:.0f} ms CPU, last block computed {full}x", file=sys.stderr
+            )
     base = best["none (standard tier)"]
-    print("\n| cache hook | CPU ms per step | step-time ratio (CPU) | wall ms per step | ratio (wall) "
-          "| last block computed | mean abs diff (0-255) | PSNR dB |")
+    print(
+        "\n| cache hook | CPU ms per step | step-time ratio (CPU) | wall ms per step | ratio (wall) "
+        "| last block computed | mean abs diff (0-255) | PSNR dB |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, (frames, wall, cpu, full) in best.items():
         mad, psnr = _drift(frames, base[0])
-        print(f"| {name} | {cpu * 1000:.0f} | {cpu / base[2]:.2f} | {wall * 1000:.0f} | {wall / base[1]:.2f} "
-              f"| {full} / {2 * steps} | {mad:.2f} | {psnr:.1f} |")
+        print(
+            f"| {name} | {cpu * 1000:.0f} | {cpu / base[2]:.2f} | {wall * 1000:.0f} | {wall / base[1]:.2f} "
+            f"| {full} / {2 * steps} | {mad:.2f} | {psnr:.1f} |"
+        )
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")
 
 

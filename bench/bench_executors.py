@@ -42,8 +42,12 @@ from opendance.testing.cluster import WorkerProcess, cluster_env, wait_until
 from opendance.testing.server import LiveServer
 from opendance.testing.upstream import FakeUpstream
 
-OPEN = {"OPENDANCE_RATE_LIMIT_PER_MINUTE": "0", "OPENDANCE_MAX_QUEUED_PER_KEY": "0", "OPENDANCE_MAX_QUEUED_TOTAL": "0",
-        "OPENDANCE_LOG_LEVEL": "warning"}
+OPEN = {
+    "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0",
+    "OPENDANCE_MAX_QUEUED_PER_KEY": "0",
+    "OPENDANCE_MAX_QUEUED_TOTAL": "0",
+    "OPENDANCE_LOG_LEVEL": "warning",
+}
 RELAY_MODEL = """
 [models."relayed"]
 resolution = "480p"
@@ -87,6 +91,7 @@ class RssWatch:
 
 def create(url: str, n: int, model: str, **body) -> list[str]:
     with httpx.Client(base_url=url, timeout=60) as c, ThreadPoolExecutor(16) as pool:
+
         def one(i: int) -> str:
             r = c.post("/v1/video/generations", json={"model": model, "prompt": f"bench {i}", **body})
             r.raise_for_status()
@@ -123,7 +128,11 @@ def relays(args: argparse.Namespace) -> None:
                 from opendance.store import TaskStore
                 from opendance.store.migrate import upgrade
 
-                pg, tmprl, s3 = PostgresServer().start(), TemporalServer(root / "temporal").start(), SeaweedS3(root / "s3").start()
+                pg, tmprl, s3 = (
+                    PostgresServer().start(),
+                    TemporalServer(root / "temporal").start(),
+                    SeaweedS3(root / "s3").start(),
+                )
                 servers += [s3, tmprl, pg]
                 store = TaskStore.from_url(pg.url)
                 upgrade(store.engine)
@@ -156,15 +165,21 @@ def relays(args: argparse.Namespace) -> None:
             s.stop()
         shutil.rmtree(root, ignore_errors=True)
     where = "opendance worker (Temporal)" if args.temporal else "opendance serve (local runner)"
-    print(f"| runner | tasks | upstream s each | creates took s | last completion s | upstream at once | creates per task "
-          f"| RSS idle MiB | RSS peak MiB | MiB per in-flight task |")
+    print(
+        "| runner | tasks | upstream s each | creates took s | last completion s | upstream at once | creates per task "
+        "| RSS idle MiB | RSS peak MiB | MiB per in-flight task |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
     per_task = (watch.peak - idle) / max(1, up.peak_in_flight)
-    print(f"| {where} | {args.tasks} | {args.seconds:g} | {created:.1f} | {elapsed:.1f} | {up.peak_in_flight} "
-          f"| {min(creates)}-{max(creates)} | {idle:.0f} | {watch.peak:.0f} | {per_task:.2f} |")
+    print(
+        f"| {where} | {args.tasks} | {args.seconds:g} | {created:.1f} | {elapsed:.1f} | {up.peak_in_flight} "
+        f"| {min(creates)}-{max(creates)} | {idle:.0f} | {watch.peak:.0f} | {per_task:.2f} |"
+    )
     if args.temporal:
-        print(f"the same Temporal server alone, {args.tasks} plain workflows of that shape (a {args.seconds:g} s "
-              f"heartbeating activity between two small ones): {floor:.1f} s")
+        print(
+            f"the same Temporal server alone, {args.tasks} plain workflows of that shape (a {args.seconds:g} s "
+            f"heartbeating activity between two small ones): {floor:.1f} s"
+        )
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
@@ -187,8 +202,13 @@ class _Floor:
     @workflow.run
     async def run(self, seconds: float) -> float:
         await workflow.execute_activity("floor.note", seconds, start_to_close_timeout=timedelta(seconds=60))
-        await workflow.execute_activity("floor.wait", seconds, task_queue="floor-work", start_to_close_timeout=timedelta(minutes=5),
-                                        heartbeat_timeout=timedelta(seconds=15))
+        await workflow.execute_activity(
+            "floor.wait",
+            seconds,
+            task_queue="floor-work",
+            start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=timedelta(seconds=15),
+        )
         return await workflow.execute_activity("floor.note", seconds, start_to_close_timeout=timedelta(seconds=60))
 
 
@@ -201,13 +221,22 @@ def temporal_floor(address: str, tasks: int, seconds: float) -> float:
 
     async def main() -> float:
         client = await Client.connect(address)
-        control = Worker(client, task_queue="floor-control", workflows=[_Floor], activities=[_floor_note],
-                         workflow_runner=UnsandboxedWorkflowRunner())
+        control = Worker(
+            client,
+            task_queue="floor-control",
+            workflows=[_Floor],
+            activities=[_floor_note],
+            workflow_runner=UnsandboxedWorkflowRunner(),
+        )
         work = Worker(client, task_queue="floor-work", activities=[_floor_wait], max_concurrent_activities=tasks)
         async with control, work:
             t0 = time.monotonic()
-            handles = await asyncio.gather(*(client.start_workflow("floor", seconds, id=f"floor-{uuid.uuid4()}",
-                                                                   task_queue="floor-control") for _ in range(tasks)))
+            handles = await asyncio.gather(
+                *(
+                    client.start_workflow("floor", seconds, id=f"floor-{uuid.uuid4()}", task_queue="floor-control")
+                    for _ in range(tasks)
+                )
+            )
             await asyncio.gather(*(h.result() for h in handles))
             return time.monotonic() - t0
 
@@ -219,8 +248,9 @@ def preview(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-preview-"))
     times: dict[int, list[float]] = {1: [], cores: []}
     try:
-        servers = {slots: LiveServer(root / f"slots-{slots}", env={**OPEN, "OPENDANCE_CPU_SLOTS": str(slots)}).start()
-                   for slots in times}
+        servers = {
+            slots: LiveServer(root / f"slots-{slots}", env={**OPEN, "OPENDANCE_CPU_SLOTS": str(slots)}).start() for slots in times
+        }
         try:
             for slots, server in servers.items():  # warm up: every slot's process and engine
                 ids = create(server.url, slots, "jisudance2.0-480p")

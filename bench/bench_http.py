@@ -25,7 +25,6 @@ issue's yardstick. The machine is shared: take ratios, not absolute figures, and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -118,18 +117,36 @@ def _ms(text: str) -> float:
 
 def wrk(url: str, script: Path, seconds: int, connections: int) -> Run:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"Authorization: Bearer {KEY}",
-         "-s", str(script), url],
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-H",
+            f"Authorization: Bearer {KEY}",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
     ).stdout
     pct = dict(re.findall(r"^\s*(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
     if "50" not in pct or "99" not in pct or "Requests/sec" not in out:
         raise RuntimeError(f"could not read wrk's output:\n{out}")
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    sock = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", m.group(0))) if (
-        m := re.search(r"Socket errors:.*", out)) else 0
-    return Run(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), _ms(pct["50"]), _ms(pct["99"]), requests, non2xx + sock)
+    sock = (
+        sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", m.group(0)))
+        if (m := re.search(r"Socket errors:.*", out))
+        else 0
+    )
+    return Run(
+        float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), _ms(pct["50"]), _ms(pct["99"]), requests, non2xx + sock
+    )
 
 
 def _wait(url: str, timeout: float = 30.0) -> None:
@@ -145,8 +162,10 @@ def _wait(url: str, timeout: float = 30.0) -> None:
 
 def setup_tasks(client: httpx.Client) -> list[str]:
     """``TASKS`` completed tasks on ``fast``, oldest first."""
-    ids = [client.post("/v1/video/generations", json={"model": "fast", "prompt": f"bench task {i}"}).json()["id"]
-           for i in range(TASKS)]
+    ids = [
+        client.post("/v1/video/generations", json={"model": "fast", "prompt": f"bench task {i}"}).json()["id"]
+        for i in range(TASKS)
+    ]
     deadline = time.monotonic() + 300
     while any(client.get(f"/v1/video/generations/{t}").json()["status"] != "completed" for t in ids):
         if time.monotonic() > deadline:
@@ -179,10 +198,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument("--connections", type=int, default=16, help="wrk -c (one wrk thread)")
     parser.add_argument("--only", default="get,list,create", help="comma-separated endpoints: get, list, create")
-    parser.add_argument("--queue-caps", type=int, default=0,
-                        help="OPENDANCE_MAX_QUEUED_PER_KEY and _TOTAL (0: off); a cap too high to reach still costs its checks")
-    parser.add_argument("--gil", action="store_true", help="with --profile: sample only the thread holding the GIL (py-spy --gil)")
-    parser.add_argument("--profile", type=Path, help="afterwards, record py-spy profiles of opendance under each load into this folder")
+    parser.add_argument(
+        "--queue-caps",
+        type=int,
+        default=0,
+        help="OPENDANCE_MAX_QUEUED_PER_KEY and _TOTAL (0: off); a cap too high to reach still costs its checks",
+    )
+    parser.add_argument(
+        "--gil", action="store_true", help="with --profile: sample only the thread holding the GIL (py-spy --gil)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="afterwards, record py-spy profiles of opendance under each load into this folder"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench_http needs wrk: apt-get install -y wrk")
@@ -192,13 +219,27 @@ def main() -> None:
         folder = Path(tmp)
         (folder / "models.toml").write_text(MODELS)
         caps = {"OPENDANCE_MAX_QUEUED_PER_KEY": str(args.queue_caps), "OPENDANCE_MAX_QUEUED_TOTAL": str(args.queue_caps)}
-        with LiveServer(folder / "opendance", config=folder / "models.toml", env={**ENV, **caps}) as server, server.client(KEY) as client:
+        with (
+            LiveServer(folder / "opendance", config=folder / "models.toml", env={**ENV, **caps}) as server,
+            server.client(KEY) as client,
+        ):
             ids = setup_tasks(client)
             fill_floor(folder / "floor.db", client, ids)
             floor_port = free_port()
             floor_log = open(folder / "floor.log", "wb")
-            floor = subprocess.Popen([sys.executable, str(Path(__file__).parent / "floor_app.py"), "--db", str(folder / "floor.db"),
-                                      "--port", str(floor_port)], stdout=floor_log, stderr=subprocess.STDOUT, start_new_session=True)
+            floor = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).parent / "floor_app.py"),
+                    "--db",
+                    str(folder / "floor.db"),
+                    "--port",
+                    str(floor_port),
+                ],
+                stdout=floor_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             floor_url = f"http://127.0.0.1:{floor_port}"
             try:
                 _wait(floor_url + "/v1/video/generations?limit=1")
@@ -244,11 +285,15 @@ def report(results: dict[tuple[str, str], list[Run]], endpoints: list[str], args
     import uvicorn
 
     labels = {"get": "GET task", "list": "list (20 items)", "create": "create (text-to-video)"}
-    print(f"wrk -t1 -c{args.connections}, {args.seconds} s per run, {args.rounds} interleaved rounds per endpoint and server; "
-          f"{os.cpu_count()} CPUs, {platform.machine()}, Python {sys.version.split()[0]}, FastAPI {fastapi.__version__}, "
-          f"Starlette {starlette.__version__}, uvicorn {uvicorn.__version__}; load average {' -> '.join(f'{x:.1f}' for x in load)}\n")
-    print("| request | server | requests/s (median round) | p50 ms | p99 ms | server CPU ms per request | errors "
-          "| opendance / floor, requests/s | opendance / floor, p99 |")
+    print(
+        f"wrk -t1 -c{args.connections}, {args.seconds} s per run, {args.rounds} interleaved rounds per endpoint and server; "
+        f"{os.cpu_count()} CPUs, {platform.machine()}, Python {sys.version.split()[0]}, FastAPI {fastapi.__version__}, "
+        f"Starlette {starlette.__version__}, uvicorn {uvicorn.__version__}; load average {' -> '.join(f'{x:.1f}' for x in load)}\n"
+    )
+    print(
+        "| request | server | requests/s (median round) | p50 ms | p99 ms | server CPU ms per request | errors "
+        "| opendance / floor, requests/s | opendance / floor, p99 |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for endpoint in endpoints:
         ours, floor = results[endpoint, "opendance"], results[endpoint, "floor"]
@@ -258,7 +303,9 @@ def report(results: dict[tuple[str, str], list[Run]], endpoints: list[str], args
             m = _median_run(runs)
             ratios = f"| {rps_ratio:.2f}x | {p99_ratio:.2f}x |" if name == "opendance" else "| | |"
             cpu = statistics.median(r.cpu_ms for r in runs)
-            print(f"| {labels[endpoint]} | {name} | {m.rps:.0f} | {m.p50:.1f} | {m.p99:.1f} | {cpu:.2f} | {sum(r.errors for r in runs)} {ratios}")
+            print(
+                f"| {labels[endpoint]} | {name} | {m.rps:.0f} | {m.p50:.1f} | {m.p99:.1f} | {cpu:.2f} | {sum(r.errors for r in runs)} {ratios}"
+            )
     if "create" in endpoints and "get" in endpoints:
         create = statistics.median(r.rps for r in results["create", "opendance"])
         get = statistics.median(r.rps for r in results["get", "floor"])
@@ -277,7 +324,22 @@ def profile(servers: dict[str, tuple[int, str]], folder: Path, endpoints: list[s
     for endpoint in endpoints:
         for name, (pid, url) in servers.items():
             raw = out / f"{name}-{endpoint}.txt"
-            cmd = [spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--threads", "--nonblocking", "-f", "raw", "-o", str(raw)]
+            cmd = [
+                spy,
+                "record",
+                "-p",
+                str(pid),
+                "-d",
+                str(seconds),
+                "-r",
+                "200",
+                "--threads",
+                "--nonblocking",
+                "-f",
+                "raw",
+                "-o",
+                str(raw),
+            ]
             spy_proc = subprocess.Popen(cmd + (["--gil"] if args.gil else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)  # py-spy attaches
             run = measured(pid, url + PATHS[endpoint], folder / f"{endpoint}.lua", seconds - 2, args.connections)
@@ -291,18 +353,64 @@ def profile(servers: dict[str, tuple[int, str]], folder: Path, endpoints: list[s
 # What a busy sample was doing: the innermost frame of its stack that one of these tests
 # matches decides (so a row read inside the ORM counts as SQLite, the ORM call around it does
 # not). Frames are "function (file:line)" as py-spy writes them.
-_HOP = ("Queue.put", "Condition.notify", "Condition._acquire_restore", "ThreadPoolExecutor.submit", "BaseEventLoop.run_in_executor",
-        "to_thread ", "BaseEventLoop.call_soon_threadsafe", "BaseSelectorEventLoop._write_to_self", "BaseSelectorEventLoop._read_from_self",
-        "_chain_future", "_copy_future_state", "_set_state", "Future.set_result", "Future._invoke_callbacks", "WorkerThread.",
-        "run_sync_in_worker_thread", "run_in_threadpool", "run_sync ")
+_HOP = (
+    "Queue.put",
+    "Condition.notify",
+    "Condition._acquire_restore",
+    "ThreadPoolExecutor.submit",
+    "BaseEventLoop.run_in_executor",
+    "to_thread ",
+    "BaseEventLoop.call_soon_threadsafe",
+    "BaseSelectorEventLoop._write_to_self",
+    "BaseSelectorEventLoop._read_from_self",
+    "_chain_future",
+    "_copy_future_state",
+    "_set_state",
+    "Future.set_result",
+    "Future._invoke_callbacks",
+    "WorkerThread.",
+    "run_sync_in_worker_thread",
+    "run_in_threadpool",
+    "run_sync ",
+)
 CATEGORIES: list[tuple[str, Callable[[str], bool]]] = [
-    ("SQLite itself (DBAPI execute, fetch, commit)", lambda f: f.startswith(("DefaultDialect.do_execute ", "DefaultDialect.do_commit ",
-     "DefaultDialect.do_rollback ", "CursorFetchStrategy.fetch")) or "sqlite3/" in f),
-    ("SQLAlchemy: sessions, pool checkout, new connections", lambda f: "sqlalchemy/" in f and any(
-        k in f for k in ("session.py", "pool/", "Session", "_connection_for_bind", "Engine.connect", "Connection.__init__", "event/"))
-     or "_sqlite_pragmas" in f),
-    ("SQLAlchemy: rows -> ORM objects", lambda f: "sqlalchemy/orm/loading.py" in f or "sqlalchemy/orm/state.py" in f
-     or "instrumentation.py" in f),
+    (
+        "SQLite itself (DBAPI execute, fetch, commit)",
+        lambda f: (
+            f.startswith(
+                (
+                    "DefaultDialect.do_execute ",
+                    "DefaultDialect.do_commit ",
+                    "DefaultDialect.do_rollback ",
+                    "CursorFetchStrategy.fetch",
+                )
+            )
+            or "sqlite3/" in f
+        ),
+    ),
+    (
+        "SQLAlchemy: sessions, pool checkout, new connections",
+        lambda f: (
+            "sqlalchemy/" in f
+            and any(
+                k in f
+                for k in (
+                    "session.py",
+                    "pool/",
+                    "Session",
+                    "_connection_for_bind",
+                    "Engine.connect",
+                    "Connection.__init__",
+                    "event/",
+                )
+            )
+            or "_sqlite_pragmas" in f
+        ),
+    ),
+    (
+        "SQLAlchemy: rows -> ORM objects",
+        lambda f: "sqlalchemy/orm/loading.py" in f or "sqlalchemy/orm/state.py" in f or "instrumentation.py" in f,
+    ),
     ("SQLAlchemy: statement compile and execute wrappers", lambda f: "sqlalchemy/" in f),
     ("thread hand-offs (to_thread, FastAPI's sync dependencies, loop wake-ups)", lambda f: f.startswith(_HOP)),
     ("JSON (encode responses, decode bodies)", lambda f: "json/" in f or "JSONResponse.render" in f),
@@ -340,8 +448,15 @@ def summarize(raw: Path) -> dict:
             continue
         total += count
         thread = frames[0]
-        group = ("event loop" if "MainThread" in thread else "asyncio.to_thread pool (io_*)" if "io_" in thread
-                 else "AnyIO worker threads (FastAPI's sync dependencies)" if "AnyIO worker" in thread else "other threads")
+        group = (
+            "event loop"
+            if "MainThread" in thread
+            else "asyncio.to_thread pool (io_*)"
+            if "io_" in thread
+            else "AnyIO worker threads (FastAPI's sync dependencies)"
+            if "AnyIO worker" in thread
+            else "other threads"
+        )
         groups[group] = groups.get(group, 0) + count
         name = "other"
         for frame in reversed(frames[1:]):  # the innermost frame that names a category decides
@@ -355,19 +470,27 @@ def summarize(raw: Path) -> dict:
 
 def render_profiles(summaries: list[tuple[str, Run, dict]], gil: bool) -> str:
     if gil:
-        lines = ["py-spy --gil (200 Hz: only the thread holding the GIL, so the Python work) of each server during one more wrk",
-                 "run per endpoint; each sample counted once, by its thread and by the innermost frame that names a category:", ""]
+        lines = [
+            "py-spy --gil (200 Hz: only the thread holding the GIL, so the Python work) of each server during one more wrk",
+            "run per endpoint; each sample counted once, by its thread and by the innermost frame that names a category:",
+            "",
+        ]
     else:
-        lines = ["py-spy (200 Hz, all threads) of each server during one more wrk run per endpoint; each busy sample counted",
-                 "once, by its thread and by the innermost frame that names a category (a thread waiting for the GIL counts as",
-                 "busy in the frame it waits in):", ""]
+        lines = [
+            "py-spy (200 Hz, all threads) of each server during one more wrk run per endpoint; each busy sample counted",
+            "once, by its thread and by the innermost frame that names a category (a thread waiting for the GIL counts as",
+            "busy in the frame it waits in):",
+            "",
+        ]
     for endpoint, run, s in summaries:
         total = max(1, s["total"])
         # A busy sample stands for 5 ms of one thread's time (200 Hz).
         per_request = s["total"] * 5.0 / max(1, run.requests)
-        lines.append(f"**{endpoint}** ({run.rps:.0f} requests/s during the profile, {run.cpu_ms:.2f} ms of CPU per request; "
-                     f"{s['total']} busy samples = {per_request:.2f} ms of thread time per request, {s['idle']} samples of "
-                     "waiting threads left out):")
+        lines.append(
+            f"**{endpoint}** ({run.rps:.0f} requests/s during the profile, {run.cpu_ms:.2f} ms of CPU per request; "
+            f"{s['total']} busy samples = {per_request:.2f} ms of thread time per request, {s['idle']} samples of "
+            "waiting threads left out):"
+        )
         lines.append("")
         lines.append("| where | share of busy samples | thread ms per request |")
         lines.append("| --- | ---: | ---: |")

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
 from opendance.testing.server import LiveServer
 
@@ -50,8 +49,24 @@ def main() -> None:
     config = root / "models.toml"
     config.write_text(MODELS)
     store_dir = root / "store"
-    made = subprocess.run([sys.executable, "-m", "opendance", "keys", "create", "--name", "bench", "--data-dir", str(store_dir),
-                           "--config", str(config)], capture_output=True, text=True, check=True)
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "opendance",
+            "keys",
+            "create",
+            "--name",
+            "bench",
+            "--data-dir",
+            str(store_dir),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     servers = {
         "open": (LiveServer(root / "open", config=config, env=NO_LIMITS), None),
         "env key": (LiveServer(root / "env", config=config, env={**NO_LIMITS, "OPENDANCE_API_KEYS": "k-bench"}), "k-bench"),
@@ -76,7 +91,9 @@ def main() -> None:
         print(f"{args.rounds} rounds x {args.requests} GETs per server, one client")
         print("| server | p50 ms | p99 ms | p50 / env key's |\n| --- | --- | --- | --- |")
         for name, values in times.items():
-            print(f"| {name} | {statistics.median(values) * 1e3:.2f} | {pct(values, 99) * 1e3:.2f} | {statistics.median(values) / base:.2f} |")
+            print(
+                f"| {name} | {statistics.median(values) * 1e3:.2f} | {pct(values, 99) * 1e3:.2f} | {statistics.median(values) / base:.2f} |"
+            )
     finally:
         for server, _ in servers.values():
             server.stop()

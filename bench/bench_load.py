@@ -124,12 +124,21 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] if values else float("nan")
 
 
-def run_load(tasks: int, clients: int, engine: str = "scenario", workers: int = 2, poll: float = 1.0,
-             window: int = 8, timeout: float = 3600.0) -> dict:
+def run_load(
+    tasks: int,
+    clients: int,
+    engine: str = "scenario",
+    workers: int = 2,
+    poll: float = 1.0,
+    window: int = 8,
+    timeout: float = 3600.0,
+) -> dict:
     """Run the load and check every task; returns the figures and the problems found."""
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        (root / "models.toml").write_text(f'[models."load"]\nresolution = "480p"\nfps = 8\n[models."load".default]\n{ENGINES[engine]}\n')
+        (root / "models.toml").write_text(
+            f'[models."load"]\nresolution = "480p"\nfps = 8\n[models."load".default]\n{ENGINES[engine]}\n'
+        )
         keys = [f"load-key-{i:02d}" for i in range(clients)]
         env = {
             "OPENDANCE_API_KEYS": ",".join(keys),
@@ -164,9 +173,12 @@ def run_load(tasks: int, clients: int, engine: str = "scenario", workers: int = 
     creates = [ms for p in people for ms in p.create_ms]
     gets = [ms for p in people for ms in p.get_ms]
     figures.update(
-        create_p50_ms=pct(creates, 50), create_p99_ms=pct(creates, 99),
-        get_p50_ms=pct(gets, 50), get_p99_ms=pct(gets, 99),
-        requests=len(creates) + len(gets), requests_per_s=(len(creates) + len(gets)) / wall,
+        create_p50_ms=pct(creates, 50),
+        create_p99_ms=pct(creates, 99),
+        get_p50_ms=pct(gets, 50),
+        get_p99_ms=pct(gets, 99),
+        requests=len(creates) + len(gets),
+        requests_per_s=(len(creates) + len(gets)) / wall,
         tasks_per_s=tasks / wall,
     )
     return {"figures": figures, **problems}
@@ -196,7 +208,9 @@ def check(data_dir: Path, people: list[Client], posts: list[dict], metrics: str)
     if set(videos) - ids:
         problems.append(f"videos on disk for tasks nobody created: {sorted(set(videos) - ids)[:5]}")
     partial = [str(p) for p in data_dir.rglob("*") if p.name.startswith((".part-", "job-"))]
-    finished = sum(float(v) for v in re.findall(r'^opendance_tasks_finished_total\{[^}]*raw_status="COMPLETED"[^}]*\} (\S+)', metrics, re.M))
+    finished = sum(
+        float(v) for v in re.findall(r'^opendance_tasks_finished_total\{[^}]*raw_status="COMPLETED"[^}]*\} (\S+)', metrics, re.M)
+    )
     if finished != len(ids):
         problems.append(f"the server counted {finished:g} completions for {len(ids)} tasks")
     duplicated = (len(created) - len(ids)) + sum(n - 1 for n in completed_posts.values() if n > 1) + (len(rows) - len(ids))

@@ -52,8 +52,18 @@ CASES = [(res, mode) for res in ("480p", "720p") for mode in (Mode.TEXT_TO_VIDEO
 
 def _job(mode: Mode, resolution: str) -> tuple[Job, Inputs]:
     width, height = OUTPUT_SIZES[resolution]["16:9"]
-    job = Job(task_id="bench", model="bench", mode=mode, prompt=PROMPT, width=width, height=height,
-              fps=FPS, duration=DURATION, seed=1, engine={"engine": "preview"})
+    job = Job(
+        task_id="bench",
+        model="bench",
+        mode=mode,
+        prompt=PROMPT,
+        width=width,
+        height=height,
+        fps=FPS,
+        duration=DURATION,
+        seed=1,
+        engine={"engine": "preview"},
+    )
     inputs = Inputs(image=gradient_image(1024, 768, seed=1)) if mode is Mode.IMAGE_TO_VIDEO else Inputs()
     return job, inputs
 
@@ -148,17 +158,21 @@ def main() -> None:
     load_after = os.getloadavg()[0]
 
     n = DURATION * FPS
-    print(f"Preview engine, {DURATION} s at {FPS} fps (16:9, seed 1), frames + encode to MP4, {args.rounds} interleaved "
-          f"rounds; {cpus} CPU(s) usable, {platform.processor() or platform.machine()}, Python {sys.version.split()[0]}, "
-          f"load average {load_before:.1f} -> {load_after:.1f}\n")
+    print(
+        f"Preview engine, {DURATION} s at {FPS} fps (16:9, seed 1), frames + encode to MP4, {args.rounds} interleaved "
+        f"rounds; {cpus} CPU(s) usable, {platform.processor() or platform.machine()}, Python {sys.version.split()[0]}, "
+        f"load average {load_before:.1f} -> {load_after:.1f}\n"
+    )
     print("| case | path | best wall s | output s per wall s | ms per frame | CPU s (best) | MiB | PSNR dB vs today's frames |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c, (res, mode) in enumerate(CASES):
         for name in paths:
             wall, cpu = min(walls[c, name]), min(cpus_used[c, name])
             size, psnr = qualities[c][name]
-            print(f"| {res} {mode.value} | {name} | {wall:.2f} | {DURATION / wall:.1f} | {wall / n * 1000:.1f} | {cpu:.2f} "
-                  f"| {size / 2**20:.3f} | {psnr:.2f} |")
+            print(
+                f"| {res} {mode.value} | {name} | {wall:.2f} | {DURATION / wall:.1f} | {wall / n * 1000:.1f} | {cpu:.2f} "
+                f"| {size / 2**20:.3f} | {psnr:.2f} |"
+            )
     if len(paths) == 2:
         print("\n| case | speed-up, best vs best | speed-up, median of rounds | CPU time ratio | size new / today |")
         print("| --- | ---: | ---: | ---: | ---: |")

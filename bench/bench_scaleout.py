@@ -115,13 +115,20 @@ def main() -> None:
         upgrade(store.engine)
         store.close()
         env = cluster_env(
-            pg.url, temporal, s3, temporal_heartbeat_timeout=str(args.heartbeat), temporal_retry_interval="0.5",
-            checkpoint_every=str(args.checkpoint_every), log_level="warning",
+            pg.url,
+            temporal,
+            s3,
+            temporal_heartbeat_timeout=str(args.heartbeat),
+            temporal_retry_interval="0.5",
+            checkpoint_every=str(args.checkpoint_every),
+            log_level="warning",
         )
         cluster = Cluster(root / "cluster", env, config, models=["fixed", "victim"], apis=1, workers=1).start()
         try:
             engine_s = args.steps * args.step_seconds
-            print(f"fixed task: {args.steps} steps x {args.step_seconds}s = {engine_s:.1f}s of engine, then 40 frames at 864x480 encoded and stored")
+            print(
+                f"fixed task: {args.steps} steps x {args.step_seconds}s = {engine_s:.1f}s of engine, then 40 frames at 864x480 encoded and stored"
+            )
             rates: dict[int, float] = {}
             for n in (1, 2, 4):
                 while len(cluster.workers) < n:
@@ -136,15 +143,19 @@ def main() -> None:
                 cluster.workers.pop().stop()
             rng = random.Random(1)
             kills = [one_kill(cluster, records, rng) for _ in range(args.kills)]
-            print(f"\nSIGKILL of the worker running a task ({args.kills} times; heartbeat timeout {args.heartbeat:g}s, "
-                  f"checkpoint every {args.checkpoint_every} steps of 0.2s, retry after 0.5s):")
+            print(
+                f"\nSIGKILL of the worker running a task ({args.kills} times; heartbeat timeout {args.heartbeat:g}s, "
+                f"checkpoint every {args.checkpoint_every} steps of 0.2s, retry after 0.5s):"
+            )
             print("\n| kill | killed after step | resumed from step | steps lost | kill -> running again (s) |")
             print("| ---: | ---: | ---: | ---: | ---: |")
             for i, (seconds, lost, reached, resumed) in enumerate(kills, 1):
                 print(f"| {i} | {reached} | {resumed} | {lost} | {seconds:.1f} |")
             secs = [k[0] for k in kills]
-            print(f"\nrecovery: median {statistics.median(secs):.1f}s, max {max(secs):.1f}s; "
-                  f"steps lost: max {max(k[1] for k in kills)} (bound: {args.checkpoint_every})")
+            print(
+                f"\nrecovery: median {statistics.median(secs):.1f}s, max {max(secs):.1f}s; "
+                f"steps lost: max {max(k[1] for k in kills)} (bound: {args.checkpoint_every})"
+            )
         finally:
             cluster.stop()
     if args.keep:

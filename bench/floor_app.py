@@ -58,14 +58,22 @@ def create_app(path: Path) -> FastAPI:
         page = rows[:limit]
         first, last = (json.dumps(page[0][0]), json.dumps(page[-1][0])) if page else ("null", "null")
         more = "true" if len(rows) > limit else "false"
-        body = f'{{"object":"list","data":[{",".join(r[1] for r in page)}],"first_id":{first},"last_id":{last},"has_more":{more}}}'
+        body = (
+            f'{{"object":"list","data":[{",".join(r[1] for r in page)}],"first_id":{first},"last_id":{last},"has_more":{more}}}'
+        )
         return Response(body, media_type=JSON)
 
     @app.post("/v1/video/generations")
     async def create_task(request: Request) -> Response:
         body = json.loads(await request.body())
-        task = {"id": f"cgt-{secrets.token_hex(12)}", "object": "video.generation.job", "model": body.get("model"),
-                "status": "queued", "progress": 0, "created_at": int(time.time())}
+        task = {
+            "id": f"cgt-{secrets.token_hex(12)}",
+            "object": "video.generation.job",
+            "model": body.get("model"),
+            "status": "queued",
+            "progress": 0,
+            "created_at": int(time.time()),
+        }
         text = json.dumps(task, separators=(",", ":"))
         db.execute("INSERT INTO tasks (id, body) VALUES (?, ?)", (task["id"], text))
         return Response(text, media_type=JSON)

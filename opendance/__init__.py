@@ -6,7 +6,7 @@ package loads httpx only: never FastAPI, torch or the server.
 
 __version__ = "0.1.0"
 
-from .client import (  # noqa: E402 - after __version__, which the client reads
+from .client import (
     AsyncClient,
     AuthenticationError,
     BadRequestError,

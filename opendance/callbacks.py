@@ -75,9 +75,7 @@ class FairSlots:
 
     def _free_for(self, key: tuple[str, str]) -> bool:
         return (
-            self.busy < self.total
-            and self.held.get(key[0], 0) < self.per_owner
-            and self._flow_held.get(key, 0) < self.per_flow
+            self.busy < self.total and self.held.get(key[0], 0) < self.per_owner and self._flow_held.get(key, 0) < self.per_flow
         )
 
     def _take(self, key: tuple[str, str]) -> None:
@@ -108,8 +106,9 @@ class FairSlots:
 
 
 class CallbackSender:
-    def __init__(self, fetcher: SafeFetcher, attempts: int, timeout: float, backoff: float = 1.0,
-                 settled: Settled | None = None) -> None:
+    def __init__(
+        self, fetcher: SafeFetcher, attempts: int, timeout: float, backoff: float = 1.0, settled: Settled | None = None
+    ) -> None:
         self.fetcher = fetcher
         self.attempts = attempts
         self.timeout = timeout
@@ -144,7 +143,7 @@ class CallbackSender:
                 if self.settled is not None:
                     try:
                         await self.settled(task_id, raw_status)
-                    except Exception:  # noqa: BLE001 - left pending: sent again after a restart
+                    except Exception:
                         log.exception("could not record the callback of %s (%s) as sent", task_id, raw_status)
         finally:
             self._workers.pop(task_id, None)
@@ -166,9 +165,16 @@ class CallbackSender:
                     self.delivered += 1
                     return
                 reason = f"HTTP {status}"
-            except Exception as exc:  # noqa: BLE001 - any failure is retried, then logged
+            except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            log.warning("callback for %s (%s) attempt %d/%d failed: %s", payload.get("id"), payload.get("status"), attempt, self.attempts, reason)
+            log.warning(
+                "callback for %s (%s) attempt %d/%d failed: %s",
+                payload.get("id"),
+                payload.get("status"),
+                attempt,
+                self.attempts,
+                reason,
+            )
             if attempt < self.attempts:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
         self.failed += 1

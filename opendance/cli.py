@@ -147,8 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run Temporal activities of some models on this machine (runner=temporal)")
     worker.add_argument("--models", dest="worker_models", nargs="+", metavar="NAME", help="models to serve (one task queue each)")
     worker.add_argument("--devices", help="comma-separated devices, one engine process each (default cpu)")
-    worker.add_argument("--slots", dest="worker_slots", type=int,
-                        help="tasks at once per model (default: its executor's: a device group each, cpu_slots, relay_concurrency)")
+    worker.add_argument(
+        "--slots",
+        dest="worker_slots",
+        type=int,
+        help="tasks at once per model (default: its executor's: a device group each, cpu_slots, relay_concurrency)",
+    )
     worker.add_argument("--data-dir", dest="data_dir", type=Path, help="scratch folder for encoding (default ./opendance-data)")
     worker.add_argument("--config", type=Path, help="models TOML file (the same as the API servers')")
     worker.add_argument("--storage", choices=["local", "s3"], help="where videos are stored (default local)")

@@ -40,7 +40,7 @@ def _keys(args: argparse.Namespace) -> Iterator:
 
 
 def _when(ts: float | None) -> str:
-    return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
@@ -51,8 +51,13 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
 
 def cmd_create(args: argparse.Namespace) -> int:
     with _keys(args) as keys:
-        key, plain = keys.create(args.name, max_concurrent=args.max_concurrent, seconds_per_day=args.seconds_per_day,
-                                 models=args.models, admin=args.admin)
+        key, plain = keys.create(
+            args.name,
+            max_concurrent=args.max_concurrent,
+            seconds_per_day=args.seconds_per_day,
+            models=args.models,
+            admin=args.admin,
+        )
     print(plain)
     print(f"key {key.name!r} created; it is shown only this once (the server keeps its hash)", file=sys.stderr)
     return 0
@@ -62,12 +67,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     with _keys(args) as keys:
         rows = keys.list(time.time())
     header = ["NAME", "KEY", "CREATED", "LAST USED", "ADMIN", "MAX CONCURRENT", "SECONDS/DAY", "MODELS", "TODAY", "REVOKED"]
-    print(_table(header, [
-        [k.name, k.hint + "...", _when(k.created_at), _when(k.last_used_at), "yes" if k.admin else "no",
-         k.max_concurrent or "-", k.seconds_per_day or "-", ",".join(k.models) if k.models else "all", f"{today} s",
-         _when(k.revoked_at)]
-        for k, today in rows
-    ]))
+    print(
+        _table(
+            header,
+            [
+                [
+                    k.name,
+                    k.hint + "...",
+                    _when(k.created_at),
+                    _when(k.last_used_at),
+                    "yes" if k.admin else "no",
+                    k.max_concurrent or "-",
+                    k.seconds_per_day or "-",
+                    ",".join(k.models) if k.models else "all",
+                    f"{today} s",
+                    _when(k.revoked_at),
+                ]
+                for k, today in rows
+            ],
+        )
+    )
     return 0
 
 
@@ -82,15 +101,22 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from .api.keys_protocol import usage_item
     from .keys import day_range
 
-    first, last = day_range(args.start, args.end, dt.datetime.now(dt.timezone.utc).date())
+    first, last = day_range(args.start, args.end, dt.datetime.now(dt.UTC).date())
     with _keys(args) as keys:
         owner = keys.owner_named(args.key) if args.key else None
         names = keys.names()
         rows = keys.usage(owner, first, last)
     items = [usage_item(r, names.get(r.owner, "(env key)" if r.owner else "(open)")) for r in rows]
     header = ["DATE", "KEY", "MODEL", "VIDEO SECONDS", "COMPLETED", "FAILED", "CANCELLED", "EXPIRED"]
-    print(_table(header, [[i["date"], i["key"], i["model"], i["video_seconds"], i["completed"], i["failed"], i["cancelled"],
-                           i["expired"]] for i in items]))
+    print(
+        _table(
+            header,
+            [
+                [i["date"], i["key"], i["model"], i["video_seconds"], i["completed"], i["failed"], i["cancelled"], i["expired"]]
+                for i in items
+            ],
+        )
+    )
     return 0
 
 

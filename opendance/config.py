@@ -102,7 +102,7 @@ def load_models(path: Path | None) -> dict[str, ModelConfig]:
             try:
                 mode = Mode(mode_name)
             except ValueError:
-                raise ValueError(f"models.{name}.modes: unknown mode {mode_name!r}; one of {[m.value for m in Mode]}")
+                raise ValueError(f"models.{name}.modes: unknown mode {mode_name!r}; one of {[m.value for m in Mode]}") from None
             modes[mode] = EngineSpec(**{**(default or {}), **spec})
         if not modes:
             raise ValueError(f"models.{name}: no modes configured (add a [default] or [modes.*] table)")
@@ -148,12 +148,16 @@ class Settings(BaseSettings):
     relay_breaker_cooldown: float = Field(30.0, gt=0, description="seconds a failing relay channel is skipped")
 
     header_timeout: float = Field(
-        10.0, ge=0, description="seconds a client has to send a request's line and headers, from connecting or from the end "
+        10.0,
+        ge=0,
+        description="seconds a client has to send a request's line and headers, from connecting or from the end "
         "of the previous response; then 408 and the connection is closed; 0 = no deadline",
     )
     keep_alive_timeout: float = Field(5.0, gt=0, description="seconds an idle kept-alive connection stays open")
     max_connections: int = Field(
-        1000, ge=0, description="open HTTP connections at once; one more is answered 503 and closed; 0 = no cap "
+        1000,
+        ge=0,
+        description="open HTTP connections at once; one more is answered 503 and closed; 0 = no cap "
         "(keep it below the open-files limit, ulimit -n)",
     )
     max_body_bytes: int = Field(64 * MiB, description="largest request body; larger is a 413")
@@ -161,11 +165,15 @@ class Settings(BaseSettings):
     video_max_bytes: int = Field(200 * MiB, description="byte cap per video")
     audio_max_bytes: int = Field(15 * MiB, description="byte cap per audio")
     media_inflight_bytes: int = Field(
-        2 * 1024 * MiB, ge=0, description="media bytes all creates under way may hold at once (spooled to disk while "
+        2 * 1024 * MiB,
+        ge=0,
+        description="media bytes all creates under way may hold at once (spooled to disk while "
         "fetched); a create that does not fit waits up to media_wait s, then is a 503; 0 = no limit",
     )
     decode_budget_bytes: int = Field(
-        512 * MiB, ge=0, description="memory all decodes of media at create time may take at once, counted from the "
+        512 * MiB,
+        ge=0,
+        description="memory all decodes of media at create time may take at once, counted from the "
         "headers before decoding (4 bytes a pixel for images); more waits up to media_wait s, then is a 503; 0 = no limit",
     )
     media_threads: int = Field(0, ge=0, description="threads that decode and probe media at create time; 0 = min(4, cores)")
@@ -173,7 +181,9 @@ class Settings(BaseSettings):
         10.0, ge=0, description="seconds a create may wait for room in the media budgets before it is refused (503)"
     )
     max_input_bytes_per_key: int = Field(
-        10 * 1024 * MiB, ge=0, description="bytes of inputs (images, videos, audios) one API key's tasks may keep "
+        10 * 1024 * MiB,
+        ge=0,
+        description="bytes of inputs (images, videos, audios) one API key's tasks may keep "
         "stored; a create past it is a 429; 0 = no limit",
     )
     fetch_connect_timeout: float = Field(10.0, description="seconds to connect to a media host")
@@ -239,10 +249,14 @@ class Settings(BaseSettings):
     temporal_reconcile_interval: float = Field(
         60.0, gt=0, description="seconds between checks that every unfinished task in the store has a workflow"
     )
-    worker_models: CommaList = Field(default_factory=list, description="models an 'opendance worker' serves (one task queue each)")
+    worker_models: CommaList = Field(
+        default_factory=list, description="models an 'opendance worker' serves (one task queue each)"
+    )
     worker_slots: int | None = Field(
-        None, ge=1, description="tasks an 'opendance worker' runs at once per model queue; default what the model's executor has "
-        "(one per device group, cpu_slots for preview, relay_concurrency for relays)"
+        None,
+        ge=1,
+        description="tasks an 'opendance worker' runs at once per model queue; default what the model's executor has "
+        "(one per device group, cpu_slots for preview, relay_concurrency for relays)",
     )
 
     @field_validator("api_keys", "allow_hosts", "devices", "worker_models", mode="before")

@@ -16,7 +16,9 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", type=Path, default=Path("./opendance-cluster"), help="state of every server (default ./opendance-cluster)")
+    p.add_argument(
+        "--dir", type=Path, default=Path("./opendance-cluster"), help="state of every server (default ./opendance-cluster)"
+    )
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--api-port", type=int, default=8000, help="first API server's port; the second uses the next one")
     p.add_argument("--config", type=Path, help="models TOML file (default: the seed names on the preview engine)")
@@ -101,7 +103,7 @@ def _summary(root, pg, temporal, s3, apis, workers, models) -> str:
         f"  state + logs  {root}",
         "",
         f"  curl -s {apis[0].url}/v1/video/generations -H 'Content-Type: application/json' \\",
-        f"       -d '{{\"model\": \"{models[0]}\", \"prompt\": \"a lighthouse at dusk\"}}'",
+        f'       -d \'{{"model": "{models[0]}", "prompt": "a lighthouse at dusk"}}\'',
         f"  curl -s {apis[1].url}/v1/video/generations/<id>      # the other server sees the same task",
     ]
     return "\n".join(lines)

@@ -89,12 +89,14 @@ def day_range(start: str | None, end: str | None, today: dt.date) -> tuple[dt.da
     if last < first:
         raise InvalidRequest(f"to ({last}) is before from ({first})", param="to")
     if (last - first).days >= MAX_USAGE_DAYS:
-        raise InvalidRequest(f"at most {MAX_USAGE_DAYS} days at once; from {first} to {last} is {(last - first).days + 1}", param="from")
+        raise InvalidRequest(
+            f"at most {MAX_USAGE_DAYS} days at once; from {first} to {last} is {(last - first).days + 1}", param="from"
+        )
     return first, last
 
 
 def _epoch(day: dt.date) -> float:
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
 
 
 class KeyService:
@@ -125,11 +127,13 @@ class KeyService:
         key = new_key()
         digest = hash_key(key)
         try:
-            row = self.store.add(name=name, key_hash=digest, owner=digest[:32], hint=key[:HINT_LENGTH], admin=admin,
-                                 models=allowed, **limits)
+            row = self.store.add(
+                name=name, key_hash=digest, owner=digest[:32], hint=key[:HINT_LENGTH], admin=admin, models=allowed, **limits
+            )
         except DuplicateKeyName:
-            raise InvalidRequest(f"a key named {name!r} exists (names are never reused, revoked keys' too)", param="name",
-                                 code="duplicate_name") from None
+            raise InvalidRequest(
+                f"a key named {name!r} exists (names are never reused, revoked keys' too)", param="name", code="duplicate_name"
+            ) from None
         return row, key
 
     def _models(self, models: object) -> list[str] | None:
@@ -141,8 +145,9 @@ class KeyService:
             raise InvalidRequest("models must be a non-empty list of model names", param="models", code="invalid_type")
         unknown = [m for m in models if m not in self.models]
         if unknown:
-            raise InvalidRequest(f"models: {', '.join(map(repr, unknown))} not configured; one of: {', '.join(self.models)}",
-                                 param="models")
+            raise InvalidRequest(
+                f"models: {', '.join(map(repr, unknown))} not configured; one of: {', '.join(self.models)}", param="models"
+            )
         return sorted(set(models))
 
     def list(self, now: float) -> list[tuple[ApiKey, int]]:

@@ -29,26 +29,40 @@ class Metrics:
             registry=r,
         )
         self.created = Counter("opendance_tasks_created", "tasks created", ["model", "mode"], registry=r)
-        self.finished = Counter("opendance_tasks_finished", "tasks that reached a final state", ["model", "raw_status"], registry=r)
+        self.finished = Counter(
+            "opendance_tasks_finished", "tasks that reached a final state", ["model", "raw_status"], registry=r
+        )
         self.task_seconds = Histogram(
-            "opendance_task_seconds", "wall time from start to completion", ["model"],
-            buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600), registry=r,
+            "opendance_task_seconds",
+            "wall time from start to completion",
+            ["model"],
+            buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
         )
         self.engine_seconds = Histogram(
-            "opendance_engine_seconds", "engine time per completed task", ["model"],
-            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=r,
+            "opendance_engine_seconds",
+            "engine time per completed task",
+            ["model"],
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
         )
         self.model_load = Gauge("opendance_model_load_seconds", "time the last load of an engine took", ["engine"], registry=r)
         self.model_loads = Counter("opendance_model_loads", "engine loads by workers", ["engine"], registry=r)
-        self.relay_requests = Counter("opendance_relay_requests", "requests to upstream relay channels", ["channel", "op"],
-                                      registry=r)
+        self.relay_requests = Counter(
+            "opendance_relay_requests", "requests to upstream relay channels", ["channel", "op"], registry=r
+        )
         self.relay_failures = Counter(
-            "opendance_relay_failures", "upstream requests that failed as outages do (network, timeout, 429, 5xx)",
-            ["channel", "op"], registry=r,
+            "opendance_relay_failures",
+            "upstream requests that failed as outages do (network, timeout, 429, 5xx)",
+            ["channel", "op"],
+            registry=r,
         )
         self.relay_seconds = Histogram(
-            "opendance_relay_request_seconds", "latency of upstream requests", ["channel", "op"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
+            "opendance_relay_request_seconds",
+            "latency of upstream requests",
+            ["channel", "op"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
         )
 
     def add_collector(self, collect) -> None:
@@ -98,11 +112,13 @@ class Metrics:
             "opendance_workers_alive": ("worker processes alive", {(): health.get("workers_alive", 0)}, []),
             "opendance_relay_channel_open": (
                 "1 while a relay channel is skipped for its cool-down (circuit breaker open)",
-                {(name, ): 1 if c["state"] == "open" else 0 for name, c in channels.items()}, ["channel"],
+                {(name,): 1 if c["state"] == "open" else 0 for name, c in channels.items()},
+                ["channel"],
             ),
             "opendance_relay_channel_failures_in_a_row": (
                 "failed requests in a row of a relay channel",
-                {(name, ): c["failures_in_a_row"] for name, c in channels.items()}, ["channel"],
+                {(name,): c["failures_in_a_row"] for name, c in channels.items()},
+                ["channel"],
             ),
         }
 

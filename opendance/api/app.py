@@ -74,7 +74,9 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         metrics = app.state.metrics
         fetcher = SafeFetcher.from_settings(settings, resolver=resolver)
         callbacks = CallbackSender(
-            fetcher, settings.callback_attempts, settings.callback_timeout,
+            fetcher,
+            settings.callback_attempts,
+            settings.callback_timeout,
             settled=lambda task_id, raw_status: asyncio.to_thread(store.callback_settled, task_id, raw_status),
         )
         signer = UrlSigner(await asyncio.to_thread(store.meta_secret, "url_signing_secret"))
@@ -90,7 +92,15 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         runner.add_listener(metrics.task_changed)
         runner.add_observer(metrics.observe)
         service = TaskService(
-            settings, models, store, storage, runner, fetcher, callbacks, signer, metrics,
+            settings,
+            models,
+            store,
+            storage,
+            runner,
+            fetcher,
+            callbacks,
+            signer,
+            metrics,
             signed_urls=lambda: auth.closed,
             quotas=KeyQuotas(keys),
             admission=QueueAdmission(
@@ -123,7 +133,13 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
                 settings.host,
                 settings.port,
             )
-        log.info("opendance %s ready: %s runner, %s storage, models: %s", __version__, settings.runner, settings.storage, ", ".join(models))
+        log.info(
+            "opendance %s ready: %s runner, %s storage, models: %s",
+            __version__,
+            settings.runner,
+            settings.storage,
+            ", ".join(models),
+        )
         try:
             yield
         finally:
@@ -155,7 +171,7 @@ async def _sweep_leftovers(service: TaskService) -> None:
     """Once at start, in the background: what a killed process left in storage."""
     try:
         await service.sweep_leftovers()
-    except Exception:  # noqa: BLE001 - a failed sweep only leaves the files for the next start
+    except Exception:
         log.exception("sweeping leftovers of killed processes failed")
 
 
@@ -163,7 +179,7 @@ async def _sweep_forever(service: TaskService, every: float = 600.0) -> None:
     while True:
         try:
             await service.sweep_retention()
-        except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
+        except Exception:
             log.exception("retention sweep failed")
         await asyncio.sleep(min(every, max(1.0, service.settings.retention_hours * 3600 / 10)))
 
@@ -173,7 +189,7 @@ async def _expire_forever(service: TaskService, every: float = 1.0) -> None:
     while True:
         try:
             await service.expire_due()
-        except Exception:  # noqa: BLE001 - tried again at the next interval
+        except Exception:
             log.exception("expiring tasks failed")
         await asyncio.sleep(every)
 
@@ -184,7 +200,7 @@ async def _resend_callbacks_forever(service: TaskService, first: float, every: f
         try:
             if sent := await service.resend_due_callbacks(changed_before):
                 log.info("sent %d callbacks left pending by a server that stopped", sent)
-        except Exception:  # noqa: BLE001 - tried again at the next interval
+        except Exception:
             log.exception("resending pending callbacks failed")
         await asyncio.sleep(every)
         # Later rounds: changes whose delivery has had every attempt's time and is still marked.
@@ -234,7 +250,7 @@ def _add_health_routes(app: FastAPI) -> None:
                 try:
                     await asyncio.to_thread(check)
                     checks[name] = "ok"
-                except Exception as exc:  # noqa: BLE001 - readiness reports any failure
+                except Exception as exc:
                     checks[name] = f"failed: {type(exc).__name__}: {exc}"
                     ok = False
             runner = service.runner.health()

@@ -15,9 +15,7 @@ from .routes import CallerDep, Owner, Service, base_url, read_json
 
 router = APIRouter(tags=["Ark content generation"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ArkErrorResponse} for code in (400, 401, 404, 409, 413, 429, 500, 503)
-}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ArkErrorResponse} for code in (400, 401, 404, 409, 413, 429, 500, 503)}
 
 
 def get_ark(service: Service) -> ArkService:
@@ -58,8 +56,16 @@ async def list_tasks(
     model: Annotated[str | None, Query(alias="filter.model")] = None,
     service_tier: Annotated[str | None, Query(alias="filter.service_tier")] = None,
 ) -> JSONResponse:
-    page = await ark.page(owner, page_num=page_num, page_size=page_size, status=status, task_ids=task_ids or [],
-                          model=model, service_tier=service_tier, base_url=base_url(request))
+    page = await ark.page(
+        owner,
+        page_num=page_num,
+        page_size=page_size,
+        status=status,
+        task_ids=task_ids or [],
+        model=model,
+        service_tier=service_tier,
+        base_url=base_url(request),
+    )
     return JSONResponse(page)
 
 
@@ -68,7 +74,9 @@ async def get_task(task_id: str, request: Request, ark: Ark, owner: Owner) -> JS
     return JSONResponse(ark.render(await ark.get(task_id, owner), base_url(request)))
 
 
-@router.delete(TASKS + "/{task_id}", responses={200: {"description": "cancelled (queued, running) or deleted (finished)"}, **ERRORS})
+@router.delete(
+    TASKS + "/{task_id}", responses={200: {"description": "cancelled (queued, running) or deleted (finished)"}, **ERRORS}
+)
 async def delete_task(task_id: str, ark: Ark, owner: Owner) -> JSONResponse:
     await ark.delete(task_id, owner)
     return JSONResponse({})

@@ -73,8 +73,11 @@ def translate(body: Any, resolutions: dict[str, str]) -> Translated:
     resolution = body.get("resolution")
     if resolution is not None and isinstance(model, str) and model in resolutions:
         if resolution != resolutions[model]:
-            raise _bad("resolution", f"the model {model!r} makes {resolutions[model]} videos; resolution must be "
-                                     f"{resolutions[model]} or omitted, not {resolution!r}")
+            raise _bad(
+                "resolution",
+                f"the model {model!r} makes {resolutions[model]} videos; resolution must be "
+                f"{resolutions[model]} or omitted, not {resolution!r}",
+            )
     ratio = body.get("ratio")
     if ratio is not None and ratio not in RATIOS:
         raise _bad("ratio", f"ratio must be one of {', '.join(RATIOS)}; got {ratio!r}")
@@ -112,8 +115,11 @@ def _content(content: Any, out: Translated) -> None:
             out.names["prompt"] = f"{where}.text"
             continue
         if not isinstance(kind, str) or kind not in ROLES:
-            raise _bad(f"{where}.type", f"{where}.type must be text, image_url, video_url or audio_url; got {kind!r}",
-                       "unsupported_value")
+            raise _bad(
+                f"{where}.type",
+                f"{where}.type must be text, image_url, video_url or audio_url; got {kind!r}",
+                "unsupported_value",
+            )
         media = item.get(kind)
         url = media.get("url") if isinstance(media, dict) else None
         if not isinstance(url, str):
@@ -183,8 +189,18 @@ class ArkService:
     async def get(self, task_id: str, owner: str) -> Task:
         return await self.tasks.get(task_id, owner)
 
-    async def page(self, owner: str, *, page_num: Any, page_size: Any, status: str | None, task_ids: list[str],
-                   model: str | None, service_tier: str | None, base_url: str | None = None) -> dict[str, Any]:
+    async def page(
+        self,
+        owner: str,
+        *,
+        page_num: Any,
+        page_size: Any,
+        status: str | None,
+        task_ids: list[str],
+        model: str | None,
+        service_tier: str | None,
+        base_url: str | None = None,
+    ) -> dict[str, Any]:
         num = _int("page_num", page_num, 1)
         size = _int("page_size", page_size, 10)
         raw = None
@@ -196,12 +212,20 @@ class ArkService:
             raise _bad("filter.task_ids", f"filter.task_ids may name at most {MAX_TASK_IDS} tasks; got {len(task_ids)}")
         for i, task_id in enumerate(task_ids):
             if not TASK_ID.match(task_id):
-                raise _bad(f"filter.task_ids[{i}]", f"filter.task_ids[{i}] is not a task id (task_ and 32 letters, digits, - or _): "
-                                                    f"{task_id[:60]!r}")
+                raise _bad(
+                    f"filter.task_ids[{i}]",
+                    f"filter.task_ids[{i}] is not a task id (task_ and 32 letters, digits, - or _): {task_id[:60]!r}",
+                )
         if service_tier is not None and service_tier not in ("default", "flex"):
             raise _bad("filter.service_tier", f"filter.service_tier must be default or flex; got {service_tier!r}")
         tasks, total = await asyncio.to_thread(
-            self.tasks.store.search, owner, offset=(num - 1) * size, limit=size, raw_status=raw, ids=task_ids, model=model,
+            self.tasks.store.search,
+            owner,
+            offset=(num - 1) * size,
+            limit=size,
+            raw_status=raw,
+            ids=task_ids,
+            model=model,
             service_tier=service_tier,
         )
         return {"total": total, "items": self.tasks.render_each(tasks, lambda t: self.render(t, base_url))}

@@ -81,8 +81,13 @@ def key_info(key: ApiKey, seconds_today: int | None = None) -> dict[str, Any]:
 
 def usage_item(row: UsageRow, key: str | None = None) -> dict[str, Any]:
     item = {
-        "date": row.day, "model": row.model, "video_seconds": row.video_seconds,
-        "completed": row.completed, "failed": row.failed, "cancelled": row.cancelled, "expired": row.expired,
+        "date": row.day,
+        "model": row.model,
+        "video_seconds": row.video_seconds,
+        "completed": row.completed,
+        "failed": row.failed,
+        "cancelled": row.cancelled,
+        "expired": row.expired,
     }
     if key is not None:
         item["key"] = key

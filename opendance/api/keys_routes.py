@@ -38,7 +38,9 @@ def require_admin(caller: CallerDep) -> Caller:
 
 Keys = Annotated[KeyService, Depends(get_keys)]
 Admin = Annotated[Caller, Depends(require_admin)]
-CREATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": CreateKeyRequest.model_json_schema()}}}}
+CREATE_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": CreateKeyRequest.model_json_schema()}}}
+}
 
 
 @router.post("/v1/admin/keys", responses={200: {"model": NewKey}, **ERRORS}, openapi_extra=CREATE_BODY)
@@ -47,8 +49,12 @@ async def create_key(request: Request, keys: Keys, admin: Admin) -> JSONResponse
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_body")
     key, plain = await asyncio.to_thread(
-        keys.create, body.get("name"), max_concurrent=body.get("max_concurrent"), seconds_per_day=body.get("seconds_per_day"),
-        models=body.get("models"), admin=body.get("admin", False),
+        keys.create,
+        body.get("name"),
+        max_concurrent=body.get("max_concurrent"),
+        seconds_per_day=body.get("seconds_per_day"),
+        models=body.get("models"),
+        admin=body.get("admin", False),
     )
     return JSONResponse({**key_info(key, 0), "key": plain})
 
@@ -73,12 +79,13 @@ async def usage(
     key: str | None = None,
 ) -> JSONResponse:
     """The caller's usage per UTC day and model; an admin may name any key (``key``)."""
-    first, last = day_range(start, end, dt.datetime.now(dt.timezone.utc).date())
+    first, last = day_range(start, end, dt.datetime.now(dt.UTC).date())
     owner, name = caller.owner, caller.name
     if key is not None and key != caller.name:
         if not caller.admin:
             raise PermissionDenied("only an admin key may read another key's usage", param="key", code="admin_required")
         owner, name = await asyncio.to_thread(keys.owner_named, key), key
     rows = await asyncio.to_thread(keys.usage, owner, first, last)
-    return JSONResponse({"object": "usage", "key": name, "from": first.isoformat(), "to": last.isoformat(),
-                         "data": [usage_item(r) for r in rows]})
+    return JSONResponse(
+        {"object": "usage", "key": name, "from": first.isoformat(), "to": last.isoformat(), "data": [usage_item(r) for r in rows]}
+    )

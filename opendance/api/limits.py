@@ -72,8 +72,7 @@ class RateLimiter:
             return
         wait = math.ceil((1.0 - bucket.tokens) / self._rate)
         raise RateLimited(
-            f"too many requests for this API key: at most {self.per_minute} a minute "
-            f"(bursts of {self.burst}); retry in {wait} s",
+            f"too many requests for this API key: at most {self.per_minute} a minute (bursts of {self.burst}); retry in {wait} s",
             code="rate_limited",
             retry_after=max(1, wait),
         )

@@ -136,14 +136,18 @@ def resolve_size(size: Any, model: str | None, models: dict[str, ModelConfig]) -
         aspect = sizes_of(config).get(wanted)
         if aspect is None:
             can = ", ".join(sizes_of(config))
-            raise InvalidRequest(f"the model {model!r} cannot make {wanted}; its sizes are {can}", param="size", code="unsupported_size")
+            raise InvalidRequest(
+                f"the model {model!r} cannot make {wanted}; its sizes are {can}", param="size", code="unsupported_size"
+            )
         return model, aspect
     for config in models.values():
         aspect = sizes_of(config).get(wanted)
         if aspect is not None:
             return config.name, aspect
     every = sorted({s for config in models.values() for s in sizes_of(config)})
-    raise InvalidRequest(f"no configured model makes {wanted}; the sizes made here are {', '.join(every)}", param="size", code="unsupported_size")
+    raise InvalidRequest(
+        f"no configured model makes {wanted}; the sizes made here are {', '.join(every)}", param="size", code="unsupported_size"
+    )
 
 
 def video_object(task: Task) -> dict[str, Any]:

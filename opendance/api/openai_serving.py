@@ -179,7 +179,9 @@ def _reference(fields: dict[str, Any], upload: Upload | None) -> str | None:
         if ref is None:
             raise InvalidRequest("input_reference must hold an image_url", param="input_reference", code="missing_field")
     if ref is not None and not isinstance(ref, str):
-        raise InvalidRequest("input_reference must be a file, a URL or {\"image_url\": ...}", param="input_reference", code="invalid_type")
+        raise InvalidRequest(
+            'input_reference must be a file, a URL or {"image_url": ...}', param="input_reference", code="invalid_type"
+        )
     return ref
 
 

@@ -84,7 +84,9 @@ class CreateVideoRequest(BaseModel):
         None, description="1-3 reference audios (WAV/MP3/AAC/M4A), each 2-15 s, together <= 15 s"
     )
     duration: Duration = Field(None, description="5-15 seconds (default 5)")
-    aspect_ratio: Literal["16:9", "1:1", "9:16"] | None = Field(None, description="default 16:9 for text, else nearest to the first image")
+    aspect_ratio: Literal["16:9", "1:1", "9:16"] | None = Field(
+        None, description="default 16:9 for text, else nearest to the first image"
+    )
     extra_body: Annotated[dict[str, Any] | None, EXTRA_BODY] = Field(
         None,
         description="seed, negative_prompt, generate_audio, watermark, camera_fixed, return_last_frame, callback_url",
@@ -175,7 +177,11 @@ def task_object(task: Task, video_url: str | None, last_frame_url: str | None) -
             result["last_frame_url"] = last_frame_url
     error = None
     if task.status.value == "failed":
-        error = {"code": task.error_code or "failed", "message": task.error_message or "", "type": task.error_type or "server_error"}
+        error = {
+            "code": task.error_code or "failed",
+            "message": task.error_message or "",
+            "type": task.error_type or "server_error",
+        }
     return {
         "id": task.id,
         "task_id": task.id,

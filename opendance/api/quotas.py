@@ -63,7 +63,9 @@ class KeyQuotas:
         async with self._lock:
             now = self._clock()
             mine = {tid: secs for tid, (owner, secs) in self._reserved.items() if owner == caller.owner}
-            unfinished, today = await asyncio.to_thread(self.keys.counts, caller.owner, utc_midnight(now), frozenset(self._reserved))
+            unfinished, today = await asyncio.to_thread(
+                self.keys.counts, caller.owner, utc_midnight(now), frozenset(self._reserved)
+            )
             error = quota_error(caller, unfinished + len(mine), today + sum(mine.values()), seconds, now)
             if error is not None:
                 raise error
@@ -87,7 +89,9 @@ class KeyQuotas:
             now = self._clock()
             # Creates of this process still under way were let in by ``admit``: they count too
             # (this one is among them; it is counted as the new task instead).
-            others = {tid: secs for tid, (owner, secs) in list(self._reserved.items()) if owner == caller.owner and tid != task_id}
+            others = {
+                tid: secs for tid, (owner, secs) in list(self._reserved.items()) if owner == caller.owner and tid != task_id
+            }
             unfinished, today = self.keys.counts(caller.owner, utc_midnight(now), frozenset(self._reserved), session=session)
             error = quota_error(caller, unfinished + len(others), today + sum(others.values()), seconds, now)
             if error is not None:

@@ -21,9 +21,7 @@ from .streaming import RangeFileResponse, stream_response
 
 router = APIRouter()
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 429, 500, 503)
-}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 429, 500, 503)}
 
 
 def get_service(request: Request) -> TaskService:
@@ -79,7 +77,9 @@ async def read_json(request: Request, limit: int) -> Any:
     """The body as JSON, refusing (413) anything over ``limit`` bytes before reading it all."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
-        raise InvalidRequest(f"the body must be JSON (Content-Type: application/json), not {ctype}", code="unsupported_content_type")
+        raise InvalidRequest(
+            f"the body must be JSON (Content-Type: application/json), not {ctype}", code="unsupported_content_type"
+        )
     body = await read_body(request, limit)
     try:
         return json.loads(body, parse_constant=_no_constants)
@@ -103,7 +103,9 @@ CREATE_BODY = {
 
 
 @router.post("/v1/video/generations", responses={200: {"model": TaskObject}, **ERRORS}, openapi_extra=CREATE_BODY)
-@router.post("/v1/videos/generations", responses={200: {"model": TaskObject}, **ERRORS}, openapi_extra=CREATE_BODY, include_in_schema=False)
+@router.post(
+    "/v1/videos/generations", responses={200: {"model": TaskObject}, **ERRORS}, openapi_extra=CREATE_BODY, include_in_schema=False
+)
 async def create_task(
     request: Request,
     service: Service,

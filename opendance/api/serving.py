@@ -114,7 +114,7 @@ class TaskService:
         for task in tasks:
             try:
                 out.append(render(task))
-            except Exception:  # noqa: BLE001 - logged with the task id; the others are still listed
+            except Exception:
                 log.exception("task %s cannot be rendered; left out of the list", task.id)
         return out
 
@@ -252,7 +252,9 @@ class TaskService:
             return "16:9"
         return nearest_aspect_ratio(first.width, first.height)
 
-    def _store_new(self, req: CreateRequest, job: Job, aspect: str, blobs, owner, base_url, idempotency_key, request_hash, row) -> Task:
+    def _store_new(
+        self, req: CreateRequest, job: Job, aspect: str, blobs, owner, base_url, idempotency_key, request_hash, row
+    ) -> Task:
         try:
             for blob in blobs:  # inside the try: a write that fails half-way leaves nothing behind
                 self.storage.put_file(blob.key, blob.path, blob.content_type)
@@ -289,14 +291,18 @@ class TaskService:
             raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")
         return task
 
-    async def list(self, owner: str, *, limit: Any, after: str | None, status: str | None, model: str | None, order: str = "desc"):
+    async def list(
+        self, owner: str, *, limit: Any, after: str | None, status: str | None, model: str | None, order: str = "desc"
+    ):
         limit_n = _int_param("limit", limit, 20, 1, 100)
         status_v = None
         if status is not None:
             try:
                 status_v = Status(status)
             except ValueError:
-                raise InvalidRequest(f"status must be one of {', '.join(s.value for s in Status)}; got {status!r}", param="status")
+                raise InvalidRequest(
+                    f"status must be one of {', '.join(s.value for s in Status)}; got {status!r}", param="status"
+                ) from None
         if order not in ("asc", "desc"):
             raise InvalidRequest(f"order must be asc or desc; got {order!r}", param="order")
         return await asyncio.to_thread(
@@ -312,7 +318,11 @@ class TaskService:
                 self.store.fail, task_id, RawStatus.CANCELLED, "cancelled", "the task was cancelled by the client", "cancelled"
             )
         except IllegalTransition:
-            raise Conflict(f"the task is already {task.status.value} ({task.raw_status.value}); only queued or in_progress tasks can be cancelled", param="task_id", code="task_not_cancellable")
+            raise Conflict(
+                f"the task is already {task.status.value} ({task.raw_status.value}); only queued or in_progress tasks can be cancelled",
+                param="task_id",
+                code="task_not_cancellable",
+            ) from None
         await self.runner.cancel(task_id)
         self.metrics.finished.labels(task.model, RawStatus.CANCELLED.value).inc()
         await self.task_changed(task)
@@ -321,7 +331,9 @@ class TaskService:
     async def delete(self, task_id: str, owner: str) -> None:
         task = await self.get(task_id, owner)
         if not task.status.is_terminal():
-            raise Conflict(f"the task is {task.status.value}; cancel it first, then delete it", param="task_id", code="task_not_finished")
+            raise Conflict(
+                f"the task is {task.status.value}; cancel it first, then delete it", param="task_id", code="task_not_finished"
+            )
         await asyncio.to_thread(self.store.delete, task_id)
         await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{task_id}/")
 
@@ -334,7 +346,10 @@ class TaskService:
             limit = round((task.expires_at or task.created_at) - task.created_at)
             try:
                 task = await asyncio.to_thread(
-                    self.store.fail, task.id, RawStatus.EXPIRED, "expired",
+                    self.store.fail,
+                    task.id,
+                    RawStatus.EXPIRED,
+                    "expired",
                     f"the task did not finish within its execution_expires_after of {limit} s",
                 )
             except (IllegalTransition, KeyError):
@@ -382,7 +397,9 @@ class TaskService:
 
     # -- content -------------------------------------------------------------------------
 
-    async def content(self, task_id: str, owner: str | None, variant: str, token: str | None) -> tuple[Task, LocalFile | Redirect]:
+    async def content(
+        self, task_id: str, owner: str | None, variant: str, token: str | None
+    ) -> tuple[Task, LocalFile | Redirect]:
         """Where the file is. ``owner`` None means: authorised by ``token`` instead of a key."""
         if variant not in VARIANTS:
             raise InvalidRequest(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}", param="variant")
@@ -394,13 +411,21 @@ class TaskService:
         else:
             task = await self.get(task_id, owner)
         if task.raw_status is not RawStatus.COMPLETED:
-            raise Conflict(f"the task is {task.status.value}; its video exists once it is completed", param="task_id", code="task_not_completed")
+            raise Conflict(
+                f"the task is {task.status.value}; its video exists once it is completed",
+                param="task_id",
+                code="task_not_completed",
+            )
         key = task.video_key if variant == "video" else task.last_frame_key
         if key is None:
-            raise NotFound("this task has no last frame (set extra_body.return_last_frame)", param="variant", code="content_not_found")
+            raise NotFound(
+                "this task has no last frame (set extra_body.return_last_frame)", param="variant", code="content_not_found"
+            )
         where = await asyncio.to_thread(self.storage.locate, key)
         if where is None:
-            raise NotFound("the file of this task is gone (retention or manual deletion)", param="task_id", code="content_not_found")
+            raise NotFound(
+                "the file of this task is gone (retention or manual deletion)", param="task_id", code="content_not_found"
+            )
         return task, where
 
 

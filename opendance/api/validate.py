@@ -151,7 +151,9 @@ def _media_url(value: str, param: str) -> str:
         return value.strip()
     if not scheme:
         raise _bad(param, f"{param} must be an http(s):// URL or a data: URI", "invalid_url")
-    raise _bad(param, f"{param}: the URL scheme {scheme!r} is not allowed; use http(s):// or a data: URI", "unsupported_url_scheme")
+    raise _bad(
+        param, f"{param}: the URL scheme {scheme!r} is not allowed; use http(s):// or a data: URI", "unsupported_url_scheme"
+    )
 
 
 def _media_list(body: dict, key: str) -> list[str]:
@@ -229,9 +231,15 @@ def _extra_body(body: dict) -> tuple[dict[str, Any], int | None, str, str | None
     if negative is None:
         negative = ""
     elif not isinstance(negative, str):
-        raise _bad("extra_body.negative_prompt", f"extra_body.negative_prompt must be a string, not {_type_name(negative)}", "invalid_type")
+        raise _bad(
+            "extra_body.negative_prompt",
+            f"extra_body.negative_prompt must be a string, not {_type_name(negative)}",
+            "invalid_type",
+        )
     elif len(negative) > MAX_PROMPT:
-        raise _bad("extra_body.negative_prompt", f"extra_body.negative_prompt is {len(negative)} characters; at most {MAX_PROMPT}")
+        raise _bad(
+            "extra_body.negative_prompt", f"extra_body.negative_prompt is {len(negative)} characters; at most {MAX_PROMPT}"
+        )
     options: dict[str, bool] = {}
     for key in BOOL_KEYS:
         value = extra.get(key)
@@ -243,7 +251,9 @@ def _extra_body(body: dict) -> tuple[dict[str, Any], int | None, str, str | None
     callback = extra.get("callback_url")
     if callback is not None:
         if not isinstance(callback, str):
-            raise _bad("extra_body.callback_url", f"extra_body.callback_url must be a string, not {_type_name(callback)}", "invalid_type")
+            raise _bad(
+                "extra_body.callback_url", f"extra_body.callback_url must be a string, not {_type_name(callback)}", "invalid_type"
+            )
         parts = _split_url(callback, "extra_body.callback_url")
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise _bad("extra_body.callback_url", "extra_body.callback_url must be an http(s):// URL", "invalid_url")
@@ -318,7 +328,9 @@ def parse_create(body: Any, models: dict[str, ModelConfig]) -> CreateRequest:
     prompt = _string(body, "prompt")
     if prompt is None:
         if mode is Mode.TEXT_TO_VIDEO:
-            raise _bad("prompt", "prompt is required for text-to-video (no image, images, videos or audios given)", "missing_field")
+            raise _bad(
+                "prompt", "prompt is required for text-to-video (no image, images, videos or audios given)", "missing_field"
+            )
         prompt = ""
     if len(prompt) > MAX_PROMPT:
         raise _bad("prompt", f"prompt is {len(prompt)} characters; at most {MAX_PROMPT}")

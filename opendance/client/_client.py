@@ -95,7 +95,9 @@ class Client:
             os.replace(_part(effect.path), effect.path)  # never a half-written file at ``path``
         return None
 
-    def create(self, model: str, prompt: str | None = None, *, idempotency_key: str | None = None, **options: Unpack[CreateOptions]) -> Task:
+    def create(
+        self, model: str, prompt: str | None = None, *, idempotency_key: str | None = None, **options: Unpack[CreateOptions]
+    ) -> Task:
         return self._run(self._core.create(create_body(model, prompt, **options), idempotency_key))
 
     create.__doc__ = _CREATE_DOC
@@ -103,7 +105,9 @@ class Client:
     def get(self, task: Task | str) -> Task:
         return self._run(self._core.get(task))
 
-    def list(self, *, status: str | None = None, model: str | None = None, order: str = "desc", page_size: int = 20) -> Iterator[Task]:
+    def list(
+        self, *, status: str | None = None, model: str | None = None, order: str = "desc", page_size: int = 20
+    ) -> Iterator[Task]:
         """Every task of the caller, newest first (``order="asc"``: oldest first), fetching
         pages as the iteration goes."""
         after = None
@@ -194,13 +198,15 @@ class AsyncClient:
                     await r.aread()
                     raise error_from_response(r)
                 effect.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(_part(effect.path), "wb") as f:
+                with open(_part(effect.path), "wb") as f:  # noqa: ASYNC230 (a local file; 1 MiB writes between network reads)
                     async for chunk in r.aiter_bytes(1 << 20):
                         f.write(chunk)
             os.replace(_part(effect.path), effect.path)
         return None
 
-    async def create(self, model: str, prompt: str | None = None, *, idempotency_key: str | None = None, **options: Unpack[CreateOptions]) -> Task:
+    async def create(
+        self, model: str, prompt: str | None = None, *, idempotency_key: str | None = None, **options: Unpack[CreateOptions]
+    ) -> Task:
         return await self._run(self._core.create(create_body(model, prompt, **options), idempotency_key))
 
     create.__doc__ = _CREATE_DOC
@@ -208,7 +214,9 @@ class AsyncClient:
     async def get(self, task: Task | str) -> Task:
         return await self._run(self._core.get(task))
 
-    async def list(self, *, status: str | None = None, model: str | None = None, order: str = "desc", page_size: int = 20) -> AsyncIterator[Task]:
+    async def list(
+        self, *, status: str | None = None, model: str | None = None, order: str = "desc", page_size: int = 20
+    ) -> AsyncIterator[Task]:
         """Every task of the caller (``async for``), fetching pages as the iteration goes."""
         after = None
         while True:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar, Union
+from typing import Any, TypedDict, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -27,7 +27,7 @@ from ._models import Task
 
 T = TypeVar("T")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-MediaInput = Union[str, os.PathLike, bytes]
+MediaInput = str | os.PathLike | bytes
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Download:
     path: Path
 
 
-Effect = Union[Request, Sleep, Notify, Download]
+Effect = Request | Sleep | Notify | Download
 Op = Generator[Effect, Any, T]
 
 # A scheme ("https:", "data:", "ftp:") but not a Windows drive ("C:\").
@@ -206,7 +206,9 @@ class Core:
         data = yield Request("GET", "/v1/models")
         return list(data.get("data") or []) if isinstance(data, dict) else []
 
-    def list_page(self, after: str | None, status: str | None, model: str | None, order: str, page_size: int) -> Op[tuple[list[Task], str | None]]:
+    def list_page(
+        self, after: str | None, status: str | None, model: str | None, order: str, page_size: int
+    ) -> Op[tuple[list[Task], str | None]]:
         """One page of the caller's tasks and the cursor of the next page (None: last page)."""
         params = {"limit": page_size, "order": order, "after": after, "status": status, "model": model}
         data = yield Request("GET", "/v1/video/generations", params={k: v for k, v in params.items() if v is not None})
@@ -263,7 +265,11 @@ class Core:
             # Not completed, or no such file: the content route answers with the reason (409/404).
             url = f"/v1/video/generations/{_task_id(task)}/content" + ("" if variant == "video" else f"?variant={variant}")
         suffix = ".mp4" if variant == "video" else ".png"
-        dest = Path(path) if path is not None else Path(f"{task.id}{suffix}" if variant == "video" else f"{task.id}-{variant}{suffix}")
+        dest = (
+            Path(path)
+            if path is not None
+            else Path(f"{task.id}{suffix}" if variant == "video" else f"{task.id}-{variant}{suffix}")
+        )
         url = self.url(url)
         yield Download(url, {**self.auth_for(url), "Accept": "*/*"}, dest)
         return dest

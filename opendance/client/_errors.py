@@ -91,7 +91,7 @@ class TaskFailedError(Exception):
         super().__init__(f"task {task.id} failed ({task.raw_status or 'FAILED'}, {self.code}): {self.message}")
 
 
-class TimeoutError(builtins.TimeoutError):  # noqa: A001 - the name users expect; still a builtins.TimeoutError
+class TimeoutError(builtins.TimeoutError):
     """``wait()`` gave up: the task was still queued or running at the deadline."""
 
     def __init__(self, task: Task, timeout: float) -> None:

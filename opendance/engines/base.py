@@ -155,7 +155,9 @@ class StepContext:
 
     def save_checkpoint(self, state: bytes | dict[str, Any], step: int, parts: dict[str, bytes] | None = None) -> bool:
         """Keep ``state`` as reached after ``step`` steps; True when it was stored."""
-        return self._checkpoints.save(state, step, parts) if self._checkpoints is not None and self.checkpoint_every > 0 else False
+        return (
+            self._checkpoints.save(state, step, parts) if self._checkpoints is not None and self.checkpoint_every > 0 else False
+        )
 
     def load_checkpoint(self) -> tuple[bytes | dict[str, Any], int] | None:
         """The last saved (state, step) of this task, or None: start from the beginning."""
@@ -187,7 +189,7 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, job: Job, inputs: Inputs, ctx: StepContext) -> Output: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: most engines hold nothing)
         """Free what the engine holds (GPU memory)."""
 
 

@@ -149,8 +149,10 @@ class DenoiseCheckpoints:
                 out = prepare(*args, **kw)
                 fresh = out[0] if isinstance(out, tuple) else out
                 if tuple(saved_tensor.shape) != tuple(fresh.shape):
-                    raise EngineError(f"the checkpoint's {name} have the shape {tuple(saved_tensor.shape)}, "
-                                      f"this call makes {tuple(fresh.shape)}: it belongs to another configuration")
+                    raise EngineError(
+                        f"the checkpoint's {name} have the shape {tuple(saved_tensor.shape)}, "
+                        f"this call makes {tuple(fresh.shape)}: it belongs to another configuration"
+                    )
                 saved = saved_tensor.to(fresh.device, fresh.dtype)
                 if merge and name in merge:
                     saved = merge[name](out, saved)
@@ -191,9 +193,21 @@ class DenoiseCheckpoints:
         self.parts.append(name)
         self._save(chunk + 1, 0, {}, {}, (chunk + 1) * self.steps, {name: buf.getvalue()})
 
-    def _save(self, chunk: int, step: int, latents: dict, history: dict, done: int, parts: dict[str, bytes] | None = None) -> None:
+    def _save(
+        self, chunk: int, step: int, latents: dict, history: dict, done: int, parts: dict[str, bytes] | None = None
+    ) -> None:
         buf = io.BytesIO()
         generator = self.generator.get_state() if self.generator is not None else None
-        torch.save({"chunk": chunk, "step": step, "latents": latents, "scheduler": history, "parts": list(self.parts),
-                    "generator": generator, "call_generator": self._call_generator_state if step else None}, buf)
+        torch.save(
+            {
+                "chunk": chunk,
+                "step": step,
+                "latents": latents,
+                "scheduler": history,
+                "parts": list(self.parts),
+                "generator": generator,
+                "call_generator": self._call_generator_state if step else None,
+            },
+            buf,
+        )
         self.ctx.save_checkpoint(buf.getvalue(), done, parts=parts)

@@ -65,16 +65,29 @@ class LTXEngine(DiffusersEngine):
 
     def call_arguments(self, job: Job) -> dict[str, Any]:
         opts = self.opts
-        return dict(frame_rate=opts.native_fps, timesteps=opts.timesteps, decode_timestep=opts.decode_timestep,
-                    image_cond_noise_scale=opts.image_cond_noise_scale)
+        return dict(
+            frame_rate=opts.native_fps,
+            timesteps=opts.timesteps,
+            decode_timestep=opts.decode_timestep,
+            image_cond_noise_scale=opts.image_cond_noise_scale,
+        )
 
     def conditions(self, plan: Plan, chunk: Chunk, timeline: Timeline) -> list:
         """The chunk's ``LTXVideoCondition``s (frames counted in native frames)."""
         from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
-        planned = plan_conditions(plan.job.mode, chunk, chunk.index == plan.last, timeline, temporal=self.temporal,
-                                  image=plan.image, last_image=plan.last_image, control=plan.control,
-                                  references=plan.references or [], strength=self.opts.reference_strength)
+        planned = plan_conditions(
+            plan.job.mode,
+            chunk,
+            chunk.index == plan.last,
+            timeline,
+            temporal=self.temporal,
+            image=plan.image,
+            last_image=plan.last_image,
+            control=plan.control,
+            references=plan.references or [],
+            strength=self.opts.reference_strength,
+        )
         out = []
         for c in planned:
             media = dict(video=[Image.fromarray(f) for f in c.video]) if c.video is not None else dict(image=c.image)

@@ -67,11 +67,24 @@ class LTX2Engine(DiffusersEngine):
         """The chunk's ``LTX2VideoCondition``s (their ``index`` counts latent frames)."""
         from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
 
-        planned = plan_conditions(plan.job.mode, chunk, chunk.index == plan.last, timeline, temporal=self.temporal,
-                                  image=plan.image, last_image=plan.last_image, control=plan.control,
-                                  references=plan.references or [], strength=self.opts.reference_strength)
-        return [LTX2VideoCondition(frames=np.stack(c.video) if c.video is not None else c.image,
-                                   index=c.frame // self.temporal, strength=c.strength) for c in planned]
+        planned = plan_conditions(
+            plan.job.mode,
+            chunk,
+            chunk.index == plan.last,
+            timeline,
+            temporal=self.temporal,
+            image=plan.image,
+            last_image=plan.last_image,
+            control=plan.control,
+            references=plan.references or [],
+            strength=self.opts.reference_strength,
+        )
+        return [
+            LTX2VideoCondition(
+                frames=np.stack(c.video) if c.video is not None else c.image, index=c.frame // self.temporal, strength=c.strength
+            )
+            for c in planned
+        ]
 
     def denoise_chunk(self, plan: Plan, chunk: Chunk, timeline: Timeline) -> dict[str, np.ndarray]:
         mode, first = plan.job.mode, chunk.index == 0

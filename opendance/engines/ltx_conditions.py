@@ -35,9 +35,19 @@ def _whole(frames: list[np.ndarray], temporal: int) -> list[np.ndarray]:
     return frames[: (len(frames) - 1) // temporal * temporal + 1]
 
 
-def plan_conditions(mode: Mode, chunk: Chunk, last: bool, timeline: Timeline, *, temporal: int, image=None,
-                    last_image=None, control: list[np.ndarray] = (), references: list = (),
-                    strength: float = 0.5) -> list[Condition]:
+def plan_conditions(
+    mode: Mode,
+    chunk: Chunk,
+    last: bool,
+    timeline: Timeline,
+    *,
+    temporal: int,
+    image=None,
+    last_image=None,
+    control: list[np.ndarray] = (),
+    references: list = (),
+    strength: float = 0.5,
+) -> list[Condition]:
     """The conditions of ``chunk`` (``last``: the job's last chunk), in the order the pipeline gets them."""
     out: list[Condition] = []
     if chunk.cond:

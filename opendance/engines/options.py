@@ -148,7 +148,10 @@ class ChannelOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(
-        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
         description="the channel's name in /readyz and /metrics; default the base_url's host:port. "
         "Channels of the same name share one health record (circuit breaker), across models too",
     )
@@ -246,5 +249,7 @@ def check_options(engine: str, spec: dict[str, Any], mode: str | None = None) ->
     if isinstance(opts, RelayOptions) and mode not in (None, *OPENAI_RELAY_MODES):
         for channel in opts.channels:
             if channel.protocol == "openai":
-                raise ValueError(f"protocol = \"openai\" (channel {channel.id}) cannot relay {mode}: "
-                                 "OpenAI's /v1/videos takes a prompt and one first frame")
+                raise ValueError(
+                    f'protocol = "openai" (channel {channel.id}) cannot relay {mode}: '
+                    "OpenAI's /v1/videos takes a prompt and one first frame"
+                )

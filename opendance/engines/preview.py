@@ -125,8 +125,13 @@ class PreviewEngine(Engine):
 def _is_cjk(ch: str) -> bool:
     """Han ideographs, kana, hangul, CJK punctuation and full-width forms."""
     o = ord(ch)
-    return (0x2E80 <= o <= 0x9FFF or 0xAC00 <= o <= 0xD7AF or 0xF900 <= o <= 0xFAFF or 0xFF00 <= o <= 0xFFEF
-            or 0x20000 <= o <= 0x3FFFF)
+    return (
+        0x2E80 <= o <= 0x9FFF
+        or 0xAC00 <= o <= 0xD7AF
+        or 0xF900 <= o <= 0xFAFF
+        or 0xFF00 <= o <= 0xFFEF
+        or 0x20000 <= o <= 0x3FFFF
+    )
 
 
 def _paced(frames: Iterable[Frame], total: int, ctx: StepContext, mark: Callable[[Frame], Frame] | None) -> Iterator[Frame]:

@@ -95,9 +95,7 @@ class Picture:
         return Picture([luma.crop((x, y, x + w, y + h)), *(c.crop(half) for c in chroma)])
 
 
-def _view(
-    image: Image.Image, zoom: float, fx: float = 0.0, fy: float = 0.0, rows: tuple[int, int] | None = None
-) -> Image.Image:
+def _view(image: Image.Image, zoom: float, fx: float = 0.0, fy: float = 0.0, rows: tuple[int, int] | None = None) -> Image.Image:
     """Rows ``rows`` (all by default) of the zoomed view. Upscaling the frame-sized image (not a
     larger source) is the cheap path in Pillow."""
     if zoom <= 1.0:

@@ -31,10 +31,15 @@ def text_frames(job: Job, rng: np.random.Generator, font_path: str | None, yuv: 
     stamp_font, pad = load_font(max(10, min(w, h) // 30)), min(w, h) // 40
     # YUV chroma is sampled every 2 pixels, so a window at an odd offset is cut from the field
     # shifted by one pixel: the (up to) four shifted fields are converted once, up front.
-    fields = {(0, 0): Picture.of(field, yuv)} if not yuv else {
-        (px, py): Picture.of(field.crop((px, py, px + (field.width - px) // 2 * 2, py + (field.height - py) // 2 * 2)), yuv)
-        for px in (0, 1) for py in (0, 1)
-    }
+    fields = (
+        {(0, 0): Picture.of(field, yuv)}
+        if not yuv
+        else {
+            (px, py): Picture.of(field.crop((px, py, px + (field.width - px) // 2 * 2, py + (field.height - py) // 2 * 2)), yuv)
+            for px in (0, 1)
+            for py in (0, 1)
+        }
+    )
     for i in range(n):
         t = i / n  # one full, looping drift of the background over the clip
         x = round(spare_x * (0.5 + 0.5 * math.sin(2 * math.pi * t + phase[0])))
@@ -88,8 +93,15 @@ def _text_layer(prompt: str, w: int, h: int, font_path: str | None = None) -> tu
     layer = Image.new("RGBA", (box_w + 8, len(lines) * line_h + 8), (0, 0, 0, 0))
     draw, stroke = ImageDraw.Draw(layer), max(1, size // 16)
     for k, line in enumerate(lines):
-        draw.text((layer.width / 2, 4 + k * line_h), line, font=font, anchor="ma", fill=(255, 255, 255, 255),
-                  stroke_width=stroke, stroke_fill=(0, 0, 0, 170))
+        draw.text(
+            (layer.width / 2, 4 + k * line_h),
+            line,
+            font=font,
+            anchor="ma",
+            fill=(255, 255, 255, 255),
+            stroke_width=stroke,
+            stroke_fill=(0, 0, 0, 170),
+        )
     return layer, ((w - layer.width) // 2, (h - layer.height) // 2)
 
 

@@ -63,8 +63,9 @@ class WanEngine(DiffusersEngine):
         # The VACE pipeline that makes omni-reference videos and every chunk after the first.
         self.vace = self.pipe if cls_name == "WanVACEPipeline" else None
         if self.vace is None and opts.extend_checkpoint is not None:
-            self.vace = self.load_pipeline(diffusers.WanVACEPipeline, opts.extend_checkpoint,
-                                           **self._shared_components(opts.extend_checkpoint))
+            self.vace = self.load_pipeline(
+                diffusers.WanVACEPipeline, opts.extend_checkpoint, **self._shared_components(opts.extend_checkpoint)
+            )
         self.temporal = self.pipe.vae_scale_factor_temporal
         transformer = self.pipe.transformer or self.pipe.transformer_2
         self.multiple = self.pipe.vae_scale_factor_spatial * transformer.config.patch_size[1]
@@ -142,8 +143,7 @@ class WanEngine(DiffusersEngine):
                 else:
                     video.append(Image.fromarray(window[i]) if i < len(window) else gray)
                     mask.append(make)
-        return self._call(self.vace, plan, num_frames=chunk.length, video=video, mask=mask,
-                          reference_images=plan.references)
+        return self._call(self.vace, plan, num_frames=chunk.length, video=video, mask=mask, reference_images=plan.references)
 
     def _call(self, pipe, plan: Plan, **kwargs: Any) -> dict[str, np.ndarray]:
         if self.opts.guidance_2 is not None and pipe.config.get("boundary_ratio") is not None:

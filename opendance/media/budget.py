@@ -139,8 +139,11 @@ class MediaWork:
     def from_settings(cls, settings: Any) -> MediaWork:
         s = settings
         return cls(
-            s.data_dir / "spool", threads=s.media_threads, decode_bytes=s.decode_budget_bytes,
-            inflight_bytes=s.media_inflight_bytes, wait=s.media_wait,
+            s.data_dir / "spool",
+            threads=s.media_threads,
+            decode_bytes=s.decode_budget_bytes,
+            inflight_bytes=s.media_inflight_bytes,
+            wait=s.media_wait,
         )
 
     def clear_spool(self) -> None:

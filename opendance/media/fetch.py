@@ -153,7 +153,11 @@ class SafeFetcher:
     def from_settings(cls, settings: Any, *, resolver: Resolver | None = None) -> SafeFetcher:
         s = settings
         return cls(
-            s.allow_hosts, s.fetch_connect_timeout, s.fetch_read_timeout, s.fetch_total_timeout, s.fetch_max_redirects,
+            s.allow_hosts,
+            s.fetch_connect_timeout,
+            s.fetch_read_timeout,
+            s.fetch_total_timeout,
+            s.fetch_max_redirects,
             resolver=resolver,
         )
 
@@ -306,9 +310,7 @@ class SafeFetcher:
             raise MediaError(message, param=param, code="url_not_allowed")
         return addresses
 
-    async def _open(
-        self, url: httpx.URL, param: str, method: str, *, noun: str = "media URLs", **kwargs: Any
-    ) -> httpx.Response:
+    async def _open(self, url: httpx.URL, param: str, method: str, *, noun: str = "media URLs", **kwargs: Any) -> httpx.Response:
         """Send one request to a checked address of ``url``'s host; the response is streaming."""
         addresses = await self._checked_addresses(url, param, noun=noun)
         host = url.raw_host.decode("ascii")

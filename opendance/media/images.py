@@ -54,7 +54,7 @@ def decode_cost(data: bytes | Path) -> int:
     try:
         with _open(data) as img:
             width, height = img.size
-    except Exception:  # noqa: BLE001 - whatever fails here, inspect_image refuses it with the reason
+    except Exception:
         return 0
     if max(width, height) > MAX_SIDE:
         return 0
@@ -91,7 +91,9 @@ def inspect_image(data: bytes | Path, *, param: str) -> ImageInfo:
         try:
             img.load()  # the whole first frame: finds truncated and corrupt files
         except Image.DecompressionBombError as exc:
-            raise MediaError(f"{param} is too large to decode safely ({exc})", param=param, code="invalid_image_dimensions") from None
+            raise MediaError(
+                f"{param} is too large to decode safely ({exc})", param=param, code="invalid_image_dimensions"
+            ) from None
         except _DECODE_ERRORS as exc:
             raise MediaError(f"{param} {NOT_AN_IMAGE}: {_reason(exc)}", param=param) from exc
     return ImageInfo(format=fmt, width=width, height=height)

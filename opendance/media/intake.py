@@ -183,7 +183,9 @@ def _spool_name(item: _Item) -> str:
     return item.param.replace("[", "_").rstrip("]")  # "images[0]" -> "images_0"
 
 
-async def _intake_one(item: _Item, fetcher: SafeFetcher, max_bytes: int, key_prefix: str, scope: IntakeScope) -> tuple[MediaRef, StoredBlob]:
+async def _intake_one(
+    item: _Item, fetcher: SafeFetcher, max_bytes: int, key_prefix: str, scope: IntakeScope
+) -> tuple[MediaRef, StoredBlob]:
     work = scope.work
     path = await scope.make_folder() / _spool_name(item)
     if item.source[:5].lower() == "data:":

@@ -50,7 +50,7 @@ def encode_state(state: bytes | dict[str, Any], step: int) -> bytes:
 def decode_state(blob: bytes) -> tuple[bytes | dict[str, Any], int]:
     if not blob.startswith(MAGIC):
         raise ValueError("not an opendance checkpoint")
-    header_line, _, payload = blob[len(MAGIC):].partition(b"\n")
+    header_line, _, payload = blob[len(MAGIC) :].partition(b"\n")
     header = json.loads(header_line)
     state: bytes | dict[str, Any] = json.loads(payload) if header["kind"] == "json" else payload
     return state, int(header["step"])
@@ -59,8 +59,9 @@ def decode_state(blob: bytes) -> tuple[bytes | dict[str, Any], int]:
 class TaskCheckpoints:
     """The checkpoints of one task. ``every`` 0 turns saving off (loading still works)."""
 
-    def __init__(self, storage: Storage, task_id: str, every: int, on_saved: Callable[[int], None] | None = None,
-                 read_only: bool = False) -> None:
+    def __init__(
+        self, storage: Storage, task_id: str, every: int, on_saved: Callable[[int], None] | None = None, read_only: bool = False
+    ) -> None:
         self.storage = storage
         self.task_id = task_id
         self.every = max(0, int(every))
@@ -70,8 +71,9 @@ class TaskCheckpoints:
         # and "save" as often as it does, but only rank 0 writes.
         self.read_only = read_only
 
-    def save(self, state: bytes | dict[str, Any], step: int, parts: dict[str, bytes] | None = None, *,
-             required: bool = False) -> bool:
+    def save(
+        self, state: bytes | dict[str, Any], step: int, parts: dict[str, bytes] | None = None, *, required: bool = False
+    ) -> bool:
         """Store ``parts`` (new write-once objects), then ``state`` as the newest. A failed write
         is logged, not raised: a checkpoint only saves work, the job itself can go on; unless
         it is ``required`` (a relay's upstream id: going on without it could pay twice)."""

@@ -92,6 +92,7 @@ def run_job(
     with contextlib.ExitStack() as stack:
         # 1. Inputs: images decoded, videos/audios as local files.
         inputs = open_inputs(job, storage, stack)
+
         # 2. Generate. Engines may return an iterator, so the time the encoder spends pulling
         #    frames from it counts as engine time too.
         def add_engine_time(dt: float) -> None:
@@ -99,8 +100,9 @@ def run_job(
             engine_seconds += dt
 
         t0 = time.perf_counter()
-        ctx = StepContext(progress=on_step, cancelled=engine_cancelled or cancelled, checkpoints=checkpoints,
-                          yuv420=True)  # frames go to encode_mp4
+        ctx = StepContext(
+            progress=on_step, cancelled=engine_cancelled or cancelled, checkpoints=checkpoints, yuv420=True
+        )  # frames go to encode_mp4
         output = engine.generate(job, inputs, ctx)
         add_engine_time(time.perf_counter() - t0)
         output.frames = _timed(output.frames, add_engine_time)
@@ -150,8 +152,12 @@ def deliver_video(
             raise Cancelled()
         lf_key = _store(job, storage, mp4, final, checkpoints)
     wall = time.perf_counter() - started + engine_seconds
-    log.info("task %s: upstream video stored in %.2fs (%s)", job.task_id, time.perf_counter() - started,
-             "as it came" if mp4 == path else "fitted and encoded")
+    log.info(
+        "task %s: upstream video stored in %.2fs (%s)",
+        job.task_id,
+        time.perf_counter() - started,
+        "as it came" if mp4 == path else "fitted and encoded",
+    )
     return JobResult(video_key(job.task_id), lf_key, engine_seconds, wall)
 
 

@@ -51,8 +51,17 @@ class Started:
 
 
 class Lifecycle:
-    def __init__(self, store: TaskStore, storage: Storage, *, max_attempts: int, task_timeout: float,
-                 progress_interval: float = 0.25, notify: Notify | None = None, retry: Retry = _once) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        storage: Storage,
+        *,
+        max_attempts: int,
+        task_timeout: float,
+        progress_interval: float = 0.25,
+        notify: Notify | None = None,
+        retry: Retry = _once,
+    ) -> None:
         self.store = store
         self.storage = storage
         self.max_attempts = max_attempts
@@ -75,8 +84,7 @@ class Lifecycle:
         if task is None or task.raw_status.is_terminal():
             return None
         if task.attempts >= self.max_attempts:
-            message = (f"the task was interrupted {task.attempts} times (worker crash or server restart) "
-                       "and is not run again")
+            message = f"the task was interrupted {task.attempts} times (worker crash or server restart) and is not run again"
             failed = await self.fail(task_id, "interrupted", message)
             return Started(failed, gave_up=True) if failed is not None else None
         try:
@@ -98,7 +106,7 @@ class Lifecycle:
         self._progress_at[task_id] = now
         try:
             await asyncio.to_thread(self.store.set_progress, task_id, progress)
-        except Exception as exc:  # noqa: BLE001 - e.g. the database restarting
+        except Exception as exc:
             log.warning("task %s: progress not written: %s", task_id, exc)
             return False
         return True
@@ -113,8 +121,14 @@ class Lifecycle:
         """COMPLETED with its video; None (and the files dropped) when the task had already
         ended another way, unless an earlier run of it completed it with the same keys."""
         try:
-            task = await self.retry(self.store.transition, task_id, RawStatus.COMPLETED, video_key=done.video_key,
-                                    last_frame_key=done.last_frame_key, engine_seconds=done.engine_seconds)
+            task = await self.retry(
+                self.store.transition,
+                task_id,
+                RawStatus.COMPLETED,
+                video_key=done.video_key,
+                last_frame_key=done.last_frame_key,
+                engine_seconds=done.engine_seconds,
+            )
         except (IllegalTransition, KeyError):
             current = await asyncio.to_thread(self.store.get, task_id)
             if current is None or current.raw_status is not RawStatus.COMPLETED:

@@ -35,17 +35,23 @@ PROGRESS_WRITE_INTERVAL = 0.25  # seconds between progress writes per task
 
 
 class LocalRunner(Runner):
-    def __init__(self, settings: Settings, store: TaskStore, storage: Storage,
-                 models: dict[str, ModelConfig] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: TaskStore, storage: Storage, models: dict[str, ModelConfig] | None = None
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.store = store
         self.storage = storage
         self.models = models if models is not None else settings.models()
-        self.executors = Executors(settings, storage, self.models,
-                                   observe=lambda *a: self._observe(UpstreamRequest(*a)))
-        self.lifecycle = Lifecycle(store, storage, max_attempts=settings.max_attempts, task_timeout=settings.task_timeout,
-                                   progress_interval=PROGRESS_WRITE_INTERVAL, notify=self._changed)
+        self.executors = Executors(settings, storage, self.models, observe=lambda *a: self._observe(UpstreamRequest(*a)))
+        self.lifecycle = Lifecycle(
+            store,
+            storage,
+            max_attempts=settings.max_attempts,
+            task_timeout=settings.task_timeout,
+            progress_interval=PROGRESS_WRITE_INTERVAL,
+            notify=self._changed,
+        )
         self._queues: dict[Kind, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._placement: dict[str, Placement] = {}
         self._wakeups: dict[Kind, asyncio.Event] = collections.defaultdict(asyncio.Event)
@@ -119,7 +125,9 @@ class LocalRunner(Runner):
         if self._stopping:
             return
         if placement.kind not in self._dispatchers:
-            self._dispatchers[placement.kind] = asyncio.create_task(self._dispatch(placement.kind), name=f"dispatch-{placement.kind}")
+            self._dispatchers[placement.kind] = asyncio.create_task(
+                self._dispatch(placement.kind), name=f"dispatch-{placement.kind}"
+            )
         self._wakeups[placement.kind].set()
 
     async def _dispatch(self, kind: Kind) -> None:
@@ -133,7 +141,7 @@ class LocalRunner(Runner):
                 await self._dispatch_head(executor, queue)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the dispatcher must outlive any one bad task
+            except Exception:
                 log.exception("dispatching a %s task failed", kind)
                 await asyncio.sleep(1.0)
 
@@ -170,7 +178,7 @@ class LocalRunner(Runner):
             result = await supervisor.run()
             if result.outcome is Outcome.DIED and not self._stopping:
                 await self._again(task_id)
-        except Exception:  # noqa: BLE001 - e.g. the database away; the task is run again after a restart
+        except Exception:
             log.exception("task %s: its run failed", task_id)
         finally:
             if execution is not None:

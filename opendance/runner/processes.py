@@ -25,8 +25,15 @@ DIED = None  # the last event of every process: its pipe closed
 
 
 class WorkerProcess:
-    def __init__(self, name: str, target: Callable[..., None], args: tuple[Any, ...], *,
-                 events: asyncio.Queue | None = None, tag: Any = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        target: Callable[..., None],
+        args: tuple[Any, ...],
+        *,
+        events: asyncio.Queue | None = None,
+        tag: Any = None,
+    ) -> None:
         """``events``: a queue to share with other processes; with a ``tag``, each event is
         put as ``(tag, event)`` (the ranks of a device group share one queue)."""
         self.name = name
@@ -45,8 +52,9 @@ class WorkerProcess:
         self.process.start()
         child.close()
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read, args=(parent, self.events, loop, self.tag), name=f"read-{self.name}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._read, args=(parent, self.events, loop, self.tag), name=f"read-{self.name}", daemon=True
+        ).start()
         log.info("%s started (pid %s)", self.name, self.process.pid)
         return self
 

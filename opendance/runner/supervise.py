@@ -43,10 +43,18 @@ class Result:
 
 
 class Supervisor:
-    def __init__(self, lifecycle: Lifecycle, execution: Execution, *, progress: int = 0, tick: float = 0.5,
-                 grace: float = CANCEL_GRACE, retry_codes: tuple[str, ...] = (),
-                 on_tick: Callable[[Supervisor], Awaitable[None]] | None = None,
-                 observe: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        execution: Execution,
+        *,
+        progress: int = 0,
+        tick: float = 0.5,
+        grace: float = CANCEL_GRACE,
+        retry_codes: tuple[str, ...] = (),
+        on_tick: Callable[[Supervisor], Awaitable[None]] | None = None,
+        observe: Callable[[Any], None] | None = None,
+    ) -> None:
         self.lifecycle = lifecycle
         self.execution = execution
         self.task_id = execution.task_id

@@ -143,7 +143,7 @@ class TemporalRunner(Runner):
         while True:
             try:
                 await self.watch_queues()
-            except Exception as exc:  # noqa: BLE001 - Temporal away: the last view stays, marked old
+            except Exception as exc:
                 log.debug("describing the model queues failed: %s", exc)
             await asyncio.sleep(WATCH_QUEUES_EVERY)
 
@@ -154,11 +154,13 @@ class TemporalRunner(Runner):
         assert self.client is not None
         s, now, queues, everyone = self.settings, time.time(), {}, set()
         for model in self.models:
-            answer = await self.client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
-                namespace=s.temporal_namespace,
-                task_queue=TaskQueue(name=model_queue(s.temporal_queue_prefix, model)),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-            ))
+            answer = await self.client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=s.temporal_namespace,
+                    task_queue=TaskQueue(name=model_queue(s.temporal_queue_prefix, model)),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                )
+            )
             # Worker identities are "host:pid:model" (``opendance worker``): one process per host:pid.
             ids = sorted({p.identity.rsplit(":", 1)[0] for p in answer.pollers})
             everyone.update(ids)
@@ -223,7 +225,7 @@ class TemporalRunner(Runner):
                     await self.reconcile()
                     next_sweep = loop.time() + self.settings.temporal_reconcile_interval
                 await self._retry_pending()
-            except Exception:  # noqa: BLE001 - the loop must outlive a database or Temporal outage
+            except Exception:
                 log.exception("reconcile failed")
             await asyncio.sleep(RETRY_PENDING_EVERY)
 

@@ -32,8 +32,14 @@ class GenerateActivity:
         self.settings = settings
         self.store = store
         self.executors = executors
-        self.lifecycle = Lifecycle(store, storage, max_attempts=settings.max_attempts, task_timeout=settings.task_timeout,
-                                   progress_interval=PROGRESS_WRITE_INTERVAL, retry=_retry_store)
+        self.lifecycle = Lifecycle(
+            store,
+            storage,
+            max_attempts=settings.max_attempts,
+            task_timeout=settings.task_timeout,
+            progress_interval=PROGRESS_WRITE_INTERVAL,
+            retry=_retry_store,
+        )
         self._background: set[asyncio.Task] = set()
 
     @activity.defn(name=GENERATE)
@@ -63,11 +69,17 @@ class GenerateActivity:
         if started.first_run:
             self._signal_started(info.workflow_id)
         if info.attempt > 1:
-            log.info("task %s: attempt %d (run %d), last heartbeat %s", task_id, info.attempt, task.attempts,
-                     list(info.heartbeat_details))
+            log.info(
+                "task %s: attempt %d (run %d), last heartbeat %s",
+                task_id,
+                info.attempt,
+                task.attempts,
+                list(info.heartbeat_details),
+            )
         execution = await slot.run(task_id, task.job)
-        supervisor = Supervisor(self.lifecycle, execution, progress=task.progress, tick=TICK, retry_codes=("storage_error",),
-                                on_tick=self._ticker())
+        supervisor = Supervisor(
+            self.lifecycle, execution, progress=task.progress, tick=TICK, retry_codes=("storage_error",), on_tick=self._ticker()
+        )
         try:
             result = await supervisor.run()
         except asyncio.CancelledError:
@@ -98,7 +110,7 @@ class GenerateActivity:
             last_check = now
             try:
                 task = await asyncio.to_thread(self.store.get, supervisor.task_id)
-            except Exception as exc:  # noqa: BLE001 - the store may be briefly away; keep running
+            except Exception as exc:
                 log.warning("task %s: store check failed: %s", supervisor.task_id, exc)
             else:
                 if task is None or task.raw_status.is_terminal():
@@ -113,7 +125,7 @@ class GenerateActivity:
         async def send() -> None:
             try:
                 await handle.signal(STARTED_SIGNAL)
-            except Exception as exc:  # noqa: BLE001 - a lost callback must not stop the video
+            except Exception as exc:
                 log.warning("could not signal %s: %s", workflow_id, exc)
 
         t = asyncio.create_task(send())
@@ -128,7 +140,7 @@ async def _retry_store(fn, *args, attempts: int = 20, **kw):
             return await asyncio.to_thread(fn, *args, **kw)
         except (IllegalTransition, KeyError):
             raise
-        except Exception as exc:  # noqa: BLE001 - e.g. PostgreSQL restarting
+        except Exception as exc:
             if attempt == attempts - 1:
                 raise
             log.warning("store write failed (%s); retrying", exc)

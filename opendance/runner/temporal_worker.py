@@ -86,8 +86,10 @@ async def serve_worker(settings: Settings, models: list[str]) -> None:
         loop.add_signal_handler(sig, stop.set)
     runs = [asyncio.create_task(w.run()) for w in workers]
     # Always printed (whatever the log level): scripts and tests wait for this line.
-    served = ", ".join(f"{m} ({slots[m]} slot{'s' if slots[m] > 1 else ''}: {'/'.join(sorted(map(str, p)))})"
-                       for m, p in executors.placements().items())
+    served = ", ".join(
+        f"{m} ({slots[m]} slot{'s' if slots[m] > 1 else ''}: {'/'.join(sorted(map(str, p)))})"
+        for m, p in executors.placements().items()
+    )
     print(f"worker {identity} serving {served}; devices {', '.join(settings.devices)}", file=sys.stderr, flush=True)
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *runs], return_when=asyncio.FIRST_COMPLETED)

@@ -136,12 +136,18 @@ class TaskWorkflow:
         )
         if out_of_time:
             return Finish(
-                self.req.task_id, "EXPIRED", "expired",
+                self.req.task_id,
+                "EXPIRED",
+                "expired",
                 f"the task did not finish within {self.req.deadline:g} s of its submission and was stopped",
             )
-        why = "a worker stopped heartbeating" if isinstance(cause, TimeoutError) else (getattr(cause, "message", "") or str(cause))
+        why = (
+            "a worker stopped heartbeating" if isinstance(cause, TimeoutError) else (getattr(cause, "message", "") or str(cause))
+        )
         return Finish(
-            self.req.task_id, "FAILED", "interrupted",
+            self.req.task_id,
+            "FAILED",
+            "interrupted",
             f"the task was interrupted {self.req.max_attempts} times and is not run again (last: {why})",
         )
 

@@ -15,6 +15,7 @@ ranks together (``_Group.any``), so they leave the engine at the same step.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -72,8 +73,9 @@ class _Commands:
             self.cancelled.discard(task_id)
 
 
-def worker_main(conn: Connection, device: str, settings: Settings, rank: int = 0, world_size: int = 1,
-                init_method: str | None = None) -> None:
+def worker_main(
+    conn: Connection, device: str, settings: Settings, rank: int = 0, world_size: int = 1, init_method: str | None = None
+) -> None:
     name = device if world_size == 1 else f"{device} rank {rank}/{world_size}"
     logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s worker[{name}] %(levelname)s %(message)s")
     install_log_redaction()  # the worker's lines go to the same log as the server's
@@ -91,8 +93,8 @@ def worker_main(conn: Connection, device: str, settings: Settings, rank: int = 0
     send(Ready(device=device, pid=os.getpid(), rank=rank))
     while (cmd := commands.jobs.get()) is not None:
         task_id = cmd.task_id
-        local = lambda: commands.is_cancelled(task_id)  # noqa: E731
-        together = (lambda: group.any(local())) if group is not None else local
+        local = functools.partial(commands.is_cancelled, task_id)
+        together = functools.partial(_any_rank, group, local) if group is not None else local
         if rank == 0:
             _lead(cmd, device, settings, storage, tmp_dir, engines, send, local, together)
         else:
@@ -102,6 +104,11 @@ def worker_main(conn: Connection, device: str, settings: Settings, rank: int = 0
         engine.close()
     if group is not None:
         group.close()
+
+
+def _any_rank(group: _Group, local) -> bool:
+    """Cancelled on any rank of the group (each rank asks its own command queue)."""
+    return group.any(local())
 
 
 def _lead(cmd: RunJob, device, settings, storage, tmp_dir, engines, send, cancelled, engine_cancelled) -> None:
@@ -136,7 +143,7 @@ def _lead(cmd: RunJob, device, settings, storage, tmp_dir, engines, send, cancel
         # A full disk or a failing write: this task fails, the worker keeps serving.
         log.error("task %s: storage error\n%s", task_id, traceback.format_exc())
         send(Failed(task_id, "storage_error", f"the video could not be stored: {exc.strerror or exc}"))
-    except Exception as exc:  # noqa: BLE001 - any engine bug must fail the task, not the worker
+    except Exception as exc:
         log.error("task %s failed\n%s", task_id, traceback.format_exc())
         send(Failed(task_id, "engine_error", f"{type(exc).__name__}: {exc}"))
 
@@ -150,7 +157,7 @@ def _follow(cmd: RunJob, device, settings, storage, engines, cancelled) -> str |
         follow_job(job, engine, storage, cancelled=cancelled, checkpoints=checkpoints)
     except Cancelled:
         return None
-    except Exception as exc:  # noqa: BLE001 - reported to the group, which decides
+    except Exception as exc:
         log.error("task %s failed on this rank\n%s", cmd.task_id, traceback.format_exc())
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -180,7 +187,7 @@ class _Group:
     def close(self) -> None:
         try:
             self.dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - exiting anyway
+        except Exception:
             pass
 
 

@@ -188,7 +188,9 @@ class S3Storage(Storage):
                 "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=self.presign_seconds
             )
             return Redirect(url)
-        return Stream(size=int(head["ContentLength"]), read=lambda first, last: self._read(key, first, last), etag=head.get("ETag"))
+        return Stream(
+            size=int(head["ContentLength"]), read=lambda first, last: self._read(key, first, last), etag=head.get("ETag")
+        )
 
     def _read(self, key: str, first: int, last: int) -> Iterator[bytes]:
         with _os_errors("GetObject", key):

@@ -76,11 +76,15 @@ class UsageRow:
 
 
 def utc_day(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).date().isoformat()
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
 
 
-_ENDED = {RawStatus.COMPLETED.value: "completed", RawStatus.FAILED.value: "failed", RawStatus.CANCELLED.value: "cancelled",
-          RawStatus.EXPIRED.value: "expired"}
+_ENDED = {
+    RawStatus.COMPLETED.value: "completed",
+    RawStatus.FAILED.value: "failed",
+    RawStatus.CANCELLED.value: "cancelled",
+    RawStatus.EXPIRED.value: "expired",
+}
 
 
 def roll_up(session: Session, owner: str, model: str, created_at: float, duration: int, raw_status: str) -> None:
@@ -89,16 +93,24 @@ def roll_up(session: Session, owner: str, model: str, created_at: float, duratio
     column = _ENDED.get(raw_status)
     if column is None:
         return
-    values = {"video_seconds": duration if column == "completed" else 0, "completed": 0, "failed": 0, "cancelled": 0,
-              "expired": 0, column: 1}
+    values = {
+        "video_seconds": duration if column == "completed" else 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "expired": 0,
+        column: 1,
+    }
     dialect = session.get_bind().dialect.name
     insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
     stmt = insert(UsageRollupRow).values(owner=owner, day=utc_day(created_at), model=model, **values)
     table = UsageRollupRow.__table__.c
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["owner", "day", "model"],
-        set_={k: table[k] + stmt.excluded[k] for k in values},
-    ))
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["owner", "day", "model"],
+            set_={k: table[k] + stmt.excluded[k] for k in values},
+        )
+    )
 
 
 class DuplicateKeyName(Exception):
@@ -130,8 +142,15 @@ class KeyStore:
         models: list[str] | None = None,
     ) -> ApiKey:
         row = ApiKeyRow(
-            name=name, key_hash=key_hash, owner=owner, hint=hint, admin=admin, max_concurrent=max_concurrent,
-            seconds_per_day=seconds_per_day, models=models, created_at=time.time(),
+            name=name,
+            key_hash=key_hash,
+            owner=owner,
+            hint=hint,
+            admin=admin,
+            max_concurrent=max_concurrent,
+            seconds_per_day=seconds_per_day,
+            models=models,
+            created_at=time.time(),
         )
         with self._session() as s:
             s.add(row)
@@ -170,20 +189,28 @@ class KeyStore:
     def touch(self, owner: str, when: float) -> None:
         with self._session() as s:
             s.execute(
-                update(ApiKeyRow).where(ApiKeyRow.owner == owner).values(last_used_at=when).execution_options(synchronize_session=False)
+                update(ApiKeyRow)
+                .where(ApiKeyRow.owner == owner)
+                .values(last_used_at=when)
+                .execution_options(synchronize_session=False)
             )
             s.commit()
 
     # -- what the tasks add up to --------------------------------------------------------
 
-    def counts(self, owner: str, since: float, leave_out: Collection[str] = (), session: Session | None = None) -> tuple[int, int]:
+    def counts(
+        self, owner: str, since: float, leave_out: Collection[str] = (), session: Session | None = None
+    ) -> tuple[int, int]:
         """(unfinished tasks, video seconds charged since ``since``, the start of a UTC day) of
         ``owner``, deleted tasks included, not counting the ids in ``leave_out``. In
         ``session`` when given (the insert's own transaction)."""
         q = select(
             func.coalesce(func.sum(case((TaskRow.raw_status.in_(UNFINISHED), 1), else_=0)), 0),
             func.coalesce(
-                func.sum(case(((TaskRow.created_at >= since) & TaskRow.raw_status.not_in(NOT_CHARGED), TaskRow.duration), else_=0)), 0
+                func.sum(
+                    case(((TaskRow.created_at >= since) & TaskRow.raw_status.not_in(NOT_CHARGED), TaskRow.duration), else_=0)
+                ),
+                0,
             ),
         ).where(TaskRow.owner == owner, (TaskRow.created_at >= since) | TaskRow.raw_status.in_(UNFINISHED))
         if leave_out:

@@ -91,7 +91,7 @@ def _readable(rows: Sequence[TaskRow]) -> list[Task]:
     for row in rows:
         try:
             tasks.append(Task.from_row(row))
-        except Exception:  # noqa: BLE001 - e.g. a status no version of the code wrote
+        except Exception:
             log.exception("task %s cannot be read; left out of the list", row.id)
     return tasks
 
@@ -115,7 +115,7 @@ def make_engine(url: str) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _sqlite_pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
@@ -144,7 +144,9 @@ class TaskStore:
 
     # -- create / read -------------------------------------------------------------------
 
-    def create(self, *, check: Callable[[Session], None] | None = None, ignored_fields: Collection[str] = (), **fields: Any) -> Task:
+    def create(
+        self, *, check: Callable[[Session], None] | None = None, ignored_fields: Collection[str] = (), **fields: Any
+    ) -> Task:
         """Insert a queued task. ``check`` runs first in the same transaction (a key's quota:
         it may lock rows and raise, and then nothing is written)."""
         now = time.time()
@@ -268,18 +270,16 @@ class TaskStore:
 
     def unfinished(self) -> list[Task]:
         """Tasks queued or running, oldest first (what a runner must take up again on start)."""
-        q = (
-            select(TaskRow)
-            .where(TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value]))
-            .order_by(TaskRow.seq)
-        )
+        q = select(TaskRow).where(TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value])).order_by(TaskRow.seq)
         with self._session() as s:
             return _readable(s.scalars(q).all())
 
     def count_unfinished(self, owner: str | None = None, leave_out: Collection[str] = ()) -> int:
         """Queued or running tasks (of ``owner``, when given), not counting the ids in ``leave_out``."""
-        q = select(func.count()).select_from(TaskRow).where(
-            TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value])
+        q = (
+            select(func.count())
+            .select_from(TaskRow)
+            .where(TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value]))
         )
         if owner is not None:
             q = q.where(TaskRow.owner == owner)

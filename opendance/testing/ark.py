@@ -31,8 +31,11 @@ from typing import Any
 from . import media
 
 PREFIX = "/api/v3/contents/generations/tasks"
-ROLES = {"image_url": ("first_frame", "last_frame", "reference_image"), "video_url": ("reference_video",),
-         "audio_url": ("reference_audio",)}
+ROLES = {
+    "image_url": ("first_frame", "last_frame", "reference_image"),
+    "video_url": ("reference_video",),
+    "audio_url": ("reference_audio",),
+}
 RATIOS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive")
 SIZES = {"16:9": (160, 90), "1:1": (96, 96), "9:16": (90, 160)}  # small videos: tests fit them
 
@@ -69,8 +72,12 @@ class FakeArk:
                     body = None
                 ark.requests.append({"method": method, "path": self.path, "headers": dict(self.headers), "json": body})
                 if self.path.startswith("/files/"):
-                    data = ark.files.get(self.path[len("/files/"):])
-                    return self._answer(200, data, "video/mp4") if data else self._answer(404, {"error": {"code": "NotFound", "message": "no such file"}})
+                    data = ark.files.get(self.path[len("/files/") :])
+                    return (
+                        self._answer(200, data, "video/mp4")
+                        if data
+                        else self._answer(404, {"error": {"code": "NotFound", "message": "no such file"}})
+                    )
                 if self.headers.get("Authorization") != f"Bearer {ark.key}":
                     return self._answer(401, {"error": {"code": "AuthenticationError", "message": "the API key is invalid"}})
                 status, answer = ark.route(method, self.path, body, self.headers.get("Host", ""))
@@ -107,7 +114,7 @@ class FakeArk:
         if method == "POST" and path == PREFIX:
             return self._create(body)
         if path.startswith(PREFIX + "/"):
-            task = self.tasks.get(path[len(PREFIX) + 1:])
+            task = self.tasks.get(path[len(PREFIX) + 1 :])
             if task is None:
                 return 404, {"error": {"code": "ResourceNotFound", "message": "the task does not exist"}}
             if method == "GET":
@@ -123,8 +130,14 @@ class FakeArk:
         if problem:
             return 400, {"error": {"code": "InvalidParameter", "message": problem}}
         task_id = "cgt-" + secrets.token_hex(8)
-        self.tasks[task_id] = {"id": task_id, "model": body["model"], "status": "queued", "polls": 0, "request": body,
-                               "created_at": 0}
+        self.tasks[task_id] = {
+            "id": task_id,
+            "model": body["model"],
+            "status": "queued",
+            "polls": 0,
+            "request": body,
+            "created_at": 0,
+        }
         return 200, {"id": task_id}
 
     def _advance(self, task: dict[str, Any], host: str) -> dict[str, Any]:
@@ -149,7 +162,11 @@ class FakeArk:
         request = task["request"]
         width, height = SIZES.get(request.get("ratio", "16:9"), SIZES["16:9"])
         self.files[f"{task['id']}.mp4"] = media.video_bytes(
-            float(request.get("duration", 5)), width, height, fps=24, with_audio=bool(request.get("generate_audio", True)),
+            float(request.get("duration", 5)),
+            width,
+            height,
+            fps=24,
+            with_audio=bool(request.get("generate_audio", True)),
             seed=int(request.get("seed", 0)) % 1000,
         )
         task["status"] = "succeeded"

@@ -64,14 +64,27 @@ class WorkerProcess(ServerProcess):
 
     name = "opendance-worker"
 
-    def __init__(self, data_dir: Path, models: list[str], *, env: dict[str, str], config: Path | None = None, devices: str = "cpu") -> None:
+    def __init__(
+        self, data_dir: Path, models: list[str], *, env: dict[str, str], config: Path | None = None, devices: str = "cpu"
+    ) -> None:
         self.data_dir = Path(data_dir)
         super().__init__(self.data_dir / "worker.log")
         self.models, self.env, self.config, self.devices = models, env, config, devices
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "opendance", "worker", "--models", *self.models, "--devices", self.devices, "--data-dir", str(self.data_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "opendance",
+            "worker",
+            "--models",
+            *self.models,
+            "--devices",
+            self.devices,
+            "--data-dir",
+            str(self.data_dir),
+        ]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
         start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -99,7 +112,9 @@ class WorkerProcess(ServerProcess):
 
 
 class Cluster:
-    def __init__(self, root: Path, env: dict[str, str], config: Path, *, models: list[str], apis: int = 2, workers: int = 2) -> None:
+    def __init__(
+        self, root: Path, env: dict[str, str], config: Path, *, models: list[str], apis: int = 2, workers: int = 2
+    ) -> None:
         self.root = Path(root)
         self.env = env
         self.config = config

@@ -61,7 +61,14 @@ class MediaHost:
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def add(self, path: str, data: bytes, content_type: str = "application/octet-stream", status: int = 200, headers: dict | None = None) -> str:
+    def add(
+        self,
+        path: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        status: int = 200,
+        headers: dict | None = None,
+    ) -> str:
         self.files[path] = (status, data, content_type, headers or {})
         return self.url + path
 
@@ -106,7 +113,13 @@ class HostileHost:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
                 owner.requests.append(
-                    {"method": method, "path": self.path, "headers": dict(self.headers), "local": self.connection.getsockname()[0], "body": body}
+                    {
+                        "method": method,
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "local": self.connection.getsockname()[0],
+                        "body": body,
+                    }
                 )
                 route = owner.routes.get(self.path.split("?")[0])
                 try:
@@ -126,6 +139,7 @@ class HostileHost:
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         if tls is not None:
+
             def remember_sni(sock: ssl.SSLSocket, name: str | None, ctx: ssl.SSLContext) -> None:
                 owner.sni.append(name)
 
@@ -138,7 +152,14 @@ class HostileHost:
     def url(self, path: str, host: str | None = None) -> str:
         return f"{self.scheme}://{host or self.host}:{self.port}{path}"
 
-    def add(self, path: str, body: bytes, content_type: str = "application/octet-stream", status: int = 200, headers: dict[str, str] | None = None) -> str:
+    def add(
+        self,
+        path: str,
+        body: bytes,
+        content_type: str = "application/octet-stream",
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> str:
         """``body`` with a correct Content-Length, the given status and headers."""
         self.routes[path] = lambda h, stop: _send(h, status, body, {"Content-Type": content_type, **(headers or {})})
         return self.url(path)

@@ -91,8 +91,16 @@ class ScenarioEngine(Engine):
     def _record(self, job: Job, event: str, step: int, **more) -> None:
         if self.record_dir is None:
             return
-        line = json.dumps({"task": job.task_id, "pid": os.getpid(), "event": event, "step": step, "t": time.time(),
-                           **{k: v for k, v in more.items() if v is not None}})
+        line = json.dumps(
+            {
+                "task": job.task_id,
+                "pid": os.getpid(),
+                "event": event,
+                "step": step,
+                "t": time.time(),
+                **{k: v for k, v in more.items() if v is not None},
+            }
+        )
         # One short O_APPEND write per line: lines from several workers never interleave.
         fd = os.open(self.record_dir / "runs.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

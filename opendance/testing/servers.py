@@ -141,7 +141,9 @@ class PostgresServer(ServerProcess):
     name = "postgresql"
     stop_signal = signal.SIGINT  # "fast" shutdown: ends sessions, checkpoints, exits
 
-    def __init__(self, data_dir: Path | None = None, *, port: int | None = None, database: str = "opendance", fast: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path | None = None, *, port: int | None = None, database: str = "opendance", fast: bool = True
+    ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="opendance-pg-"))
         super().__init__(self.data_dir.parent / f"{self.data_dir.name}.log")
@@ -171,11 +173,19 @@ class PostgresServer(ServerProcess):
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
                 [find_binary("initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
-                check=True, capture_output=True, **run_as,
+                check=True,
+                capture_output=True,
+                **run_as,
             )
         opts = [
-            "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
-            "-c", f"unix_socket_directories={self.data_dir}", "-c", "max_connections=300",
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"port={self.port}",
+            "-c",
+            f"unix_socket_directories={self.data_dir}",
+            "-c",
+            "max_connections=300",
         ]
         if self.fast:
             opts += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
@@ -234,11 +244,26 @@ class TemporalServer(ServerProcess):
 
     def start(self) -> TemporalServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn([
-            find_binary("temporal"), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port),
-            "--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port), "--headless",
-            "--db-filename", str(self.state_dir / "temporal.db"), "--log-level", "warn",
-        ])
+        self._spawn(
+            [
+                find_binary("temporal"),
+                "server",
+                "start-dev",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--http-port",
+                str(self.http_port),
+                "--metrics-port",
+                str(self.metrics_port),
+                "--headless",
+                "--db-filename",
+                str(self.state_dir / "temporal.db"),
+                "--log-level",
+                "warn",
+            ]
+        )
         self._wait_ready(60.0)
         return self
 
@@ -267,11 +292,21 @@ class SeaweedS3(ServerProcess):
     name = "seaweedfs"
     stop_signal = signal.SIGKILL  # SIGTERM takes ~10 s; nothing in it needs a clean stop
 
-    def __init__(self, state_dir: Path, *, bucket: str = "opendance", access_key: str = "opendance-dev", secret_key: str = "opendance-dev-secret") -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        bucket: str = "opendance",
+        access_key: str = "opendance-dev",
+        secret_key: str = "opendance-dev-secret",
+    ) -> None:
         self.state_dir = Path(state_dir)
         super().__init__(self.state_dir / "weed.log")
         self.bucket, self.access_key, self.secret_key = bucket, access_key, secret_key
-        self.ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")}
+        self.ports = {
+            name: free_port()
+            for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")
+        }
 
     @property
     def endpoint(self) -> str:
@@ -281,19 +316,38 @@ class SeaweedS3(ServerProcess):
         data = self.state_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.state_dir / "s3.json"
-        identity = {"name": "opendance", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+        identity = {
+            "name": "opendance",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
         config.write_text(json.dumps({"identities": [identity]}))
         p = self.ports
-        self._spawn([
-            find_binary("weed"), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
-            "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
-            "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}", f"-s3.config={config}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=64", "-volume.max=16",
-        ])
+        self._spawn(
+            [
+                find_binary("weed"),
+                "server",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-dir={data}",
+                f"-master.port={p['master']}",
+                f"-master.port.grpc={p['master.grpc']}",
+                f"-volume.port={p['volume']}",
+                f"-volume.port.grpc={p['volume.grpc']}",
+                "-filer",
+                f"-filer.port={p['filer']}",
+                f"-filer.port.grpc={p['filer.grpc']}",
+                "-s3",
+                f"-s3.port={p['s3']}",
+                f"-s3.port.grpc={p['s3.grpc']}",
+                f"-s3.config={config}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-master.telemetry=false",
+                "-master.volumeSizeLimitMB=64",
+                "-volume.max=16",
+            ]
+        )
         self._create_bucket(60.0)
         return self
 
@@ -302,8 +356,12 @@ class SeaweedS3(ServerProcess):
         from botocore.config import Config
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
-            region_name="us-east-1", config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
         )
 
     def _create_bucket(self, timeout: float) -> None:
@@ -325,6 +383,5 @@ class SeaweedS3(ServerProcess):
                 except (BotoCoreError, ClientError):
                     if time.monotonic() > deadline:
                         self.kill()
-                        raise TimeoutError(f"seaweedfs S3 not ready after {timeout}s:\n{self.log()}")
+                        raise TimeoutError(f"seaweedfs S3 not ready after {timeout}s:\n{self.log()}") from None
                     time.sleep(0.2)
-

@@ -68,8 +68,18 @@ def _umt5(vocab_size: int):
 
     _seed()
     return UMT5EncoderModel(
-        UMT5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        UMT5Config(
+            vocab_size=vocab_size,
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
     )
 
 
@@ -78,8 +88,18 @@ def _t5(vocab_size: int):
 
     _seed()
     return T5EncoderModel(
-        T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        T5Config(
+            vocab_size=vocab_size,
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
     )
 
 
@@ -87,8 +107,9 @@ def _wan_vae():
     from diffusers import AutoencoderKLWan
 
     _seed()
-    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True])
+    return AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
 
 
 def wan_transformer(cls_name: str = "WanTransformer3DModel", *, width: int = 24, layers: int = 2, **kw: Any):
@@ -97,9 +118,20 @@ def wan_transformer(cls_name: str = "WanTransformer3DModel", *, width: int = 24,
 
     _seed()
     heads = 2
-    args = dict(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=width // heads, in_channels=16,
-                out_channels=16, text_dim=32, freq_dim=256, ffn_dim=max(32, width), num_layers=layers,
-                cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    args = dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=heads,
+        attention_head_dim=width // heads,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=max(32, width),
+        num_layers=layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
     args.update(kw)
     return getattr(diffusers, cls_name)(**args)
 
@@ -108,8 +140,7 @@ def _wan_common():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     tok = t5_tokenizer()
-    return dict(tokenizer=tok, text_encoder=_umt5(len(tok)), vae=_wan_vae(),
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+    return dict(tokenizer=tok, text_encoder=_umt5(len(tok)), vae=_wan_vae(), scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
 
 
 def wan_t2v(*, two_experts: bool = False, width: int = 24, layers: int = 2):
@@ -117,8 +148,12 @@ def wan_t2v(*, two_experts: bool = False, width: int = 24, layers: int = 2):
     from diffusers import WanPipeline
 
     if two_experts:
-        return WanPipeline(**_wan_common(), transformer=wan_transformer(width=width, layers=layers),
-                           transformer_2=wan_transformer(width=width, layers=layers), boundary_ratio=0.875)
+        return WanPipeline(
+            **_wan_common(),
+            transformer=wan_transformer(width=width, layers=layers),
+            transformer_2=wan_transformer(width=width, layers=layers),
+            boundary_ratio=0.875,
+        )
     return WanPipeline(**_wan_common(), transformer=wan_transformer(width=width, layers=layers), transformer_2=None)
 
 
@@ -126,8 +161,9 @@ def wan_i2v():
     """WanImageToVideoPipeline in the Wan 2.2 style (no CLIP): takes ``image`` and ``last_image``."""
     from diffusers import WanImageToVideoPipeline
 
-    return WanImageToVideoPipeline(**_wan_common(), image_processor=None, image_encoder=None,
-                                   transformer=wan_transformer(in_channels=36), transformer_2=None)
+    return WanImageToVideoPipeline(
+        **_wan_common(), image_processor=None, image_encoder=None, transformer=wan_transformer(in_channels=36), transformer_2=None
+    )
 
 
 def wan_vace():
@@ -138,31 +174,55 @@ def wan_vace():
 
 
 def ltx_condition():
-    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXConditionPipeline,
-                           LTXVideoTransformer3DModel)
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXConditionPipeline, LTXVideoTransformer3DModel
 
     tok = t5_tokenizer()
     _seed()
-    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
-                                             num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
-                                             num_layers=1, caption_channels=32)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+        num_layers=1,
+        caption_channels=32,
+    )
     _seed()
     vae = AutoencoderKLLTXVideo(
-        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
-        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
-        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
         decoder_spatio_temporal_scaling=(True, True, False, False),
-        decoder_inject_noise=(False, False, False, False, False), upsample_residual=(False, False, False, False),
-        upsample_factor=(1, 1, 1, 1), timestep_conditioning=False, patch_size=1, patch_size_t=1,
-        encoder_causal=True, decoder_causal=False)
-    return LTXConditionPipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
-                                text_encoder=_t5(len(tok)), tokenizer=tok)
+        decoder_inject_noise=(False, False, False, False, False),
+        upsample_residual=(False, False, False, False),
+        upsample_factor=(1, 1, 1, 1),
+        timestep_conditioning=False,
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    )
+    return LTXConditionPipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=_t5(len(tok)), tokenizer=tok
+    )
 
 
 def ltx2():
     """LTX2Pipeline: joint video + audio (Gemma 3 text encoder, audio VAE, vocoder)."""
-    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler,
-                           LTX2Pipeline, LTX2VideoTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        FlowMatchEulerDiscreteScheduler,
+        LTX2Pipeline,
+        LTX2VideoTransformer3DModel,
+    )
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
@@ -170,50 +230,136 @@ def ltx2():
     tok = gemma_tokenizer()
     n = len(tok)
     _seed()
-    text = dict(vocab_size=n, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=8, max_position_embeddings=256, query_pre_attn_scalar=8,
-                sliding_window=64, pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16,
-                  patch_size=4)
-    text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(
-        text_config=text, vision_config=vision, mm_tokens_per_image=4, boi_token_index=n - 3,
-        eoi_token_index=n - 2, image_token_index=n - 1))
+    text = dict(
+        vocab_size=n,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=256,
+        query_pre_attn_scalar=8,
+        sliding_window=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=4)
+    text_encoder = Gemma3ForConditionalGeneration(
+        Gemma3Config(
+            text_config=text,
+            vision_config=vision,
+            mm_tokens_per_image=4,
+            boi_token_index=n - 3,
+            eoi_token_index=n - 2,
+            image_token_index=n - 1,
+        )
+    )
     hidden = 32  # = connector heads (4) x head dim (8)
     _seed()
     transformer = LTX2VideoTransformer3DModel(
-        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
-        cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
-        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2, qk_norm="rms_norm_across_heads",
-        caption_channels=hidden, rope_double_precision=False, rope_type="split")
+        in_channels=4,
+        out_channels=4,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        audio_in_channels=4,
+        audio_out_channels=4,
+        audio_num_attention_heads=2,
+        audio_attention_head_dim=4,
+        audio_cross_attention_dim=8,
+        num_layers=2,
+        qk_norm="rms_norm_across_heads",
+        caption_channels=hidden,
+        rope_double_precision=False,
+        rope_type="split",
+    )
     _seed()
     connectors = LTX2TextConnectors(
-        caption_channels=hidden, text_proj_in_factor=text["num_hidden_layers"] + 1,
-        video_connector_num_attention_heads=4, video_connector_attention_head_dim=8, video_connector_num_layers=1,
-        video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=4,
-        audio_connector_attention_head_dim=8, audio_connector_num_layers=1,
-        audio_connector_num_learnable_registers=None, connector_rope_base_seq_len=32, rope_theta=10000.0,
-        rope_double_precision=False, causal_temporal_positioning=False, rope_type="split")
+        caption_channels=hidden,
+        text_proj_in_factor=text["num_hidden_layers"] + 1,
+        video_connector_num_attention_heads=4,
+        video_connector_attention_head_dim=8,
+        video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None,
+        audio_connector_num_attention_heads=4,
+        audio_connector_attention_head_dim=8,
+        audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None,
+        connector_rope_base_seq_len=32,
+        rope_theta=10000.0,
+        rope_double_precision=False,
+        causal_temporal_positioning=False,
+        rope_type="split",
+    )
     _seed()
     vae = AutoencoderKLLTX2Video(  # 4x spatial and temporal compression, in the encoder and the decoder alike
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-        layers_per_block=(1, 1), decoder_layers_per_block=(1, 1, 1), spatio_temporal_scaling=(True, True),
-        decoder_spatio_temporal_scaling=(True, True), decoder_inject_noise=(False, False, False),
-        downsample_type=("spatiotemporal", "spatiotemporal"), upsample_residual=(False, False),
-        upsample_factor=(1, 1), timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True,
-        decoder_causal=False)
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1, 1),
+        spatio_temporal_scaling=(True, True),
+        decoder_spatio_temporal_scaling=(True, True),
+        decoder_inject_noise=(False, False, False),
+        downsample_type=("spatiotemporal", "spatiotemporal"),
+        upsample_residual=(False, False),
+        upsample_factor=(1, 1),
+        timestep_conditioning=False,
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    )
     _seed()
     audio_vae = AutoencoderKLLTX2Audio(
-        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
-        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
-        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8)
+        base_channels=4,
+        output_channels=2,
+        ch_mult=(1,),
+        num_res_blocks=1,
+        attn_resolutions=None,
+        in_channels=2,
+        resolution=32,
+        latent_channels=2,
+        norm_type="pixel",
+        causality_axis="height",
+        dropout=0.0,
+        mid_block_add_attention=False,
+        sample_rate=16000,
+        mel_hop_length=160,
+        is_causal=True,
+        mel_bins=8,
+    )
     _seed()
-    vocoder = LTX2Vocoder(in_channels=2 * 8, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4],
-                          upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
-                          leaky_relu_negative_slope=0.1, output_sampling_rate=16000)
-    return LTX2Pipeline(transformer=transformer, vae=vae, audio_vae=audio_vae,
-                        scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=text_encoder, tokenizer=tok,
-                        connectors=connectors, vocoder=vocoder, processor=None, prompt_enhancer=None,
-                        duration_head=None)
+    vocoder = LTX2Vocoder(
+        in_channels=2 * 8,
+        hidden_channels=32,
+        out_channels=2,
+        upsample_kernel_sizes=[4, 4],
+        upsample_factors=[2, 2],
+        resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]],
+        leaky_relu_negative_slope=0.1,
+        output_sampling_rate=16000,
+    )
+    return LTX2Pipeline(
+        transformer=transformer,
+        vae=vae,
+        audio_vae=audio_vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        connectors=connectors,
+        vocoder=vocoder,
+        processor=None,
+        prompt_enhancer=None,
+        duration_head=None,
+    )
 
 
 BUILDERS = {
@@ -280,8 +426,14 @@ def tiny_models(folders: dict[str, Path], *, fps: int = TEST_FPS, steps: int = 2
     fbc = {"type": "FirstBlockCache", "threshold": 0.2}
     fast = {m: dict(s, cache=fbc) for m, s in wan_modes.items()}
     ltx = dict(common, engine="ltx", checkpoint=p["ltx"], overlap=9, max_area=32 * 32)
-    ltx2_ = dict(common, engine="ltx2", checkpoint=p["ltx2"], overlap=9, max_area=32 * 32,
-                 call_kwargs={"stg_scale": 0.0, "modality_scale": 1.0, "audio_guidance_scale": 1.0})
+    ltx2_ = dict(
+        common,
+        engine="ltx2",
+        checkpoint=p["ltx2"],
+        overlap=9,
+        max_area=32 * 32,
+        call_kwargs={"stg_scale": 0.0, "modality_scale": 1.0, "audio_guidance_scale": 1.0},
+    )
     return {
         "jisudance2.0-480p": dict(resolution="480p", fps=fps, modes=wan_modes),
         "jisudance2.0-720p": dict(resolution="720p", fps=fps, modes=wan22),
@@ -291,8 +443,7 @@ def tiny_models(folders: dict[str, Path], *, fps: int = TEST_FPS, steps: int = 2
     }
 
 
-def write_models_toml(path: Path, folders: dict[str, Path], extra: dict[str, dict[str, Any]] | None = None,
-                      **kw: Any) -> Path:
+def write_models_toml(path: Path, folders: dict[str, Path], extra: dict[str, dict[str, Any]] | None = None, **kw: Any) -> Path:
     """Write a ``--config`` TOML that points the seed model names (and any ``extra`` models, in
     the shape ``tiny_models`` returns) at the tiny pipelines."""
     out = []

@@ -53,8 +53,15 @@ def conforming_mp4(width: int, height: int, duration: int, fps: int) -> bytes:
 
 
 class FakeUpstream:
-    def __init__(self, *, seconds: float = 10.0, key: str | None = None, resolution: str = "480p", fps: int = 24,
-                 create_status: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        seconds: float = 10.0,
+        key: str | None = None,
+        resolution: str = "480p",
+        fps: int = 24,
+        create_status: int | None = None,
+    ) -> None:
         self.seconds, self.key, self.resolution, self.fps = seconds, key, resolution, fps
         self.create_status = create_status
         self.tasks: dict[str, dict[str, Any]] = {}
@@ -86,8 +93,11 @@ class FakeUpstream:
                 raw = self.rfile.read(n) if n else b""
                 with upstream._lock:
                     upstream.requests.append((method, self.path))
-                if upstream.key and self.headers.get("Authorization") != f"Bearer {upstream.key}" \
-                        and not self.path.startswith("/files/"):
+                if (
+                    upstream.key
+                    and self.headers.get("Authorization") != f"Bearer {upstream.key}"
+                    and not self.path.startswith("/files/")
+                ):
                     return self.answer(401, {"error": {"message": "invalid API key", "type": "invalid_request_error"}})
                 status, body, ctype = upstream.route(method, self.path, raw, self.headers)
                 self.answer(status, body, ctype)
@@ -127,13 +137,13 @@ class FakeUpstream:
     def route(self, method: str, path: str, raw: bytes, headers) -> tuple[int, Any, str]:
         json_type = "application/json"
         if method == "GET" and path.startswith("/files/"):
-            video = self._video_bytes(path[len("/files/"):].removesuffix(".mp4"))
+            video = self._video_bytes(path[len("/files/") :].removesuffix(".mp4"))
             return (200, video, "video/mp4") if video else (404, {"error": {"message": "no such file"}}, json_type)
         if method == "POST" and path in (LEGACY, OPENAI):
             return (*self._create(path, raw, headers), json_type)
         for prefix in (LEGACY, OPENAI):
             if path.startswith(prefix + "/"):
-                rest = path[len(prefix) + 1:].split("/")
+                rest = path[len(prefix) + 1 :].split("/")
                 task = self.tasks.get(rest[0])
                 if task is None:
                     return 404, {"error": {"message": f"no task {rest[0]!r}"}}, json_type
@@ -169,8 +179,14 @@ class FakeUpstream:
                 return 200, self._view(self.tasks[self._by_key[key]])
             task_id = "up_" + secrets.token_hex(8)
             now = time.monotonic()
-            self.tasks[task_id] = {"id": task_id, "route": route, "model": body["model"], "created": now,
-                                   "shape": (width, height, duration), "cancelled": False}
+            self.tasks[task_id] = {
+                "id": task_id,
+                "route": route,
+                "model": body["model"],
+                "created": now,
+                "shape": (width, height, duration),
+                "cancelled": False,
+            }
             if key:
                 self._by_key[key] = task_id
             in_flight = sum(1 for t in self.tasks.values() if t["created"] + self.seconds > now and not t["cancelled"])
@@ -185,8 +201,11 @@ class FakeUpstream:
             from email.policy import default
 
             message = BytesParser(policy=default).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + raw)
-            return {part.get_param("name", header="content-disposition"): part.get_content()
-                    for part in message.iter_parts() if not part.get_filename()}
+            return {
+                part.get_param("name", header="content-disposition"): part.get_content()
+                for part in message.iter_parts()
+                if not part.get_filename()
+            }
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -203,9 +222,17 @@ class FakeUpstream:
         progress = 100 if state == "completed" else min(99, int(100 * (time.monotonic() - task["created"]) / self.seconds))
         if task["route"] == OPENAI:
             return {"id": task["id"], "object": "video", "model": task["model"], "status": state, "progress": progress}
-        view = {"id": task["id"], "task_id": task["id"], "object": "video.generation.job", "model": task["model"],
-                "status": {"cancelled": "failed"}.get(state, state), "raw_status": state.upper(), "progress": progress,
-                "video_url": f"{self.url}/files/{task['id']}.mp4" if state == "completed" else None, "error": None}
+        view = {
+            "id": task["id"],
+            "task_id": task["id"],
+            "object": "video.generation.job",
+            "model": task["model"],
+            "status": {"cancelled": "failed"}.get(state, state),
+            "raw_status": state.upper(),
+            "progress": progress,
+            "video_url": f"{self.url}/files/{task['id']}.mp4" if state == "completed" else None,
+            "error": None,
+        }
         if state == "cancelled":
             view["error"] = {"code": "cancelled", "message": "the task was cancelled by the client"}
         return view

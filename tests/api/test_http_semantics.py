@@ -143,7 +143,10 @@ def test_the_openapi_schema_is_as_strict_as_the_validator(client, done):
     assert query("/v1/videos/{video_id}", "get", "shape")["enum"] == ["openai", "legacy"]
     # ... and what the schema refuses, the server refuses.
     assert error(client.post("/v1/video/generations", json={"model": "", "prompt": "x"}), 400)["param"] == "model"
-    assert error(client.get(f"/v1/video/generations/{done['id']}/content", params={"variant": "thumbnail"}), 400)["param"] == "variant"
+    assert (
+        error(client.get(f"/v1/video/generations/{done['id']}/content", params={"variant": "thumbnail"}), 400)["param"]
+        == "variant"
+    )
     assert error(client.get(f"/v1/videos/{done['id']}/content", params={"variant": "poster"}), 400)["param"] == "variant"
 
 
@@ -166,12 +169,21 @@ def test_a_data_uri_in_capitals_is_accepted(client):
         assert r.json()["mode"] == "image-to-video"
 
 
-NOT_ASCII = ["\u0665", "\uff15", "\u0661\u0660", "\u2075", "\u09eb"]  # Arabic-Indic 5, fullwidth 5, Arabic-Indic 10, superscript 5, Bengali 5
+NOT_ASCII = [
+    "\u0665",
+    "\uff15",
+    "\u0661\u0660",
+    "\u2075",
+    "\u09eb",
+]  # Arabic-Indic 5, fullwidth 5, Arabic-Indic 10, superscript 5, Bengali 5
 
 
 @pytest.mark.parametrize("digits", NOT_ASCII)
 def test_numbers_in_other_scripts_are_refused(client, digits):
-    assert error(client.post("/v1/video/generations", json={"model": M, "prompt": "x", "duration": digits}), 400)["param"] == "duration"
+    assert (
+        error(client.post("/v1/video/generations", json={"model": M, "prompt": "x", "duration": digits}), 400)["param"]
+        == "duration"
+    )
     assert error(client.get("/v1/video/generations", params={"limit": digits}), 400)["param"] == "limit"
     assert error(client.get("/v1/videos", params={"limit": digits}), 400)["param"] == "limit"
     assert error(client.post("/v1/videos", data={"prompt": "x", "seconds": digits}), 400)["param"] == "seconds"

@@ -60,8 +60,13 @@ class Operator:
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENDANCE_")}
-        return subprocess.run([sys.executable, "-m", "opendance", *args, "--data-dir", str(self.data_dir), "--config",
-                               str(self.config)], env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "opendance", *args, "--data-dir", str(self.data_dir), "--config", str(self.config)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def create(self, name: str, *flags: str) -> str:
         done = self.run("keys", "create", "--name", name, *flags)
@@ -95,7 +100,7 @@ def test_the_store_keeps_only_a_hash(env):
     db = sqlite3.connect(operator.data_dir / "opendance.db")
     try:
         rows = db.execute("SELECT * FROM api_keys").fetchall()
-        (digest, hint), = db.execute("SELECT key_hash, hint FROM api_keys WHERE name = 'hashed'").fetchall()
+        ((digest, hint),) = db.execute("SELECT key_hash, hint FROM api_keys WHERE name = 'hashed'").fetchall()
     finally:
         db.close()
     assert rows and not any(key in str(value) for row in rows for value in row)  # not in any column of any key
@@ -174,7 +179,11 @@ def test_models_hides_the_others(env):
         assert hidden.json()["error"]["code"] == "model_not_found" and "one of: quick" in hidden.json()["error"]["message"]
         # A size only the hidden model makes is a size no model makes, for this key.
         r = c.post("/v1/videos", json={"prompt": "x", "size": "1280x720"})
-        assert r.status_code == 400 and "864x480" in r.json()["error"]["message"] and "1280x720, " not in r.json()["error"]["message"]
+        assert (
+            r.status_code == 400
+            and "864x480" in r.json()["error"]["message"]
+            and "1280x720, " not in r.json()["error"]["message"]
+        )
         r = c.post("/api/v3/contents/generations/tasks", json={"model": "other", "content": [{"type": "text", "text": "x"}]})
         assert r.status_code == 400 and r.json()["error"]["code"] == "InvalidEndpointOrModel.NotFound"
         assert create(c).status_code == 200
@@ -210,7 +219,11 @@ def test_usage_counts_the_tasks_made(env):
         assert usage["key"] == "counted" and (usage["from"], usage["to"]) == (today, today)
         rows = {r["model"]: r for r in usage["data"]}
         assert {m: (r["video_seconds"], r["completed"], r["failed"], r["cancelled"]) for m, r in rows.items()} == {
-            "quick": (11, 2, 0, 0), "other": (7, 1, 0, 0), "broken": (0, 0, 1, 0), "slow": (0, 0, 0, 1)}
+            "quick": (11, 2, 0, 0),
+            "other": (7, 1, 0, 0),
+            "broken": (0, 0, 1, 0),
+            "slow": (0, 0, 0, 1),
+        }
         assert {r["date"] for r in usage["data"]} == {today}
         assert c.get("/v1/usage", params={"key": "root"}).status_code == 403  # only admins read other keys
         assert c.get("/v1/usage", params={"from": "2026-13-01"}).json()["error"]["param"] == "from"
@@ -220,7 +233,8 @@ def test_usage_counts_the_tasks_made(env):
     assert printed.returncode == 0, printed.stderr
     lines = [line.split() for line in printed.stdout.splitlines()[1:]]
     assert sorted((m, int(s), int(ok), int(bad), int(cancel)) for _, _, m, s, ok, bad, cancel, _ in lines) == sorted(
-        (m, *v) for m, v in {"quick": (11, 2, 0, 0), "other": (7, 1, 0, 0), "broken": (0, 0, 1, 0), "slow": (0, 0, 0, 1)}.items())
+        (m, *v) for m, v in {"quick": (11, 2, 0, 0), "other": (7, 1, 0, 0), "broken": (0, 0, 1, 0), "slow": (0, 0, 0, 1)}.items()
+    )
 
 
 def test_admin_api(env):
@@ -236,7 +250,12 @@ def test_admin_api(env):
         listed = {k["name"]: k for k in root.get("/v1/admin/keys").json()["data"]}
         assert "from-api" in listed and "key" not in listed["from-api"] and listed["root"]["admin"] is True
         assert listed["from-api"]["last_used_at"] is not None
-        for bad in ({"name": "from-api"}, {"name": "bad name"}, {"name": "x", "models": ["nope"]}, {"name": "y", "max_concurrent": 0}):
+        for bad in (
+            {"name": "from-api"},
+            {"name": "bad name"},
+            {"name": "x", "models": ["nope"]},
+            {"name": "y", "max_concurrent": 0},
+        ):
             r = root.post("/v1/admin/keys", json=bad)
             assert r.status_code == 400, (bad, r.text)
         assert root.delete("/v1/admin/keys/nope").status_code == 404

@@ -28,10 +28,17 @@ def test_links_follow_the_host_the_task_is_read_through(server):
             c.get(f"/v1/video/generations/{created['id']}", headers=other).json(),
             c.get(f"/v1/videos/generations/{created['id']}", headers=other).json(),
             c.get(f"/v1/videos/{created['id']}", headers=other).json(),
-            next(t for t in c.get("/v1/video/generations", params={"limit": 100}, headers=other).json()["data"] if t["id"] == created["id"]),
+            next(
+                t
+                for t in c.get("/v1/video/generations", params={"limit": 100}, headers=other).json()["data"]
+                if t["id"] == created["id"]
+            ),
         ]
     for task in reads:
-        assert all(link.startswith(f"http://localhost:{server.port}/v1/video/generations/{created['id']}/content") for link in links(task)), task
+        assert all(
+            link.startswith(f"http://localhost:{server.port}/v1/video/generations/{created['id']}/content")
+            for link in links(task)
+        ), task
     # and the links work through that name
     assert httpx.get(reads[0]["video_url"]).status_code == 200
     assert httpx.get(reads[0]["result"]["last_frame_url"]).headers["content-type"] == "image/png"
@@ -39,7 +46,9 @@ def test_links_follow_the_host_the_task_is_read_through(server):
 
 def test_public_url_wins_over_every_request(tmp_path):
     with LiveServer(tmp_path, env={"OPENDANCE_PUBLIC_URL": "https://videos.example.com/"}) as server, server.client() as c:
-        task_id = c.post("/v1/video/generations", json={"model": M, "prompt": "public"}, headers={"Host": "a.example"}).json()["id"]
+        task_id = c.post("/v1/video/generations", json={"model": M, "prompt": "public"}, headers={"Host": "a.example"}).json()[
+            "id"
+        ]
         wait_for_task(c, task_id)
         task = c.get(f"/v1/video/generations/{task_id}", headers={"Host": "b.example"}).json()
     assert task["video_url"] == f"https://videos.example.com/v1/video/generations/{task_id}/content"

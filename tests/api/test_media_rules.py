@@ -54,7 +54,11 @@ def test_video_too_short(client, media_host):
 
 def test_videos_together_too_long(client, media_host):
     urls = [media_host.add(f"/v{i}.mp4", media.video_bytes(6.0, seed=i), "video/mp4") for i in range(3)]
-    err(client.post("/v1/video/generations", json={"model": M, "videos": urls}), "videos", "videos are 18 s long together; together they must be at most 15 s")
+    err(
+        client.post("/v1/video/generations", json={"model": M, "videos": urls}),
+        "videos",
+        "videos are 18 s long together; together they must be at most 15 s",
+    )
 
 
 def test_video_without_video_stream(client, media_host):
@@ -101,7 +105,12 @@ def test_ssrf_refused_by_default(strict_server, url):
 
 def test_ssrf_file_scheme_refused(strict_server):
     with strict_server.client() as c:
-        err(c.post("/v1/video/generations", json={"model": M, "images": ["file:///etc/passwd"]}), "images[0]", "file", "unsupported_url_scheme")
+        err(
+            c.post("/v1/video/generations", json={"model": M, "images": ["file:///etc/passwd"]}),
+            "images[0]",
+            "file",
+            "unsupported_url_scheme",
+        )
 
 
 def test_ssrf_redirect_to_loopback_refused(client, media_host):

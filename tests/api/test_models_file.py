@@ -35,13 +35,16 @@ def test_valid_options_load(tmp_path):
     assert model.modes["text-to-video"].options["steps"] == 30  # the weights need not be here (API server)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ("stpes = 30", "models.m (text-to-video, engine wan): stpes: Extra inputs are not permitted"),
-    ("guidance = -1", "guidance: Input should be greater than or equal to 0"),
-    ('dtype = "fp8"', "dtype: Input should be 'float32', 'float16' or 'bfloat16'"),
-    ('cache = {type = "FastCache"}', "cache.type: Input should be 'FirstBlockCache', 'MagCache' or 'TaylorSeer'"),
-    ("frames = 9\noverlap = 9", "overlap (9) must be smaller than frames (9)"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("stpes = 30", "models.m (text-to-video, engine wan): stpes: Extra inputs are not permitted"),
+        ("guidance = -1", "guidance: Input should be greater than or equal to 0"),
+        ('dtype = "fp8"', "dtype: Input should be 'float32', 'float16' or 'bfloat16'"),
+        ('cache = {type = "FastCache"}', "cache.type: Input should be 'FirstBlockCache', 'MagCache' or 'TaylorSeer'"),
+        ("frames = 9\noverlap = 9", "overlap (9) must be smaller than frames (9)"),
+    ],
+)
 def test_bad_options_are_refused_by_name(tmp_path, change, message):
     with pytest.raises(ValueError) as caught:
         load_models(write(tmp_path, GOOD + change + "\n"))
@@ -56,9 +59,11 @@ def test_a_missing_checkpoint_key_is_named(tmp_path):
 
 def test_serve_refuses_to_start_and_says_why(tmp_path):
     path = write(tmp_path, GOOD + "stpes = 30\n")
-    code = ("import sys; from opendance.cli import main; "
-            f"sys.argv = ['opendance', 'serve', '--config', {str(path)!r}, '--data-dir', {str(tmp_path / 'data')!r}, "
-            "'--port', '1']; sys.exit(main())")
+    code = (
+        "import sys; from opendance.cli import main; "
+        f"sys.argv = ['opendance', 'serve', '--config', {str(path)!r}, '--data-dir', {str(tmp_path / 'data')!r}, "
+        "'--port', '1']; sys.exit(main())"
+    )
     # The check must not need torch: the child refuses to import it.
     guard = "import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None; "
     done = subprocess.run([sys.executable, "-c", guard + code], capture_output=True, text=True, timeout=60)

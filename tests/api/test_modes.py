@@ -55,7 +55,12 @@ def test_image_as_data_uri(client, tmp_path):
 
 def test_first_and_last_frame(client, tmp_path):
     first, last = media.image_bytes(400, 400, seed=3), media.image_bytes(500, 480, seed=4)
-    body = {"model": M, "image": media.data_uri(first, "image/png"), "last_image": media.data_uri(last, "image/png"), "aspect_ratio": "1:1"}
+    body = {
+        "model": M,
+        "image": media.data_uri(first, "image/png"),
+        "last_image": media.data_uri(last, "image/png"),
+        "aspect_ratio": "1:1",
+    }
     task, info, frames = run(client, body, tmp_path)
     assert task["mode"] == "first-and-last-frame"
     for got, src in ((frames[0], first), (frames[-1], last)):
@@ -66,7 +71,10 @@ def test_first_and_last_frame(client, tmp_path):
 def test_omni_nine_images_three_videos_three_audios(client, media_host, tmp_path):
     images = [media.data_uri(media.image_bytes(200 + 10 * i, 200, seed=10 + i), "image/png") for i in range(9)]
     videos = [media_host.add(f"/ref{i}.mp4", media.video_bytes(5.0, seed=i), "video/mp4") for i in range(3)]
-    audios = [media_host.add(f"/ref{i}.{ext}", media.audio_bytes(3.0 + i, ext), "audio/x") for i, ext in enumerate(("wav", "mp3", "m4a"))]
+    audios = [
+        media_host.add(f"/ref{i}.{ext}", media.audio_bytes(3.0 + i, ext), "audio/x")
+        for i, ext in enumerate(("wav", "mp3", "m4a"))
+    ]
     body = {"model": M, "prompt": "montage", "images": images, "videos": videos, "audios": audios, "duration": 10}
     task, info, frames = run(client, body, tmp_path)
     assert task["mode"] == "omni-reference"
@@ -76,7 +84,9 @@ def test_omni_nine_images_three_videos_three_audios(client, media_host, tmp_path
 def test_text_to_video_each_aspect(client, tmp_path):
     sizes = {"16:9": (864, 480), "1:1": (640, 640), "9:16": (480, 864)}
     for aspect, size in sizes.items():
-        task, info, _ = run(client, {"model": "jisudance2.0-fast-480p", "prompt": "a robot dancing", "aspect_ratio": aspect}, tmp_path)
+        task, info, _ = run(
+            client, {"model": "jisudance2.0-fast-480p", "prompt": "a robot dancing", "aspect_ratio": aspect}, tmp_path
+        )
         assert (info["width"], info["height"]) == size
         assert info["audio_codec"] is None
 

@@ -36,22 +36,70 @@ SHAPE_RULES = [
     ("prompt not a string", {"model": M, "prompt": ["a"]}, "prompt", "must be a string", "invalid_type"),
     ("prompt too long", {"model": M, "prompt": "a" * 5001}, "prompt", "at most 5000", "invalid_value"),
     ("image not a string", {"model": M, "image": 7}, "image", "must be a string", "invalid_type"),
-    ("image ftp scheme", {"model": M, "image": "ftp://example.com/a.png"}, "image", "scheme 'ftp' is not allowed", "unsupported_url_scheme"),
-    ("image file scheme", {"model": M, "image": "file:///etc/passwd"}, "image", "scheme 'file' is not allowed", "unsupported_url_scheme"),
+    (
+        "image ftp scheme",
+        {"model": M, "image": "ftp://example.com/a.png"},
+        "image",
+        "scheme 'ftp' is not allowed",
+        "unsupported_url_scheme",
+    ),
+    (
+        "image file scheme",
+        {"model": M, "image": "file:///etc/passwd"},
+        "image",
+        "scheme 'file' is not allowed",
+        "unsupported_url_scheme",
+    ),
     ("image gopher scheme", {"model": M, "image": "gopher://example.com/"}, "image", "scheme 'gopher'", "unsupported_url_scheme"),
     ("image no scheme", {"model": M, "image": "cat.png"}, "image", "http(s):// url or a data: uri", "invalid_url"),
     ("last_image without image", {"model": M, "last_image": PNG}, "last_image", "last_image needs image", "mode_conflict"),
-    ("image with images", {"model": M, "image": PNG, "images": [PNG]}, "images", "cannot be combined with image", "mode_conflict"),
-    ("last_image with videos", {"model": M, "image": PNG, "last_image": PNG, "videos": ["https://example.com/a.mp4"]}, "videos", "cannot be combined", "mode_conflict"),
-    ("image with audios", {"model": M, "image": PNG, "audios": ["https://example.com/a.wav"]}, "audios", "cannot be combined", "mode_conflict"),
-    ("audios alone", {"model": M, "prompt": "x", "audios": ["https://example.com/a.wav"]}, "audios", "at least one reference image or video", "mode_conflict"),
+    (
+        "image with images",
+        {"model": M, "image": PNG, "images": [PNG]},
+        "images",
+        "cannot be combined with image",
+        "mode_conflict",
+    ),
+    (
+        "last_image with videos",
+        {"model": M, "image": PNG, "last_image": PNG, "videos": ["https://example.com/a.mp4"]},
+        "videos",
+        "cannot be combined",
+        "mode_conflict",
+    ),
+    (
+        "image with audios",
+        {"model": M, "image": PNG, "audios": ["https://example.com/a.wav"]},
+        "audios",
+        "cannot be combined",
+        "mode_conflict",
+    ),
+    (
+        "audios alone",
+        {"model": M, "prompt": "x", "audios": ["https://example.com/a.wav"]},
+        "audios",
+        "at least one reference image or video",
+        "mode_conflict",
+    ),
     ("images empty", {"model": M, "images": []}, "images", "1 to 9 items; got 0", "invalid_value"),
     ("images ten", {"model": M, "images": [PNG] * 10}, "images", "1 to 9 items; got 10", "invalid_value"),
     ("images not an array", {"model": M, "images": {"a": 1}}, "images", "must be an array", "invalid_type"),
     ("images item not a string", {"model": M, "images": [PNG, 3]}, "images[1]", "must be a string", "invalid_type"),
-    ("images item bad scheme", {"model": M, "images": [PNG, "file:///x"]}, "images[1]", "scheme 'file'", "unsupported_url_scheme"),
+    (
+        "images item bad scheme",
+        {"model": M, "images": [PNG, "file:///x"]},
+        "images[1]",
+        "scheme 'file'",
+        "unsupported_url_scheme",
+    ),
     ("videos four", {"model": M, "videos": ["https://example.com/a.mp4"] * 4}, "videos", "1 to 3 items; got 4", "invalid_value"),
-    ("audios four", {"model": M, "images": [PNG], "audios": ["https://example.com/a.wav"] * 4}, "audios", "1 to 3 items; got 4", "invalid_value"),
+    (
+        "audios four",
+        {"model": M, "images": [PNG], "audios": ["https://example.com/a.wav"] * 4},
+        "audios",
+        "1 to 3 items; got 4",
+        "invalid_value",
+    ),
     ("duration 4", {"model": M, "prompt": "x", "duration": 4}, "duration", "between 5 and 15", "invalid_value"),
     ("duration 16", {"model": M, "prompt": "x", "duration": 16}, "duration", "between 5 and 15", "invalid_value"),
     ("duration 5.5", {"model": M, "prompt": "x", "duration": 5.5}, "duration", "whole number", "invalid_value"),
@@ -61,19 +109,97 @@ SHAPE_RULES = [
     ("duration string 20", {"model": M, "prompt": "x", "duration": "20"}, "duration", "between 5 and 15", "invalid_value"),
     ("aspect 4:3", {"model": M, "prompt": "x", "aspect_ratio": "4:3"}, "aspect_ratio", "one of 16:9, 1:1, 9:16", "invalid_value"),
     ("aspect number", {"model": M, "prompt": "x", "aspect_ratio": 1.77}, "aspect_ratio", "must be a string", "invalid_type"),
-    ("extra_body not object", {"model": M, "prompt": "x", "extra_body": "seed=1"}, "extra_body", "must be an object", "invalid_type"),
-    ("seed string", {"model": M, "prompt": "x", "extra_body": {"seed": "1"}}, "extra_body.seed", "must be an integer", "invalid_type"),
-    ("seed fraction", {"model": M, "prompt": "x", "extra_body": {"seed": 1.5}}, "extra_body.seed", "must be an integer", "invalid_type"),
-    ("seed bool", {"model": M, "prompt": "x", "extra_body": {"seed": True}}, "extra_body.seed", "must be an integer", "invalid_type"),
-    ("seed below -1", {"model": M, "prompt": "x", "extra_body": {"seed": -2}}, "extra_body.seed", "between -1 and 4294967295", "invalid_value"),
-    ("seed above max", {"model": M, "prompt": "x", "extra_body": {"seed": 4294967296}}, "extra_body.seed", "between -1 and 4294967295", "invalid_value"),
-    ("negative_prompt type", {"model": M, "prompt": "x", "extra_body": {"negative_prompt": 5}}, "extra_body.negative_prompt", "must be a string", "invalid_type"),
-    ("generate_audio type", {"model": M, "prompt": "x", "extra_body": {"generate_audio": "yes"}}, "extra_body.generate_audio", "must be a boolean", "invalid_type"),
-    ("watermark type", {"model": M, "prompt": "x", "extra_body": {"watermark": 1}}, "extra_body.watermark", "must be a boolean", "invalid_type"),
-    ("camera_fixed type", {"model": M, "prompt": "x", "extra_body": {"camera_fixed": "false"}}, "extra_body.camera_fixed", "must be a boolean", "invalid_type"),
-    ("return_last_frame type", {"model": M, "prompt": "x", "extra_body": {"return_last_frame": 0}}, "extra_body.return_last_frame", "must be a boolean", "invalid_type"),
-    ("callback_url type", {"model": M, "prompt": "x", "extra_body": {"callback_url": 5}}, "extra_body.callback_url", "must be a string", "invalid_type"),
-    ("callback_url scheme", {"model": M, "prompt": "x", "extra_body": {"callback_url": "ftp://example.com/cb"}}, "extra_body.callback_url", "http(s)://", "invalid_url"),
+    (
+        "extra_body not object",
+        {"model": M, "prompt": "x", "extra_body": "seed=1"},
+        "extra_body",
+        "must be an object",
+        "invalid_type",
+    ),
+    (
+        "seed string",
+        {"model": M, "prompt": "x", "extra_body": {"seed": "1"}},
+        "extra_body.seed",
+        "must be an integer",
+        "invalid_type",
+    ),
+    (
+        "seed fraction",
+        {"model": M, "prompt": "x", "extra_body": {"seed": 1.5}},
+        "extra_body.seed",
+        "must be an integer",
+        "invalid_type",
+    ),
+    (
+        "seed bool",
+        {"model": M, "prompt": "x", "extra_body": {"seed": True}},
+        "extra_body.seed",
+        "must be an integer",
+        "invalid_type",
+    ),
+    (
+        "seed below -1",
+        {"model": M, "prompt": "x", "extra_body": {"seed": -2}},
+        "extra_body.seed",
+        "between -1 and 4294967295",
+        "invalid_value",
+    ),
+    (
+        "seed above max",
+        {"model": M, "prompt": "x", "extra_body": {"seed": 4294967296}},
+        "extra_body.seed",
+        "between -1 and 4294967295",
+        "invalid_value",
+    ),
+    (
+        "negative_prompt type",
+        {"model": M, "prompt": "x", "extra_body": {"negative_prompt": 5}},
+        "extra_body.negative_prompt",
+        "must be a string",
+        "invalid_type",
+    ),
+    (
+        "generate_audio type",
+        {"model": M, "prompt": "x", "extra_body": {"generate_audio": "yes"}},
+        "extra_body.generate_audio",
+        "must be a boolean",
+        "invalid_type",
+    ),
+    (
+        "watermark type",
+        {"model": M, "prompt": "x", "extra_body": {"watermark": 1}},
+        "extra_body.watermark",
+        "must be a boolean",
+        "invalid_type",
+    ),
+    (
+        "camera_fixed type",
+        {"model": M, "prompt": "x", "extra_body": {"camera_fixed": "false"}},
+        "extra_body.camera_fixed",
+        "must be a boolean",
+        "invalid_type",
+    ),
+    (
+        "return_last_frame type",
+        {"model": M, "prompt": "x", "extra_body": {"return_last_frame": 0}},
+        "extra_body.return_last_frame",
+        "must be a boolean",
+        "invalid_type",
+    ),
+    (
+        "callback_url type",
+        {"model": M, "prompt": "x", "extra_body": {"callback_url": 5}},
+        "extra_body.callback_url",
+        "must be a string",
+        "invalid_type",
+    ),
+    (
+        "callback_url scheme",
+        {"model": M, "prompt": "x", "extra_body": {"callback_url": "ftp://example.com/cb"}},
+        "extra_body.callback_url",
+        "http(s)://",
+        "invalid_url",
+    ),
 ]
 
 
@@ -92,7 +218,9 @@ def test_body_not_an_object(client):
 
 
 def test_body_nan_is_not_json(client):
-    r = client.post("/v1/video/generations", content=b'{"model": "x", "duration": NaN}', headers={"Content-Type": "application/json"})
+    r = client.post(
+        "/v1/video/generations", content=b'{"model": "x", "duration": NaN}', headers={"Content-Type": "application/json"}
+    )
     err(r, 400, None, "not valid JSON", "invalid_json")
 
 
@@ -106,7 +234,7 @@ def test_body_over_limit_declared(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(
             b"POST /v1/video/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 67108865\r\n\r\n{\"model\":"
+            b'Content-Length: 67108865\r\n\r\n{"model":'
         )
         reply = b""
         while b"body_too_large" not in reply:  # headers and body may come in separate reads

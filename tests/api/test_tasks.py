@@ -149,7 +149,12 @@ def test_list_pages_and_filters(slow_server):
             wait_for_task(c, tid)
         completed = c.get("/v1/video/generations", params={"status": "completed", "limit": 100}).json()["data"]
         assert set(ids) <= {t["id"] for t in completed}
-        for bad, param in (({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"limit": "x"}, "limit"), ({"status": "done"}, "status")):
+        for bad, param in (
+            ({"limit": 0}, "limit"),
+            ({"limit": 101}, "limit"),
+            ({"limit": "x"}, "limit"),
+            ({"status": "done"}, "status"),
+        ):
             r = c.get("/v1/video/generations", params=bad)
             assert r.status_code == 400 and r.json()["error"]["param"] == param
 

@@ -110,7 +110,7 @@ def open_page(browser) -> Iterator[Callable[..., object]]:
         return page
 
     yield open_
-    for visit, context in visits:
+    for _, context in visits:
         context.close()
     for visit, _ in visits:
         assert not visit.blocked, f"the page tried to reach other origins: {visit.blocked}"

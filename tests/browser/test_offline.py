@@ -14,7 +14,9 @@ from playwright.sync_api import expect
 CREATE_ROUTE = "/v1/video/generations"
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:@%]+")
 # What a page, module or style sheet loads: src/href attributes, ES module imports, CSS url().
-REFERENCE = re.compile(r"""(?:src|href)="([^"]+)"|\b(?:from|import)\s*["'](\.{1,2}/[^"']+)["']|(?<![\w-])url\(\s*["']?([^"')]+)""")
+REFERENCE = re.compile(
+    r"""(?:src|href)="([^"]+)"|\b(?:from|import)\s*["'](\.{1,2}/[^"']+)["']|(?<![\w-])url\(\s*["']?([^"')]+)"""
+)
 
 
 @pytest.mark.browser

@@ -33,7 +33,9 @@ def first_frame(mp4: bytes) -> np.ndarray:
         return next(container.decode(video=0)).to_ndarray(format="rgb24")
 
 
-def test_text_to_video_from_the_form_plays_a_video_of_the_right_length(playground_server, open_page, created, tmp_path, screenshot_path):
+def test_text_to_video_from_the_form_plays_a_video_of_the_right_length(
+    playground_server, open_page, created, tmp_path, screenshot_path
+):
     page = open_page(playground_server)
     expect(page.locator("#server-status")).to_contain_text("This server is open")
     expect(page.get_by_label("API key")).to_be_hidden()
@@ -56,7 +58,9 @@ def test_text_to_video_from_the_form_plays_a_video_of_the_right_length(playgroun
 
     video = row.locator("video")
     expect(video).to_have_count(1)
-    video.evaluate("v => new Promise((ok, fail) => v.readyState >= 1 ? ok() : (v.onloadedmetadata = ok, v.onerror = () => fail(v.error.message)))")
+    video.evaluate(
+        "v => new Promise((ok, fail) => v.readyState >= 1 ? ok() : (v.onloadedmetadata = ok, v.onerror = () => fail(v.error.message)))"
+    )
     duration = video.evaluate("v => v.duration")
     assert abs(duration - 6) <= 1 / FPS + 1e-6, duration
     size = video.evaluate("v => [v.videoWidth, v.videoHeight]")
@@ -189,7 +193,9 @@ def test_with_keys_the_page_asks_for_one_and_shows_only_its_tasks(keyed_server, 
     assert page.evaluate("localStorage.getItem('opendance.apiKey')") == "k-alice"
     expect(row_of(page, bobs)).to_have_count(0)
     ids = page.locator("li.task").evaluate_all("rows => rows.map(r => r.dataset.taskId)")
-    visible_to_alice = httpx.get(keyed_server.url + "/v1/video/generations?limit=100", headers={"Authorization": "Bearer k-alice"}).json()
+    visible_to_alice = httpx.get(
+        keyed_server.url + "/v1/video/generations?limit=100", headers={"Authorization": "Bearer k-alice"}
+    ).json()
     assert set(ids) <= {t["id"] for t in visible_to_alice["data"]}
 
     # A video made from the page plays through its signed link: a <video> sends no key.

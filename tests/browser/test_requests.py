@@ -112,7 +112,9 @@ def run_snippet(kind: str, code: str, cwd: Path) -> subprocess.CompletedProcess:
     else:
         (cwd / "snippet.py").write_text(code)
         cmd = [sys.executable, "snippet.py"]
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    done = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
     assert done.returncode == 0, f"{kind} snippet failed:\n{code}\n{done.stdout}\n{done.stderr}"
     return done
 

@@ -59,7 +59,13 @@ step_seconds = 0.05
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("ark-sdk")
     (root / "models.toml").write_text(MODELS)
-    env = {"OPENDANCE_API_KEYS": KEY, "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0", "OPENDANCE_ALLOW_HOSTS": "127.0.0.1"}
+    # One cpu slot: the flex test needs a task that really waits in the queue behind another.
+    env = {
+        "OPENDANCE_API_KEYS": KEY,
+        "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0",
+        "OPENDANCE_ALLOW_HOSTS": "127.0.0.1",
+        "OPENDANCE_CPU_SLOTS": "1",
+    }
     with LiveServer(root / "data", env=env, config=root / "models.toml") as s:
         yield s
 
@@ -103,14 +109,24 @@ def test_pinned_version():
 
 def test_text_to_video_round_trip(ark, server, tmp_path):
     created = ark.content_generation.tasks.create(
-        model="seedance-720p", content=[{"type": "text", "text": "a lighthouse at dusk"}], ratio="9:16", duration=6, seed=11,
+        model="seedance-720p",
+        content=[{"type": "text", "text": "a lighthouse at dusk"}],
+        ratio="9:16",
+        duration=6,
+        seed=11,
         watermark=False,
     )
     assert created.id.startswith("task_")
     task = wait(ark, created.id)
     assert task.status == "succeeded" and task.error is None
     assert (task.model, task.resolution, task.ratio, task.duration, task.framespersecond, task.seed) == (
-        "seedance-720p", "720p", "9:16", 6, 8, 11)
+        "seedance-720p",
+        "720p",
+        "9:16",
+        6,
+        8,
+        11,
+    )
     assert task.service_tier == "default" and task.execution_expires_after == 172800 and task.generate_audio is True
     assert task.usage.completion_tokens == 720 * 1280 * 8 * 6 // 1024  # docs/ark.md: Ark's token count
     assert task.updated_at >= task.created_at
@@ -128,7 +144,9 @@ def test_first_frame_from_a_data_uri_and_adaptive_ratio(ark, tmp_path):
     created = ark.content_generation.tasks.create(
         model="seedance-480p",
         content=[{"type": "text", "text": "the square comes alive"}, {"type": "image_url", "image_url": {"url": frame}}],
-        ratio="adaptive", duration=-1, return_last_frame=True,
+        ratio="adaptive",
+        duration=-1,
+        return_last_frame=True,
     )
     task = wait(ark, created.id)
     assert task.status == "succeeded" and task.ratio == "1:1" and task.duration == 5  # -1: the default length
@@ -143,8 +161,10 @@ def test_first_and_last_frame(ark, server):
     first, last = (data_uri(image_bytes(320, 180, seed=s), "image/png") for s in (1, 2))
     created = ark.content_generation.tasks.create(
         model="seedance-480p",
-        content=[{"type": "image_url", "image_url": {"url": first}, "role": "first_frame"},
-                 {"type": "image_url", "image_url": {"url": last}, "role": "last_frame"}],
+        content=[
+            {"type": "image_url", "image_url": {"url": first}, "role": "first_frame"},
+            {"type": "image_url", "image_url": {"url": last}, "role": "last_frame"},
+        ],
     )
     task = wait(ark, created.id)
     assert task.status == "succeeded" and task.ratio == "16:9"
@@ -155,7 +175,11 @@ def test_first_and_last_frame(ark, server):
 def test_references_with_audio(ark, server, tmp_path):
     content = [
         {"type": "text", "text": "a montage"},
-        {"type": "image_url", "image_url": {"url": data_uri(image_bytes(200, 360, seed=4), "image/png")}, "role": "reference_image"},
+        {
+            "type": "image_url",
+            "image_url": {"url": data_uri(image_bytes(200, 360, seed=4), "image/png")},
+            "role": "reference_image",
+        },
         {"type": "video_url", "video_url": {"url": data_uri(video_bytes(3, 160, 90), "video/mp4")}, "role": "reference_video"},
         {"type": "audio_url", "audio_url": {"url": data_uri(audio_bytes(4), "audio/wav")}, "role": "reference_audio"},
     ]
@@ -173,8 +197,10 @@ def test_references_with_audio(ark, server, tmp_path):
 
 def test_list_with_filters_and_delete(ark):
     tasks = ark.content_generation.tasks
-    made = [tasks.create(model=m, content=[{"type": "text", "text": f"list {i}"}]).id
-            for i, m in enumerate(["seedance-480p", "seedance-720p", "seedance-480p"])]
+    made = [
+        tasks.create(model=m, content=[{"type": "text", "text": f"list {i}"}]).id
+        for i, m in enumerate(["seedance-480p", "seedance-720p", "seedance-480p"])
+    ]
     for task_id in made:
         wait(ark, task_id)
     page = tasks.list(task_ids=made, page_size=10)
@@ -215,19 +241,46 @@ def test_bad_requests_are_the_sdks_own_errors_with_our_message(ark):
         assert err.value.param == param and words in err.value.body["message"], (extra, err.value.body)
     content_cases = [
         ([{"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}}], "content[0].image_url.url", "scheme 'ftp'"),
-        ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}], "content[0].image_url.url", "is not a decodable image"),
+        (
+            [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],
+            "content[0].image_url.url",
+            "is not a decodable image",
+        ),
         ([{"type": "image_url", "image_url": {"url": "https://10.0.0.1/a.png"}}], "content[0].image_url.url", ""),
-        ([{"type": "image_url", "image_url": {"url": "https://a/b.png"}, "role": "last_frame"}], "content[0]", "needs a first_frame"),
-        ([{"type": "image_url", "image_url": {"url": "https://a/b.png"}},
-          {"type": "image_url", "image_url": {"url": "https://a/c.png"}, "role": "reference_image"}], "content[1]", "cannot be combined"),
-        ([{"type": "text", "text": "x"}, {"type": "audio_url", "audio_url": {"url": "https://a/b.wav"}, "role": "reference_audio"}],
-         "content[1]", "audio alone is not a mode"),
-        ([{"type": "video_url", "video_url": {"url": "https://a/b.mp4"}, "role": "first_frame"}], "content[0].role", "reference_video"),
+        (
+            [{"type": "image_url", "image_url": {"url": "https://a/b.png"}, "role": "last_frame"}],
+            "content[0]",
+            "needs a first_frame",
+        ),
+        (
+            [
+                {"type": "image_url", "image_url": {"url": "https://a/b.png"}},
+                {"type": "image_url", "image_url": {"url": "https://a/c.png"}, "role": "reference_image"},
+            ],
+            "content[1]",
+            "cannot be combined",
+        ),
+        (
+            [
+                {"type": "text", "text": "x"},
+                {"type": "audio_url", "audio_url": {"url": "https://a/b.wav"}, "role": "reference_audio"},
+            ],
+            "content[1]",
+            "audio alone is not a mode",
+        ),
+        (
+            [{"type": "video_url", "video_url": {"url": "https://a/b.mp4"}, "role": "first_frame"}],
+            "content[0].role",
+            "reference_video",
+        ),
         ([{"type": "draft_task", "draft_task": {"id": "x"}}], "content[0].type", "draft_task"),
         ([{"type": {}, "text": "x"}], "content[0].type", "got {}"),  # found by the schema fuzzing: once a 500
         ([], "content", "non-empty"),
-        ([{"type": "image_url", "image_url": {"url": "https://a/b.png"}, "role": "reference_image"}] * 10, "content",
-         "1 to 9 reference_image items; got 10"),
+        (
+            [{"type": "image_url", "image_url": {"url": "https://a/b.png"}, "role": "reference_image"}] * 10,
+            "content",
+            "1 to 9 reference_image items; got 10",
+        ),
     ]
     for content, param, words in content_cases:
         with pytest.raises(ArkBadRequestError) as err:
@@ -252,7 +305,8 @@ def test_callbacks_carry_the_ark_task(ark, media_host):
     """An app written for Ark parses its callbacks as Ark tasks: a task made through /api/v3
     gets those, one per status change."""
     created = ark.content_generation.tasks.create(
-        model="seedance-480p", content=[{"type": "text", "text": "call me"}], callback_url=media_host.url + "/ark-hook")
+        model="seedance-480p", content=[{"type": "text", "text": "call me"}], callback_url=media_host.url + "/ark-hook"
+    )
     assert wait(ark, created.id).status == "succeeded"
     deadline = time.monotonic() + 20
     while True:
@@ -268,7 +322,11 @@ def test_a_wrong_key_is_the_sdks_authentication_error(server):
     with Ark(base_url=server.url + "/api/v3", api_key="not-a-key", max_retries=0) as wrong:
         with pytest.raises(ArkAuthenticationError) as err:
             wrong.content_generation.tasks.list()
-    assert (err.value.code, err.value.type, err.value.body["message"]) == ("AuthenticationError", "Unauthorized", "invalid API key")
+    assert (err.value.code, err.value.type, err.value.body["message"]) == (
+        "AuthenticationError",
+        "Unauthorized",
+        "invalid API key",
+    )
 
 
 def test_flex_task_expires_while_queued(ark):
@@ -279,8 +337,9 @@ def test_flex_task_expires_while_queued(ark):
         while tasks.get(task_id=blocker).status != "running":
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        flex = tasks.create(model="seedance-480p", content=[{"type": "text", "text": "cheap"}], service_tier="flex",
-                            execution_expires_after=2).id
+        flex = tasks.create(
+            model="seedance-480p", content=[{"type": "text", "text": "cheap"}], service_tier="flex", execution_expires_after=2
+        ).id
         assert tasks.get(task_id=flex).status == "queued"
         task = wait(ark, flex, timeout=30)
         assert task.status == "expired" and task.service_tier == "flex" and task.execution_expires_after == 2

@@ -44,8 +44,22 @@ def test_generate_with_every_input_kind_and_the_default_model(live, run_cli, png
     written = tmp_path / r.stdout.strip()
     assert written.name.startswith("task_") and written.suffix == ".mp4"
     assert probe_mp4(written)["width"] == 864  # 16:9, from the image's shape
-    r = run_cli("generate", "refs", "--model", "quick-480p", "--ref-image", str(png), "--ref-image", url,
-                "--aspect-ratio", "1:1", "-o", "refs.mp4", "--base-url", live.url)
+    r = run_cli(
+        "generate",
+        "refs",
+        "--model",
+        "quick-480p",
+        "--ref-image",
+        str(png),
+        "--ref-image",
+        url,
+        "--aspect-ratio",
+        "1:1",
+        "-o",
+        "refs.mp4",
+        "--base-url",
+        live.url,
+    )
     assert r.returncode == 0, r.stderr
     assert (probe_mp4(tmp_path / "refs.mp4")["width"], probe_mp4(tmp_path / "refs.mp4")["height"]) == (640, 640)
 
@@ -110,7 +124,10 @@ def test_on_a_terminal_the_bar_is_redrawn_in_place(live, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENDANCE_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "opendance", "generate", "tty", "--model", "slow", "-o", "t.mp4", "--base-url", live.url],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=sub,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=sub,
     )
     os.close(sub)
     chunks: list[bytes] = []

@@ -152,9 +152,19 @@ def test_any_server_speaking_the_api(media_host, tmp_path):
     ``detail`` shape, and a video_url on another origin (a CDN), which never gets the key."""
     with MediaHost() as cdn:
         video_url = cdn.add("/v.mp4", b"not really an mp4", "video/mp4")
-        task = {"id": "task_other", "task_id": "task_other", "object": "video.generation.job", "model": "m",
-                "status": "completed", "raw_status": "COMPLETED", "progress": 100, "created_at": 1, "error": None,
-                "result": {"outputs": [video_url], "video_url": video_url}, "video_url": video_url}
+        task = {
+            "id": "task_other",
+            "task_id": "task_other",
+            "object": "video.generation.job",
+            "model": "m",
+            "status": "completed",
+            "raw_status": "COMPLETED",
+            "progress": 100,
+            "created_at": 1,
+            "error": None,
+            "result": {"outputs": [video_url], "video_url": video_url},
+            "video_url": video_url,
+        }
         media_host.add("/other/v1/video/generations/task_other", json.dumps(task).encode(), "application/json")
         media_host.add("/other/v1/video/generations/task_gone", b'{"detail": "Not Found"}', "application/json", status=404)
         with opendance.Client(media_host.url + "/other", api_key="secret-key") as c:

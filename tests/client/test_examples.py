@@ -68,7 +68,10 @@ def test_start_up_says_which_engine_serves_each_model_and_warns_when_open(tmp_pa
         pass
     log = server.log()
     assert "model a (480p, 24 fps): the preview engine (procedural videos, no model weights) for every mode" in log
-    assert "model b (720p, 12 fps): the scenario engine for text-to-video; the preview engine (procedural videos, no model weights) for image-to-video" in log
+    assert (
+        "model b (720p, 12 fps): the scenario engine for text-to-video; the preview engine (procedural videos, no model weights) for image-to-video"
+        in log
+    )
     assert "no API keys are set: this server is open" in log
     with LiveServer(tmp_path / "keyed", config=config, env={"OPENDANCE_LOG_LEVEL": "info", "OPENDANCE_API_KEYS": "k1"}) as server:
         pass

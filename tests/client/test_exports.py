@@ -46,9 +46,6 @@ def test_error_tree():
 
 def test_import_is_light():
     heavy = ("fastapi", "starlette", "sqlalchemy", "torch", "numpy", "av", "opendance.api", "opendance.store")
-    code = (
-        "import sys, opendance\n"
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} or m in {heavy!r}))"
-    )
+    code = f"import sys, opendance\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} or m in {heavy!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -84,7 +84,11 @@ def test_both_encodings_and_every_input_reference_form(http, media_host, finishe
     url = media_host.add("/openai/ref.png", png, "image/png")
     made = [
         http.post("/v1/videos", files={"input_reference": ("r.png", png, "image/png")}, data={"prompt": "", "model": "pager"}),
-        http.post("/v1/videos", files={"input_reference": ("r.png", png, "application/octet-stream")}, data={"model": "pager", "seed": "42"}),
+        http.post(
+            "/v1/videos",
+            files={"input_reference": ("r.png", png, "application/octet-stream")},
+            data={"model": "pager", "seed": "42"},
+        ),
         http.post("/v1/videos", data={"model": "pager", "input_reference[image_url]": data_url(png)}),
         http.post("/v1/videos", json={"model": "pager", "input_reference": {"image_url": url}}),
         http.post("/v1/videos", json={"model": "pager", "input_reference": url}),
@@ -204,13 +208,19 @@ def test_list_parameters(http, finished):
 def test_keys_and_body_limit(keyed_server):
     with keyed_server.client("k-alice") as alice, keyed_server.client("k-bob") as bob:
         tid = alice.post("/v1/videos", data={"prompt": "alice", "model": "jisudance2.0-480p"}).json()["id"]
-        for method, path in (("GET", f"/v1/videos/{tid}"), ("DELETE", f"/v1/videos/{tid}"), ("GET", f"/v1/videos/{tid}/content"),
-                             ("GET", f"/v1/videos/{tid}/content?variant=thumbnail")):
+        for method, path in (
+            ("GET", f"/v1/videos/{tid}"),
+            ("DELETE", f"/v1/videos/{tid}"),
+            ("GET", f"/v1/videos/{tid}/content"),
+            ("GET", f"/v1/videos/{tid}/content?variant=thumbnail"),
+        ):
             r = bob.request(method, path)
             assert r.status_code == 404 and r.json()["error"]["code"] == "task_not_found", (method, path, r.text)
         assert tid not in [v["id"] for v in bob.get("/v1/videos").json()["data"]]
         assert httpx.get(keyed_server.url + "/v1/videos").status_code == 401
         # The 2 MB body limit holds for multipart bodies too.
-        big = alice.post("/v1/videos", files={"input_reference": ("big.png", b"\0" * 2_100_000, "image/png")}, data={"prompt": "x"})
+        big = alice.post(
+            "/v1/videos", files={"input_reference": ("big.png", b"\0" * 2_100_000, "image/png")}, data={"prompt": "x"}
+        )
         assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
         assert alice.get(f"/v1/videos/{tid}").status_code == 200

@@ -63,8 +63,21 @@ def without_torch(tmp_path_factory) -> dict[str, str]:
     return env
 
 
-def serve(args: list[str], env: dict[str, str] | None, tmp_path: Path, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, *python_flags, "-m", "opendance", "serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "data"), *args]
+def serve(
+    args: list[str], env: dict[str, str] | None, tmp_path: Path, python_flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        *python_flags,
+        "-m",
+        "opendance",
+        "serve",
+        "--port",
+        str(free_port()),
+        "--data-dir",
+        str(tmp_path / "data"),
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
@@ -83,8 +96,25 @@ def test_a_preview_config_starts_without_torch(tmp_path, without_torch):
     config = tmp_path / "preview.toml"
     config.write_text('[models."p"]\nresolution = "480p"\n[models."p".default]\nengine = "preview"\n')
     proc = subprocess.Popen(
-        [sys.executable, "-S", "-m", "opendance", "serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"), "--config", str(config)],
-        env=without_torch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True,
+        [
+            sys.executable,
+            "-S",
+            "-m",
+            "opendance",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--config",
+            str(config),
+        ],
+        env=without_torch,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
     )
     try:
         out = ""
@@ -115,8 +145,20 @@ def test_a_checkpoint_folder_that_is_not_a_diffusers_folder_exits_2(tmp_path):
 
 def test_a_worker_checks_the_models_it_serves(tmp_path):
     missing = tmp_path / "nowhere"
-    cmd = [sys.executable, "-m", "opendance", "worker", "--models", "wan-480p", "--config", str(wan_config(tmp_path, missing)),
-           "--data-dir", str(tmp_path / "data"), "--temporal-address", f"127.0.0.1:{free_port()}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "opendance",
+        "worker",
+        "--models",
+        "wan-480p",
+        "--config",
+        str(wan_config(tmp_path, missing)),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--temporal-address",
+        f"127.0.0.1:{free_port()}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert f"opendance worker: models.wan-480p (engine wan): the checkpoint folder {missing} does not exist" in done.stderr

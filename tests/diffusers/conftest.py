@@ -60,14 +60,32 @@ def engines() -> Callable[[dict[str, Any]], Engine]:
 
 @pytest.fixture(scope="session")
 def make_job(tiny_models) -> Callable[..., Job]:
-    def make(model: str, mode: Mode, *, duration: int = 5, seed: int = 7, aspect: str = "16:9",
-             options: dict[str, Any] | None = None, **spec_changes: Any) -> Job:
+    def make(
+        model: str,
+        mode: Mode,
+        *,
+        duration: int = 5,
+        seed: int = 7,
+        aspect: str = "16:9",
+        options: dict[str, Any] | None = None,
+        **spec_changes: Any,
+    ) -> Job:
         config = tiny_models[model]
         width, height = OUTPUT_SIZES[config["resolution"]][aspect]
         spec = {**mode_spec(config, mode), **spec_changes}
-        return Job(task_id="task_test", model=model, mode=mode, prompt="a robot dancing in the rain", width=width,
-                   height=height, fps=config["fps"], duration=duration, seed=seed, engine=spec,
-                   options=options or {})
+        return Job(
+            task_id="task_test",
+            model=model,
+            mode=mode,
+            prompt="a robot dancing in the rain",
+            width=width,
+            height=height,
+            fps=config["fps"],
+            duration=duration,
+            seed=seed,
+            engine=spec,
+            options=options or {},
+        )
 
     return make
 
@@ -93,9 +111,11 @@ def inputs_for(media_files) -> Callable[..., Inputs]:
             return Inputs(image=media.gradient_image(320, 240, seed=1))
         if mode == Mode.FIRST_AND_LAST_FRAME:
             return Inputs(image=media.gradient_image(320, 240, seed=1), last_image=media.gradient_image(240, 240, seed=2))
-        return Inputs(images=[media.gradient_image(200, 200, seed=3), media.gradient_image(300, 160, seed=4)],
-                      videos=[media_files["video"], media_files["video2"]],
-                      audios=[media_files["audio"]] if audio else [])
+        return Inputs(
+            images=[media.gradient_image(200, 200, seed=3), media.gradient_image(300, 160, seed=4)],
+            videos=[media_files["video"], media_files["video2"]],
+            audios=[media_files["audio"]] if audio else [],
+        )
 
     return make
 
@@ -105,8 +125,10 @@ class Run:
 
     def __init__(self, engine: Engine, job: Job, inputs: Inputs, *, cancel_after: int | None = None) -> None:
         self.steps: list[tuple[int, int]] = []
-        ctx = StepContext(progress=lambda done, total: self.steps.append((done, total)),
-                          cancelled=lambda: cancel_after is not None and len(self.steps) >= cancel_after)
+        ctx = StepContext(
+            progress=lambda done, total: self.steps.append((done, total)),
+            cancelled=lambda: cancel_after is not None and len(self.steps) >= cancel_after,
+        )
         self.job = job
         self.output = engine.generate(job, inputs, ctx)
         self.frames = [np.asarray(f) for f in self.output.frames]

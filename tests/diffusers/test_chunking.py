@@ -41,7 +41,12 @@ def test_plan_covers_every_frame_once_with_valid_windows(temporal, seconds, fps,
 
 
 def test_fifteen_seconds_of_wan_is_four_chunks():
-    assert [(c.start, c.length, c.cond) for c in plan_chunks(241, 81, 9, 4)] == [(0, 81, 0), (72, 81, 9), (144, 81, 9), (216, 25, 9)]
+    assert [(c.start, c.length, c.cond) for c in plan_chunks(241, 81, 9, 4)] == [
+        (0, 81, 0),
+        (72, 81, 9),
+        (144, 81, 9),
+        (216, 25, 9),
+    ]
     assert len(plan_chunks(round_frames(15 * 8, 4), 41, 5, 4)) == 4
 
 

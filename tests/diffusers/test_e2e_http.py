@@ -54,8 +54,12 @@ def body_for(mode: str, refs: dict[str, str]) -> dict:
         "text-to-video": {"prompt": "a robot dancing in the rain"},
         "image-to-video": {"prompt": "the camera moves", "image": refs["image"]},
         "first-and-last-frame": {"image": refs["image"], "last_image": refs["last"]},
-        "omni-reference": {"prompt": "a dog", "images": [refs["ref_image"]], "videos": [refs["video"]],
-                           "audios": [refs["audio"]]},
+        "omni-reference": {
+            "prompt": "a dog",
+            "images": [refs["ref_image"]],
+            "videos": [refs["video"]],
+            "audios": [refs["audio"]],
+        },
     }[mode]
 
 

@@ -31,8 +31,16 @@ def test_omni_reference_conditions(engines, make_job, inputs_for):
 
     frames = [np.zeros((32, 32, 3), np.uint8)] * 24
     strength = job.engine.get("reference_strength", 0.5)
-    conds = plan_conditions(job.mode, Chunk(0, 0, 41, 0), True, Timeline(), temporal=engine.temporal, control=frames,
-                            references=inputs.images, strength=strength)
+    conds = plan_conditions(
+        job.mode,
+        Chunk(0, 0, 41, 0),
+        True,
+        Timeline(),
+        temporal=engine.temporal,
+        control=frames,
+        references=inputs.images,
+        strength=strength,
+    )
     video, *images = conds
     assert len(video.video) == 21 and video.frame == 0  # 24 frames cut to 4k + 1
     assert [c.frame for c in images] == [12, 28]

@@ -25,12 +25,26 @@ def specs(folders):
     ltx_like = dict(steps=STEPS, native_fps=4, dtype="float32", frames=17, overlap=9, guidance=1.0, max_area=32 * 32)
     return {
         # 13-frame chunks; the second one is made by VACE from the tail of the first.
-        "wan": dict(engine="wan", checkpoint=str(folders["wan-t2v"]), extend_checkpoint=str(folders["wan-vace"]),
-                    steps=STEPS, native_fps=4, dtype="float32", frames=13, overlap=5, guidance=2.0, max_area=32 * 16),
+        "wan": dict(
+            engine="wan",
+            checkpoint=str(folders["wan-t2v"]),
+            extend_checkpoint=str(folders["wan-vace"]),
+            steps=STEPS,
+            native_fps=4,
+            dtype="float32",
+            frames=13,
+            overlap=5,
+            guidance=2.0,
+            max_area=32 * 16,
+        ),
         # Hard conditions (the image, the previous chunk's tail) re-noised at every step.
         "ltx": dict(ltx_like, engine="ltx", checkpoint=str(folders["ltx"]), image_cond_noise_scale=0.15),
-        "ltx2": dict(ltx_like, engine="ltx2", checkpoint=str(folders["ltx2"]),
-                     call_kwargs={"stg_scale": 0.0, "modality_scale": 1.0, "audio_guidance_scale": 1.0}),
+        "ltx2": dict(
+            ltx_like,
+            engine="ltx2",
+            checkpoint=str(folders["ltx2"]),
+            call_kwargs={"stg_scale": 0.0, "modality_scale": 1.0, "audio_guidance_scale": 1.0},
+        ),
     }
 
 
@@ -44,21 +58,37 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "mode", "stop", "saved_at", "parts"), CASES,
-                         ids=[f"{c[0]}-{c[1].value}-stop{c[2]}" for c in CASES])
-def test_resumes_inside_a_chunk_with_the_same_result(name, mode, stop, saved_at, parts, tiny_folders, engines,
-                                                     inputs_for, tmp_path):
+@pytest.mark.parametrize(
+    ("name", "mode", "stop", "saved_at", "parts"), CASES, ids=[f"{c[0]}-{c[1].value}-stop{c[2]}" for c in CASES]
+)
+def test_resumes_inside_a_chunk_with_the_same_result(
+    name, mode, stop, saved_at, parts, tiny_folders, engines, inputs_for, tmp_path
+):
     spec = specs(tiny_folders)[name]
     engine = engines(spec)
-    job = Job(task_id="task_r1", model="m", mode=mode, prompt="a cat dancing", width=864, height=480, fps=8,
-              duration=5, seed=11, engine=spec, options={"generate_audio": True})
+    job = Job(
+        task_id="task_r1",
+        model="m",
+        mode=mode,
+        prompt="a cat dancing",
+        width=864,
+        height=480,
+        fps=8,
+        duration=5,
+        seed=11,
+        engine=spec,
+        options={"generate_audio": True},
+    )
     inputs = inputs_for(mode)
     straight = engine.generate(job, inputs, StepContext())
 
     storage = LocalStorage(tmp_path / "files")
     steps: list[int] = []
-    stopped = StepContext(progress=lambda done, total: steps.append(done), cancelled=lambda: len(steps) >= stop,
-                          checkpoints=TaskCheckpoints(storage, "task_r1", every=EVERY))
+    stopped = StepContext(
+        progress=lambda done, total: steps.append(done),
+        cancelled=lambda: len(steps) >= stop,
+        checkpoints=TaskCheckpoints(storage, "task_r1", every=EVERY),
+    )
     with pytest.raises(Cancelled):
         engine.generate(job, inputs, stopped)
     assert TaskCheckpoints(storage, "task_r1", every=EVERY).load()[1] == saved_at
@@ -81,14 +111,30 @@ def test_a_checkpoint_of_another_configuration_is_refused(tiny_folders, engines,
     """Latents saved at one grid cannot seed a call at another: a clear engine error, not a crash
     deep in the transformer."""
     spec = specs(tiny_folders)["ltx"]
-    job = Job(task_id="task_r2", model="m", mode=Mode.TEXT_TO_VIDEO, prompt="x", width=864, height=480, fps=8,
-              duration=5, seed=1, engine=spec)
+    job = Job(
+        task_id="task_r2",
+        model="m",
+        mode=Mode.TEXT_TO_VIDEO,
+        prompt="x",
+        width=864,
+        height=480,
+        fps=8,
+        duration=5,
+        seed=1,
+        engine=spec,
+    )
     storage = LocalStorage(tmp_path / "files")
     steps: list[int] = []
     with pytest.raises(Cancelled):
-        engines(spec).generate(job, Inputs(), StepContext(progress=lambda d, t: steps.append(d),
-                                                          cancelled=lambda: len(steps) >= 3,
-                                                          checkpoints=TaskCheckpoints(storage, "task_r2", every=EVERY)))
+        engines(spec).generate(
+            job,
+            Inputs(),
+            StepContext(
+                progress=lambda d, t: steps.append(d),
+                cancelled=lambda: len(steps) >= 3,
+                checkpoints=TaskCheckpoints(storage, "task_r2", every=EVERY),
+            ),
+        )
     other = dict(spec, max_area=64 * 32)
     with pytest.raises(EngineError, match="another configuration"):
         engines(other).generate(job, Inputs(), StepContext(checkpoints=TaskCheckpoints(storage, "task_r2", every=EVERY)))

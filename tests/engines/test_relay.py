@@ -52,8 +52,15 @@ def relay(upstream, monkeypatch):
     made = []
 
     def make(protocol: str = "legacy", model: str = "up-480p", **options) -> RelayEngine:
-        spec = dict(engine="relay", protocol=protocol, base_url=upstream.url, upstream_model=model,
-                    api_key_env=KEY_ENV, poll_interval=0.1, **options)
+        spec = dict(
+            engine="relay",
+            protocol=protocol,
+            base_url=upstream.url,
+            upstream_model=model,
+            api_key_env=KEY_ENV,
+            poll_interval=0.1,
+            **options,
+        )
         made.append(RelayEngine(spec))
         return made[-1]
 
@@ -68,8 +75,19 @@ def upstream_tasks(upstream) -> list[dict]:
 
 
 def job(mode: Mode, task_id: str, **kw) -> Job:
-    return Job(task_id=task_id, model="relayed", mode=mode, prompt=kw.pop("prompt", "a fox in the snow"), width=864,
-               height=480, fps=8, duration=5, seed=3, engine={"engine": "relay"}, **kw)
+    return Job(
+        task_id=task_id,
+        model="relayed",
+        mode=mode,
+        prompt=kw.pop("prompt", "a fox in the snow"),
+        width=864,
+        height=480,
+        fps=8,
+        duration=5,
+        seed=3,
+        engine={"engine": "relay"},
+        **kw,
+    )
 
 
 def run(engine, j: Job, inputs: Inputs, **ctx):
@@ -161,8 +179,10 @@ def test_openai_protocol_takes_text_and_one_first_frame_only(relay, tmp_path):
     from opendance.config import load_models
 
     path = tmp_path / "models.toml"
-    path.write_text('[models."r"]\nresolution = "480p"\n[models."r".default]\nengine = "relay"\nprotocol = "openai"\n'
-                    'base_url = "http://127.0.0.1:1"\nupstream_model = "x"\n')
+    path.write_text(
+        '[models."r"]\nresolution = "480p"\n[models."r".default]\nengine = "relay"\nprotocol = "openai"\n'
+        'base_url = "http://127.0.0.1:1"\nupstream_model = "x"\n'
+    )
     with pytest.raises(ValueError, match=r"models\.r \(first-and-last-frame, engine relay\).*cannot relay"):
         load_models(path)
 
@@ -170,9 +190,11 @@ def test_openai_protocol_takes_text_and_one_first_frame_only(relay, tmp_path):
 def test_a_relayed_model_through_a_real_server(upstream, tmp_path):
     """opendance in front of opendance: the task and its MP4 come out as from any engine."""
     config = tmp_path / "models.toml"
-    config.write_text(f'[models."relayed"]\nresolution = "480p"\nfps = 8\n[models."relayed".default]\nengine = "relay"\n'
-                      f'protocol = "legacy"\nbase_url = "{upstream.url}"\nupstream_model = "up-480p"\n'
-                      f'api_key_env = "{KEY_ENV}"\npoll_interval = 0.1\n')
+    config.write_text(
+        f'[models."relayed"]\nresolution = "480p"\nfps = 8\n[models."relayed".default]\nengine = "relay"\n'
+        f'protocol = "legacy"\nbase_url = "{upstream.url}"\nupstream_model = "up-480p"\n'
+        f'api_key_env = "{KEY_ENV}"\npoll_interval = 0.1\n'
+    )
     with LiveServer(tmp_path / "data", config=config, env={KEY_ENV: KEY}) as front, front.client() as c:
         tid = c.post("/v1/video/generations", json={"model": "relayed", "prompt": "x", "aspect_ratio": "9:16"}).json()["id"]
         task = wait_for_task(c, tid, timeout=60)
@@ -187,11 +209,14 @@ def test_relay_options_are_checked_with_the_models_file(tmp_path):
     from opendance.config import load_models
 
     path = tmp_path / "models.toml"
-    path.write_text('[models."r"]\nresolution = "480p"\n[models."r".default]\nengine = "relay"\nprotocol = "grpc"\n'
-                    'base_url = "ftp://x"\n')
+    path.write_text(
+        '[models."r"]\nresolution = "480p"\n[models."r".default]\nengine = "relay"\nprotocol = "grpc"\nbase_url = "ftp://x"\n'
+    )
     with pytest.raises(ValueError) as caught:
         load_models(path)
-    for problem in ("protocol: Input should be 'legacy', 'openai' or 'ark'", "base_url: String should match pattern",
-                    "upstream_model: Field required"):
+    for problem in (
+        "protocol: Input should be 'legacy', 'openai' or 'ark'",
+        "base_url: String should match pattern",
+        "upstream_model: Field required",
+    ):
         assert problem in str(caught.value)
-

@@ -29,8 +29,18 @@ def relay(ark, monkeypatch):
     made = []
 
     def make(model: str = "doubao-seedance-2-0-260128") -> RelayEngine:
-        made.append(RelayEngine(dict(engine="relay", protocol="ark", base_url=ark.base_url, upstream_model=model,
-                                     api_key_env=KEY_ENV, poll_interval=0.05)))
+        made.append(
+            RelayEngine(
+                dict(
+                    engine="relay",
+                    protocol="ark",
+                    base_url=ark.base_url,
+                    upstream_model=model,
+                    api_key_env=KEY_ENV,
+                    poll_interval=0.05,
+                )
+            )
+        )
         return made[-1]
 
     yield make
@@ -39,8 +49,19 @@ def relay(ark, monkeypatch):
 
 
 def job(mode: Mode, task_id: str, **options) -> Job:
-    return Job(task_id=task_id, model="relayed", mode=mode, prompt="a fox in the snow", width=720, height=1280, fps=8,
-               duration=6, seed=42, engine={"engine": "relay"}, options=options)
+    return Job(
+        task_id=task_id,
+        model="relayed",
+        mode=mode,
+        prompt="a fox in the snow",
+        width=720,
+        height=1280,
+        fps=8,
+        duration=6,
+        seed=42,
+        engine={"engine": "relay"},
+        options=options,
+    )
 
 
 def creates(ark) -> list[dict]:
@@ -52,7 +73,13 @@ def test_text_to_video_request_and_result(relay, ark):
     (body,) = creates(ark)
     assert body["model"] == "doubao-seedance-2-0-260128"
     assert body["content"] == [{"type": "text", "text": "a fox in the snow"}]
-    assert (body["duration"], body["ratio"], body["resolution"], body["seed"], body["generate_audio"]) == (6, "9:16", "720p", 42, False)
+    assert (body["duration"], body["ratio"], body["resolution"], body["seed"], body["generate_audio"]) == (
+        6,
+        "9:16",
+        "720p",
+        42,
+        False,
+    )
     assert len(out.frames) == 48 and {f.shape for f in out.frames} == {(1280, 720, 3)}  # fitted to the exact output
     assert out.audio is None
     create = next(r for r in ark.requests if r["method"] == "POST")
@@ -67,14 +94,22 @@ def test_every_mode_sends_its_roles_and_sound_comes_back(relay, ark, tmp_path):
     video, audio = tmp_path / "ref.mp4", tmp_path / "ref.wav"
     video.write_bytes(media.video_bytes(3))
     audio.write_bytes(media.audio_bytes(3))
-    out = engine.generate(job(Mode.OMNI_REFERENCE, "task_ark_omni", generate_audio=True, camera_fixed=True),
-                          Inputs(images=[a, b], videos=[video], audios=[audio]), StepContext())
+    out = engine.generate(
+        job(Mode.OMNI_REFERENCE, "task_ark_omni", generate_audio=True, camera_fixed=True),
+        Inputs(images=[a, b], videos=[video], audios=[audio]),
+        StepContext(),
+    )
     roles = [[(c["type"], c.get("role")) for c in body["content"]] for body in creates(ark)]
     assert roles == [
         [("text", None), ("image_url", "first_frame")],
         [("text", None), ("image_url", "first_frame"), ("image_url", "last_frame")],
-        [("text", None), ("image_url", "reference_image"), ("image_url", "reference_image"),
-         ("video_url", "reference_video"), ("audio_url", "reference_audio")],
+        [
+            ("text", None),
+            ("image_url", "reference_image"),
+            ("image_url", "reference_image"),
+            ("video_url", "reference_video"),
+            ("audio_url", "reference_audio"),
+        ],
     ]
     omni = creates(ark)[-1]
     assert omni["generate_audio"] is True and omni["camera_fixed"] is True

@@ -79,8 +79,16 @@ def upstream_ark(servers):
 def test_a_model_relayed_through_api_v3(servers, upstream_ark, tmp_path):
     relay, _ = servers
     with relay.client() as c:
-        r = c.post("/v1/video/generations", json={"model": "via-ark", "prompt": "relayed fox", "duration": 6,
-                                                  "aspect_ratio": "9:16", "extra_body": {"seed": 77, "camera_fixed": True}})
+        r = c.post(
+            "/v1/video/generations",
+            json={
+                "model": "via-ark",
+                "prompt": "relayed fox",
+                "duration": 6,
+                "aspect_ratio": "9:16",
+                "extra_body": {"seed": 77, "camera_fixed": True},
+            },
+        )
         assert r.status_code == 200, r.text
         task = wait_for_task(c, r.json()["id"])
         assert task["status"] == "completed" and task["engine"] == "relay", task
@@ -92,7 +100,14 @@ def test_a_model_relayed_through_api_v3(servers, upstream_ark, tmp_path):
     page = upstream_ark.content_generation.tasks.list(model="up-480p")
     assert page.total == 1  # created once (Idempotency-Key), then followed
     up = page.items[0]
-    assert (up.status, up.duration, up.ratio, up.resolution, up.seed, up.generate_audio) == ("succeeded", 6, "9:16", "480p", 77, False)
+    assert (up.status, up.duration, up.ratio, up.resolution, up.seed, up.generate_audio) == (
+        "succeeded",
+        6,
+        "9:16",
+        "480p",
+        77,
+        False,
+    )
 
 
 def test_every_mode_goes_through_the_ark_route_both_ways(servers, upstream_ark):
@@ -101,11 +116,14 @@ def test_every_mode_goes_through_the_ark_route_both_ways(servers, upstream_ark):
     relay, _ = servers
     first, last = (data_uri(image_bytes(320, 320, seed=s), "image/png") for s in (5, 6))
     with Ark(base_url=relay.url + "/api/v3", api_key="anything", max_retries=0) as ark:
-        created = ark.content_generation.tasks.create(model="via-ark", content=[
-            {"type": "text", "text": "morph"},
-            {"type": "image_url", "image_url": {"url": first}, "role": "first_frame"},
-            {"type": "image_url", "image_url": {"url": last}, "role": "last_frame"},
-        ])
+        created = ark.content_generation.tasks.create(
+            model="via-ark",
+            content=[
+                {"type": "text", "text": "morph"},
+                {"type": "image_url", "image_url": {"url": first}, "role": "first_frame"},
+                {"type": "image_url", "image_url": {"url": last}, "role": "last_frame"},
+            ],
+        )
         deadline = time.monotonic() + 120
         while (task := ark.content_generation.tasks.get(task_id=created.id)).status in ("queued", "running"):
             assert time.monotonic() < deadline

@@ -64,27 +64,43 @@ def test_fewer_failures_in_a_row_first_and_all_open_tries_the_first_to_reopen():
 
 def test_channel_options_in_the_models_file(tmp_path):
     path = tmp_path / "models.toml"
-    path.write_text('[models."r"]\nresolution = "480p"\n[models."r".default]\nengine = "relay"\n'
-                    '[[models."r".default.channels]]\nprotocol = "legacy"\nbase_url = "http://one:1"\nupstream_model = "m"\n'
-                    '[[models."r".default.channels]]\nprotocol = "ark"\nbase_url = "http://two:2/api/v3"\nupstream_model = "m"\n'
-                    'priority = 1\nweight = 2.5\n')
+    path.write_text(
+        '[models."r"]\nresolution = "480p"\n[models."r".default]\nengine = "relay"\n'
+        '[[models."r".default.channels]]\nprotocol = "legacy"\nbase_url = "http://one:1"\nupstream_model = "m"\n'
+        '[[models."r".default.channels]]\nprotocol = "ark"\nbase_url = "http://two:2/api/v3"\nupstream_model = "m"\n'
+        "priority = 1\nweight = 2.5\n"
+    )
     spec = load_models(path)["r"].modes
     opts = RelayOptions(**{"engine": "relay", **next(iter(spec.values())).options})
-    assert [(c.id, c.protocol, c.priority, c.weight) for c in opts.channels] == [("one:1", "legacy", 0, 1.0), ("two:2", "ark", 1, 2.5)]
+    assert [(c.id, c.protocol, c.priority, c.weight) for c in opts.channels] == [
+        ("one:1", "legacy", 0, 1.0),
+        ("two:2", "ark", 1, 2.5),
+    ]
     assert RelayOptions(engine="relay", protocol="legacy", base_url="http://x:3", upstream_model="m").channels[0].id == "x:3"
 
 
-@pytest.mark.parametrize(("table", "problem"), [
-    ('protocol = "legacy"\n[[models."r".default.channels]]\nprotocol = "legacy"\nbase_url = "http://a"\nupstream_model = "m"\n',
-     "give either channels or protocol (one upstream), not both"),
-    ('[[models."r".default.channels]]\nprotocol = "legacy"\nbase_url = "http://a"\nupstream_model = "m"\n'
-     '[[models."r".default.channels]]\nprotocol = "openai"\nbase_url = "http://a"\nupstream_model = "n"\n',
-     "channel names must differ"),
-    ('[[models."r".default.channels]]\nprotocol = "legacy"\nbase_url = "http://a"\nupstream_model = "m"\nweight = 0\n',
-     "channels.0.weight: Input should be greater than 0"),
-    ('[[models."r".default.channels]]\nprotocol = "legacy"\nbase_url = "http://a"\nupstream_model = "m"\nretries = 3\n',
-     "channels.0.retries: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        (
+            'protocol = "legacy"\n[[models."r".default.channels]]\nprotocol = "legacy"\nbase_url = "http://a"\nupstream_model = "m"\n',
+            "give either channels or protocol (one upstream), not both",
+        ),
+        (
+            '[[models."r".default.channels]]\nprotocol = "legacy"\nbase_url = "http://a"\nupstream_model = "m"\n'
+            '[[models."r".default.channels]]\nprotocol = "openai"\nbase_url = "http://a"\nupstream_model = "n"\n',
+            "channel names must differ",
+        ),
+        (
+            '[[models."r".default.channels]]\nprotocol = "legacy"\nbase_url = "http://a"\nupstream_model = "m"\nweight = 0\n',
+            "channels.0.weight: Input should be greater than 0",
+        ),
+        (
+            '[[models."r".default.channels]]\nprotocol = "legacy"\nbase_url = "http://a"\nupstream_model = "m"\nretries = 3\n',
+            "channels.0.retries: Extra inputs are not permitted",
+        ),
+    ],
+)
 def test_bad_channels_are_refused_naming_the_key(tmp_path, table, problem):
     path = tmp_path / "models.toml"
     path.write_text('[models."r"]\nresolution = "480p"\n[models."r".default]\nengine = "relay"\n' + table)

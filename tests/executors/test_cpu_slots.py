@@ -28,8 +28,11 @@ def test_cpu_tasks_run_side_by_side_up_to_cpu_slots(tmp_path):
     env = {"OPENDANCE_CPU_SLOTS": "2", "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0"}
     with LiveServer(tmp_path / "data", config=tmp_path / "models.toml", env=env) as server, server.client() as c:
         with ThreadPoolExecutor(3) as pool:
-            ids = list(pool.map(lambda i: c.post("/v1/video/generations", json={"model": "slow", "prompt": str(i)}).json()["id"],
-                                range(3)))
+            ids = list(
+                pool.map(
+                    lambda i: c.post("/v1/video/generations", json={"model": "slow", "prompt": str(i)}).json()["id"], range(3)
+                )
+            )
         final = [wait_for_task(c, tid, timeout=120) for tid in ids]
         cpu = c.get("/readyz").json()["checks"]["runner"]["executors"]["cpu"]
     assert {t["status"] for t in final} == {"completed"}

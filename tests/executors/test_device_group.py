@@ -117,8 +117,13 @@ def test_a_group_larger_than_the_devices_is_refused_at_start(tmp_path):
     config = tmp_path / "models.toml"
     config.write_text(MODELS.format(steps=2, records=tmp_path).replace("devices_per_task = 2", "devices_per_task = 4"))
     env = {**os.environ, "OPENDANCE_DEVICES": "cpu,cpu"}
-    done = subprocess.run([sys.executable, "-m", "opendance", "serve", "--config", str(config), "--data-dir", str(tmp_path / "d"),
-                           "--port", "0"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "opendance", "serve", "--config", str(config), "--data-dir", str(tmp_path / "d"), "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "models.pair: devices_per_task = 4, but OPENDANCE_DEVICES lists 2 device(s) (cpu,cpu)" in done.stderr
     assert "Traceback" not in done.stderr

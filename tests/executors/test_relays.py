@@ -74,8 +74,10 @@ def test_two_hundred_relays_at_once_hold_no_worker_process(tmp_path):
         assert busy["busy"] == 0 and busy["slots"] == 256
     info = probe_mp4(path)
     assert (info["width"], info["height"], info["num_frames"], info["fps"]) == (864, 480, 120, 24.0)
-    print(f"200 relay tasks of 10 s upstream: all completed {elapsed:.1f} s after the first create, "
-          f"{up.peak_in_flight} upstream at once")
+    print(
+        f"200 relay tasks of 10 s upstream: all completed {elapsed:.1f} s after the first create, "
+        f"{up.peak_in_flight} upstream at once"
+    )
 
 
 def test_sigkill_while_relays_wait_upstream_pays_for_nothing_twice(tmp_path):
@@ -110,11 +112,16 @@ def test_failover_and_the_breaker(tmp_path):
     env = {**OPEN, "OPENDANCE_RELAY_BREAKER_FAILURES": "2", "OPENDANCE_RELAY_BREAKER_COOLDOWN": "4"}
     with FakeUpstream(seconds=0.5, create_status=503) as sick, FakeUpstream(seconds=0.5) as well:
         config = tmp_path / "models.toml"
-        config.write_text(relay_model("relayed", [legacy(sick.url, name="sick"), legacy(well.url, name="well", priority=1)],
-                                      poll_interval=0.2))
+        config.write_text(
+            relay_model("relayed", [legacy(sick.url, name="sick"), legacy(well.url, name="well", priority=1)], poll_interval=0.2)
+        )
         with LiveServer(tmp_path / "data", config=config, env=env) as server, server.client() as c:
-            ids = [wait_for_task(c, c.post("/v1/video/generations", json={"model": "relayed", "prompt": str(i)}).json()["id"],
-                                 timeout=60) for i in range(4)]
+            ids = [
+                wait_for_task(
+                    c, c.post("/v1/video/generations", json={"model": "relayed", "prompt": str(i)}).json()["id"], timeout=60
+                )
+                for i in range(4)
+            ]
             assert {t["status"] for t in ids} == {"completed"}
             assert set(well.creates) == {t["id"] for t in ids}
             assert sum(sick.creates.values()) == 2  # then skipped
@@ -166,13 +173,26 @@ def test_every_create_fails_over_from_a_channel_in_trouble(tmp_path, trouble):
     async def main(first_url: str, well: FakeUpstream):
         clock = [0.0]
         board = ChannelBoard(failures=2, cooldown=30.0, clock=lambda: clock[0])
-        opts = RelayOptions(engine="relay", poll_interval=0.05,
-                            channels=[legacy(first_url, name="first"), legacy(well.url, name="second", priority=1)])
+        opts = RelayOptions(
+            engine="relay",
+            poll_interval=0.05,
+            channels=[legacy(first_url, name="first"), legacy(well.url, name="second", priority=1)],
+        )
         used = []
         async with httpx.AsyncClient() as http:
             for i in range(4):
-                job = Job(task_id=f"task_f{i}", model="m", mode=Mode.TEXT_TO_VIDEO, prompt="p", width=864, height=480,
-                          fps=24, duration=5, seed=1, engine={"engine": "relay"})
+                job = Job(
+                    task_id=f"task_f{i}",
+                    model="m",
+                    mode=Mode.TEXT_TO_VIDEO,
+                    prompt="p",
+                    width=864,
+                    height=480,
+                    fps=24,
+                    duration=5,
+                    seed=1,
+                    engine={"engine": "relay"},
+                )
                 ctx = Ctx()
                 await RelayJob(job, opts, {}, http, board).run(Inputs(), ctx, tmp_path)
                 used.append(ctx.state["channel"])
@@ -192,8 +212,11 @@ def test_cancel_and_expiry_reach_the_upstream_task(tmp_path):
     with FakeUpstream(seconds=120.0) as up:
         config = tmp_path / "models.toml"
         config.write_text(relay_model("relayed", [legacy(up.url)], poll_interval=0.2))
-        with LiveServer(tmp_path / "data", config=config, env={**OPEN, "OPENDANCE_TASK_TIMEOUT": "4"}) as server, \
-                server.client() as c:
+        with (
+            LiveServer(tmp_path / "data", config=config, env={**OPEN, "OPENDANCE_TASK_TIMEOUT": "4"}) as server,
+            server.client() as c,
+        ):
+
             def upstream_task(tid: str) -> dict:
                 return up.tasks[up._by_key[tid]]
 
@@ -205,5 +228,8 @@ def test_cancel_and_expiry_reach_the_upstream_task(tmp_path):
             task = wait_for_task(c, expired, timeout=60)
             assert (task["raw_status"], task["error"]["code"]) == ("EXPIRED", "expired"), task
             wait_until(lambda: upstream_task(expired)["cancelled"], 10, "expired task cancelled upstream")
-            wait_until(lambda: c.get("/readyz").json()["checks"]["runner"]["executors"]["upstream"]["busy"] == 0, 10,
-                       "both slots given back")
+            wait_until(
+                lambda: c.get("/readyz").json()["checks"]["runner"]["executors"]["upstream"]["busy"] == 0,
+                10,
+                "both slots given back",
+            )

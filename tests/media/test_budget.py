@@ -164,7 +164,10 @@ def test_bytes_in_flight_past_the_budget_are_a_503_and_given_back_at_the_end(tmp
 def test_the_stored_bytes_cap_counts_what_the_key_stores_and_fetches(tmp_path):
     async def main() -> None:
         media = work(tmp_path, inflight_bytes=10_000)
-        async with media.intake("a", "task_1", stored=500, cap=1000) as one, media.intake("a", "task_2", stored=500, cap=1000) as two:
+        async with (
+            media.intake("a", "task_1", stored=500, cap=1000) as one,
+            media.intake("a", "task_2", stored=500, cap=1000) as two,
+        ):
             await one.take(300)
             await two.take(200)  # 500 stored + 500 in flight: exactly the cap
             with pytest.raises(RateLimited) as info:

@@ -71,6 +71,8 @@ def test_round_trip_and_exact_cap(data, cap):
         assert error(uri, param="audios[1]", max_bytes=cap).code == "media_too_large"
 
 
-@pytest.mark.parametrize("n, text", [(30 * 1024 * 1024, "30 MiB"), (1536, "1536 bytes"), (3 * 1024, "3 KiB"), (100, "100 bytes"), (0, "0 bytes")])
+@pytest.mark.parametrize(
+    "n, text", [(30 * 1024 * 1024, "30 MiB"), (1536, "1536 bytes"), (3 * 1024, "3 KiB"), (100, "100 bytes"), (0, "0 bytes")]
+)
 def test_format_size(n, text):
     assert format_size(n) == text

@@ -87,8 +87,14 @@ def test_frames_stream_through_one_at_a_time(tmp_path):
             events.append(f"make {i}")
             yield f
 
-    encode_mp4(Output(frames(), fps=6), tmp_path / "v.mp4", width=W, height=H, num_frames=6,
-               on_frame=lambda done: events.append(f"done {done}"))
+    encode_mp4(
+        Output(frames(), fps=6),
+        tmp_path / "v.mp4",
+        width=W,
+        height=H,
+        num_frames=6,
+        on_frame=lambda done: events.append(f"done {done}"),
+    )
     assert events == [e for i in range(6) for e in (f"make {i}", f"done {i + 1}")]
 
 
@@ -187,8 +193,18 @@ def test_the_same_frames_always_make_the_same_bytes(tmp_path):
     from opendance.engines.base import Inputs, Job, StepContext
     from opendance.engines.preview import PreviewEngine
 
-    job = Job(task_id="t", model="m", mode=Mode.TEXT_TO_VIDEO, prompt="the same every time", width=864, height=480,
-              fps=8, duration=5, seed=7, engine={"engine": "preview"})
+    job = Job(
+        task_id="t",
+        model="m",
+        mode=Mode.TEXT_TO_VIDEO,
+        prompt="the same every time",
+        width=864,
+        height=480,
+        fps=8,
+        duration=5,
+        seed=7,
+        engine={"engine": "preview"},
+    )
     ctx = StepContext(progress=lambda done, total: None, cancelled=lambda: False)
     frames = [f.copy() for f in PreviewEngine({"engine": "preview"}).generate(job, Inputs(), ctx).frames]
     digests = set()

@@ -99,14 +99,18 @@ def test_any_bad_address_among_several_refuses(run_fetcher, name_map):
     assert err.code == "url_not_allowed" and "(10.1.2.3)" in err.message
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.png", "gopher://example.com/", "data:image/png;base64,AAAA"])
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/a.png", "gopher://example.com/", "data:image/png;base64,AAAA"]
+)
 def test_other_schemes_are_refused(run_fetcher, url):
     err = fetch_error(run_fetcher, url, param="videos[0]")
     assert err.code == "unsupported_url_scheme"
     assert "videos[0]: the URL scheme" in err.message and "passwd" not in err.message
 
 
-@pytest.mark.parametrize("target", ["http://127.0.0.2:{port}/secret", "http://[::1]:{port}/secret", "http://169.254.169.254/latest/meta-data/"])
+@pytest.mark.parametrize(
+    "target", ["http://127.0.0.2:{port}/secret", "http://[::1]:{port}/secret", "http://169.254.169.254/latest/meta-data/"]
+)
 def test_redirect_to_a_private_address_is_refused(run_fetcher, upstream, target):
     url = upstream.redirect("/hop", target.format(port=upstream.port))
     upstream.add("/secret", b"secret")
@@ -206,7 +210,9 @@ def test_too_many_redirects(run_fetcher, upstream):
         upstream.redirect(f"/r{i}", f"/r{i + 1}")
     err = fetch_error(run_fetcher, upstream.url("/r0"), allow_hosts=["127.0.0.1"], max_redirects=3)
     assert err.code == "too_many_redirects" and "more than 3 redirects" in err.message
-    data = run_fetcher(lambda f: f.fetch(upstream.url("/r0"), param="image", max_bytes=KiB), allow_hosts=["127.0.0.1"], max_redirects=4)
+    data = run_fetcher(
+        lambda f: f.fetch(upstream.url("/r0"), param="image", max_bytes=KiB), allow_hosts=["127.0.0.1"], max_redirects=4
+    )
     assert data == b"end"
 
 
@@ -314,7 +320,10 @@ def test_public_addresses_pass(address):
     assert address_refusal(ipaddress.ip_address(address)) is None
 
 
-@pytest.mark.parametrize("host, expected", [("0x7f.1", "127.0.0.1"), ("2130706433", "127.0.0.1"), ("::1", "::1"), ("cafe.be", None), ("example.com", None)])
+@pytest.mark.parametrize(
+    "host, expected",
+    [("0x7f.1", "127.0.0.1"), ("2130706433", "127.0.0.1"), ("::1", "::1"), ("cafe.be", None), ("example.com", None)],
+)
 def test_ip_literals(host, expected):
     parsed = parse_ip_literal(host)
     assert (str(parsed) if parsed else None) == expected

@@ -62,7 +62,12 @@ CASES = [
     ("16-bit grey PNG, hand-written", png16(np.rint(RAMP * 65535), 0), "I;16", RAMP_RGB),
     ("16-bit grey TIFF", encode(grey16("I;16"), "TIFF"), "I;16", RAMP_RGB),
     ("16-bit big-endian grey TIFF", encode(grey16("I;16B"), "TIFF"), "I;16B", RAMP_RGB),
-    ("32-bit integer TIFF holding 16-bit data", encode(Image.fromarray(np.rint(RAMP * 65535).astype(np.int32)), "TIFF"), "I", RAMP_RGB),
+    (
+        "32-bit integer TIFF holding 16-bit data",
+        encode(Image.fromarray(np.rint(RAMP * 65535).astype(np.int32)), "TIFF"),
+        "I",
+        RAMP_RGB,
+    ),
     (
         "32-bit integer TIFF past 16 bits",
         encode(Image.fromarray((np.rint(RAMP * 4_000_000) - 1_000_000).astype(np.int32)), "TIFF"),
@@ -70,7 +75,12 @@ CASES = [
         RAMP_RGB,
     ),
     ("32-bit float TIFF 0-1", encode(Image.fromarray(RAMP.astype(np.float32)), "TIFF"), "F", RAMP_RGB),
-    ("32-bit float TIFF of another range", encode(Image.fromarray((RAMP * 1000 - 500).astype(np.float32)), "TIFF"), "F", RAMP_RGB),
+    (
+        "32-bit float TIFF of another range",
+        encode(Image.fromarray((RAMP * 1000 - 500).astype(np.float32)), "TIFF"),
+        "F",
+        RAMP_RGB,
+    ),
     ("grey + alpha PNG", encode(Image.new("LA", (W, H), (128, 255)), "PNG"), "LA", np.full((H, W, 3), 128)),
     (
         "palette PNG with a transparent colour",
@@ -78,7 +88,12 @@ CASES = [
         "P",
         np.concatenate([np.full((H, W // 2, 3), [20, 220, 90]), np.zeros((H, W - W // 2, 3))], axis=1),
     ),
-    ("CMYK JPEG", encode(Image.new("CMYK", (W, H), (0, 128, 255, 0)), "JPEG", quality=95), "CMYK", np.full((H, W, 3), [255, 127, 0])),
+    (
+        "CMYK JPEG",
+        encode(Image.new("CMYK", (W, H), (0, 128, 255, 0)), "JPEG", quality=95),
+        "CMYK",
+        np.full((H, W, 3), [255, 127, 0]),
+    ),
     ("CMYK TIFF", encode(Image.new("CMYK", (W, H), (0, 128, 255, 0)), "TIFF"), "CMYK", np.full((H, W, 3), [255, 127, 0])),
     (
         "16-bit RGB PNG",
@@ -86,7 +101,12 @@ CASES = [
         "RGB",
         np.full((H, W, 3), [40000 / 257, 20000 / 257, 10000 / 257]),
     ),
-    ("16-bit grey + alpha PNG", png16(np.dstack([np.full((H, W), 30000), np.full((H, W), 65535)]), 4), "RGBA", np.full((H, W, 3), 30000 / 257)),
+    (
+        "16-bit grey + alpha PNG",
+        png16(np.dstack([np.full((H, W), 30000), np.full((H, W), 65535)]), 4),
+        "RGBA",
+        np.full((H, W, 3), 30000 / 257),
+    ),
 ]
 
 

@@ -40,7 +40,9 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("fmt, name", [("PNG", "png"), ("JPEG", "jpeg"), ("WEBP", "webp"), ("BMP", "bmp"), ("GIF", "gif"), ("TIFF", "tiff")])
+@pytest.mark.parametrize(
+    "fmt, name", [("PNG", "png"), ("JPEG", "jpeg"), ("WEBP", "webp"), ("BMP", "bmp"), ("GIF", "gif"), ("TIFF", "tiff")]
+)
 def test_accepted_formats(fmt, name):
     assert inspect_image(image_bytes(320, 240, fmt), param="image") == ImageInfo(name, 320, 240)
 
@@ -51,7 +53,15 @@ def test_limits_are_inclusive(w, h):
     assert (inspect_image(data, param="image").width, inspect_image(data, param="image").height) == (w, h)
 
 
-@pytest.mark.parametrize("w, h, words", [(63, 100, "63x100 px; width and height must be 64-6000"), (6001, 3000, "6001x3000"), (260, 100, "aspect 2.60"), (100, 260, "aspect 0.38")])
+@pytest.mark.parametrize(
+    "w, h, words",
+    [
+        (63, 100, "63x100 px; width and height must be 64-6000"),
+        (6001, 3000, "6001x3000"),
+        (260, 100, "aspect 2.60"),
+        (100, 260, "aspect 0.38"),
+    ],
+)
 def test_size_and_aspect_rules(w, h, words):
     err = refused(encode(Image.new("L", (w, h)), "PNG"), "images[4]")
     assert err.code == "invalid_image_dimensions" and words in err.message and err.message.startswith("images[4] is ")

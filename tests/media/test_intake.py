@@ -22,10 +22,14 @@ JPEG = data_uri(image_bytes(200, 200, "JPEG", seed=1), "image/jpeg")
 BROKEN = data_uri(b"GIF89a not really", "image/gif")
 
 
-def intake(req: MediaRequest, settings: Settings | None = None, spooled: dict[str, bytes] | None = None, **fetcher_options: Any) -> IntakeResult:
+def intake(
+    req: MediaRequest, settings: Settings | None = None, spooled: dict[str, bytes] | None = None, **fetcher_options: Any
+) -> IntakeResult:
     """Run ``intake_media`` in a create's scope; the spooled bytes of each blob go to ``spooled``
     (read before the scope ends, which removes them: checked too)."""
-    options: dict[str, Any] = dict(allow_hosts=["127.0.0.1"], connect_timeout=2.0, read_timeout=2.0, total_timeout=10.0, max_redirects=3)
+    options: dict[str, Any] = dict(
+        allow_hosts=["127.0.0.1"], connect_timeout=2.0, read_timeout=2.0, total_timeout=10.0, max_redirects=3
+    )
     options.update(fetcher_options)
     settings = settings or Settings()
 
@@ -61,7 +65,10 @@ def test_first_and_last_frame_from_data_uris():
     result = intake(MediaRequest(image=PNG, last_image=JPEG), spooled=spooled)
     assert result.image == MediaRef("inputs/task_x/image.png", "image", 320, 240, format="png")
     assert result.last_image == MediaRef("inputs/task_x/last_image.jpg", "image", 200, 200, format="jpeg")
-    assert [(b.key, b.content_type) for b in result.blobs] == [("inputs/task_x/image.png", "image/png"), ("inputs/task_x/last_image.jpg", "image/jpeg")]
+    assert [(b.key, b.content_type) for b in result.blobs] == [
+        ("inputs/task_x/image.png", "image/png"),
+        ("inputs/task_x/last_image.jpg", "image/jpeg"),
+    ]
     assert spooled["inputs/task_x/image.png"] == image_bytes(320, 240, "PNG")
     assert result.input_bytes == sum(len(data) for data in spooled.values())
     assert (result.images, result.videos, result.audios) == ([], [], [])
@@ -77,7 +84,12 @@ def test_references_from_urls(upstream):
     assert [r.key for r in result.images] == ["inputs/task_x/images_0.webp", "inputs/task_x/images_1.jpg"]
     (video,) = result.videos
     assert (video.key, video.kind, video.format, video.width, video.height, video.has_audio) == (
-        "inputs/task_x/videos_0.mov", "video", "mov", 160, 96, True,
+        "inputs/task_x/videos_0.mov",
+        "video",
+        "mov",
+        160,
+        96,
+        True,
     )
     assert video.duration == pytest.approx(3.0, abs=0.01)
     (audio,) = result.audios
@@ -158,7 +170,9 @@ def test_per_kind_byte_caps_from_settings(upstream):
     assert (err.param, err.code, err.message) == ("image", "media_too_large", "image is larger than 1000 bytes")
     url = upstream.add("/v.mp4", video_bytes(3.0))
     assert refused(MediaRequest(videos=[url]), settings).message == "videos[0] is larger than 2000 bytes"
-    err = refused(MediaRequest(images=[PNG], audios=[data_uri(audio_bytes(3.0, "wav"), "audio/wav")]), Settings(audio_max_bytes=3000))
+    err = refused(
+        MediaRequest(images=[PNG], audios=[data_uri(audio_bytes(3.0, "wav"), "audio/wav")]), Settings(audio_max_bytes=3000)
+    )
     assert (err.param, err.code) == ("audios[0]", "media_too_large")
 
 

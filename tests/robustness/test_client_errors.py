@@ -31,7 +31,11 @@ def test_json_nested_past_the_parser_is_a_400(open_server, error_body, path, lev
         r = c.post(path, content=("[" * levels + "]" * levels).encode(), headers=JSON)
         assert r.status_code == 400, r.text
         assert error_body(r)["code"] == "invalid_json" and "nested too deeply" in error_body(r)["message"]
-        r = c.post(path, content=(f'{{"model": "{M}", "prompt": "x", "extra_body": ' + '{"a": ' * levels + "1" + "}" * levels + "}").encode(), headers=JSON)
+        r = c.post(
+            path,
+            content=(f'{{"model": "{M}", "prompt": "x", "extra_body": ' + '{"a": ' * levels + "1" + "}" * levels + "}").encode(),
+            headers=JSON,
+        )
         assert r.status_code == 400 and error_body(r)["code"] == "invalid_json", r.text
 
 
@@ -135,7 +139,9 @@ def test_a_thumbnail_asked_for_while_its_task_is_deleted_is_a_404_and_leaves_not
             getter.join(30)
             assert answers["thumbnail"] in (200, 404), answers
             time.sleep(0.2)  # a thumbnail still being written would land by now
-            assert not (tasks_dir / task_id).exists(), f"round {round_}: {sorted(p.name for p in (tasks_dir / task_id).rglob('*'))}"
+            assert not (tasks_dir / task_id).exists(), (
+                f"round {round_}: {sorted(p.name for p in (tasks_dir / task_id).rglob('*'))}"
+            )
             r = c.get(f"/v1/videos/{task_id}/content", params={"variant": "thumbnail"})
             assert r.status_code == 404 and error_body(r)["code"] == "task_not_found"
 

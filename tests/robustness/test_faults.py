@@ -114,7 +114,10 @@ def test_a_failing_input_write_is_a_503_and_leaves_nothing(faulty, find_leftover
             image = media.data_uri(media.image_bytes(320, 240), "image/png")
             r = c.post("/v1/video/generations", json={"model": "quick", "image": image})
             assert r.status_code == 503, r.text
-            assert r.json()["error"]["code"] == "storage_error" and "could not store this task's inputs" in r.json()["error"]["message"]
+            assert (
+                r.json()["error"]["code"] == "storage_error"
+                and "could not store this task's inputs" in r.json()["error"]["message"]
+            )
             assert int(r.headers["Retry-After"]) > 0
             assert c.get("/v1/video/generations", params={"limit": 100}).json()["data"] == before
     finally:
@@ -171,10 +174,14 @@ def fill(path: Path) -> None:
 def test_a_full_disk_fails_the_task_and_the_server_keeps_serving(tmp_path):
     """Videos on a 32 MiB tmpfs, filled to the last byte; the database lives elsewhere."""
     with small_tmpfs(tmp_path / "disk", "32m") as disk:
-        server = LiveServer(disk / "data", config=config_file(tmp_path), env={
-            "OPENDANCE_DATABASE_URL": f"sqlite:///{tmp_path / 'opendance.db'}",
-            "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0",
-        })
+        server = LiveServer(
+            disk / "data",
+            config=config_file(tmp_path),
+            env={
+                "OPENDANCE_DATABASE_URL": f"sqlite:///{tmp_path / 'opendance.db'}",
+                "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0",
+            },
+        )
         server.log_path = tmp_path / "server.log"  # the log must not need the full disk
         with server:
             fill(disk / "filler")

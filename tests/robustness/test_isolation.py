@@ -44,7 +44,11 @@ def two_keys(tmp_path_factory, hostile_host):
         tasks = {}
         for key, hook in ((ALICE, "/cb-alice"), (BOB, "/cb-bob")):
             hostile_host.add(hook, b"")
-            body = {"model": "quick", "prompt": "mine", "extra_body": {"return_last_frame": True, "callback_url": hostile_host.url(hook)}}
+            body = {
+                "model": "quick",
+                "prompt": "mine",
+                "extra_body": {"return_last_frame": True, "callback_url": hostile_host.url(hook)},
+            }
             with server.client(key) as c:
                 r = c.post("/v1/video/generations", json=body, headers={"Idempotency-Key": "same-key"})
                 assert r.status_code == 200, r.text
@@ -151,7 +155,14 @@ def test_logs_hold_no_key_token_or_data_uri(two_keys):
     httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer k-mallory-guess"})
     log = server.log_path.read_text(errors="replace")
     assert "GET /v1/video/generations" in log and "token=[redacted]" in log  # the access log is on
-    for secret in (ALICE, BOB, "k-mallory-guess", payload, picture.split(",")[1][:40], tasks[ALICE]["video_url"].split("token=")[1]):
+    for secret in (
+        ALICE,
+        BOB,
+        "k-mallory-guess",
+        payload,
+        picture.split(",")[1][:40],
+        tasks[ALICE]["video_url"].split("token=")[1],
+    ):
         assert secret not in log, secret
 
 
@@ -159,8 +170,13 @@ def test_the_log_filter_on_uvicorn_access_lines_and_tracebacks():
     """The filter keeps uvicorn's access-log fields a tuple (its formatter unpacks them) and
     redacts exception text too."""
     record = logging.LogRecord(
-        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-        ("127.0.0.1:5", "GET", "/v1/x/content?variant=video&token=0123abcd", "1.1", 200), None,
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/v1/x/content?variant=video&token=0123abcd", "1.1", 200),
+        None,
     )
     assert RedactingFilter().filter(record)
     line = AccessFormatter(fmt="%(client_addr)s %(request_line)s %(status_code)s", use_colors=False).format(record)

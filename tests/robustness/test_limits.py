@@ -131,6 +131,7 @@ def test_idempotency_key(limited):
 
 def test_body_limit(limited):
     with limited.client("k-body") as c:
+
         def body_of(size: int) -> bytes:
             head = b'{"model": "none", "prompt": "'
             return head + b"a" * (size - len(head) - 2) + b'"}'
@@ -194,11 +195,27 @@ def test_a_create_that_is_just_storing_its_task_is_counted_once(tmp_path):
 
     store = TaskStore.from_url(f"sqlite:///{tmp_path / 'tasks.db'}")
     upgrade(store.engine)
-    admission = QueueAdmission(2, 0, lambda owner, leave_out: (store.count_unfinished(owner, leave_out), store.count_unfinished(None, leave_out)))
+    admission = QueueAdmission(
+        2, 0, lambda owner, leave_out: (store.count_unfinished(owner, leave_out), store.count_unfinished(None, leave_out))
+    )
 
     def stored(task_id):
-        return store.create(id=task_id, owner="k", model="slow", mode="text", duration=5, aspect_ratio="16:9",
-                            width=864, height=480, fps=8, seed=1, engine="scenario", job={}, extra_body={}, base_url="http://x")
+        return store.create(
+            id=task_id,
+            owner="k",
+            model="slow",
+            mode="text",
+            duration=5,
+            aspect_ratio="16:9",
+            width=864,
+            height=480,
+            fps=8,
+            seed=1,
+            engine="scenario",
+            job={},
+            extra_body={},
+            base_url="http://x",
+        )
 
     async def main():
         first_id, second_id = new_task_id(), new_task_id()

@@ -182,8 +182,24 @@ def test_the_store_sums_a_keys_stored_input_bytes(tmp_path):
 
     store = TaskStore.from_url(f"sqlite:///{tmp_path / 'tasks.db'}")
     upgrade(store.engine)
-    for i, (owner, job) in enumerate([("a", {"input_bytes": 3 << 30}), ("a", {"input_bytes": 1 << 30}), ("a", {}), ("b", {"input_bytes": 7})]):
-        store.create(id=f"task_{i}", owner=owner, model="m", mode="text-to-video", duration=5, aspect_ratio="16:9",
-                     width=864, height=480, fps=8, seed=1, engine="preview", job=job, extra_body={}, base_url="http://x")
+    for i, (owner, job) in enumerate(
+        [("a", {"input_bytes": 3 << 30}), ("a", {"input_bytes": 1 << 30}), ("a", {}), ("b", {"input_bytes": 7})]
+    ):
+        store.create(
+            id=f"task_{i}",
+            owner=owner,
+            model="m",
+            mode="text-to-video",
+            duration=5,
+            aspect_ratio="16:9",
+            width=864,
+            height=480,
+            fps=8,
+            seed=1,
+            engine="preview",
+            job=job,
+            extra_body={},
+            base_url="http://x",
+        )
     assert (store.stored_input_bytes("a"), store.stored_input_bytes("b"), store.stored_input_bytes("c")) == (4 << 30, 7, 0)
     store.close()

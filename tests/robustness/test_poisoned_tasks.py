@@ -25,20 +25,86 @@ def nested(levels: int, leaf: str = "1") -> str:
 
 POISONED = [
     # (name, raw body, param, message fragment, code)
-    ("infinite number", f'{{"model": "{M}", "prompt": "x", "extra_body": {{"a": 1e400}}}}', "extra_body.a", "finite", "invalid_value"),
-    ("negative infinite in an array", f'{{"model": "{M}", "prompt": "x", "extra_body": {{"a": [1, -1e999]}}}}', "extra_body.a[1]", "finite", "invalid_value"),
+    (
+        "infinite number",
+        f'{{"model": "{M}", "prompt": "x", "extra_body": {{"a": 1e400}}}}',
+        "extra_body.a",
+        "finite",
+        "invalid_value",
+    ),
+    (
+        "negative infinite in an array",
+        f'{{"model": "{M}", "prompt": "x", "extra_body": {{"a": [1, -1e999]}}}}',
+        "extra_body.a[1]",
+        "finite",
+        "invalid_value",
+    ),
     ("infinite duration", f'{{"model": "{M}", "prompt": "x", "duration": 1e400}}', "duration", "finite", "invalid_value"),
-    ("surrogate in an extra_body value", f'{{"model": "{M}", "prompt": "x", "extra_body": {{"a": "\\udfff"}}}}', "extra_body.a", "surrogate", "invalid_string"),
-    ("surrogate in an extra_body key", f'{{"model": "{M}", "prompt": "x", "extra_body": {{"ok\\ud800": 1}}}}', "extra_body", "surrogate", "invalid_string"),
-    ("surrogate deep in extra_body", f'{{"model": "{M}", "prompt": "x", "extra_body": {{"a": [{{"b": ["\\udc00"]}}]}}}}', "extra_body.a[0].b[0]", "surrogate", "invalid_string"),
+    (
+        "surrogate in an extra_body value",
+        f'{{"model": "{M}", "prompt": "x", "extra_body": {{"a": "\\udfff"}}}}',
+        "extra_body.a",
+        "surrogate",
+        "invalid_string",
+    ),
+    (
+        "surrogate in an extra_body key",
+        f'{{"model": "{M}", "prompt": "x", "extra_body": {{"ok\\ud800": 1}}}}',
+        "extra_body",
+        "surrogate",
+        "invalid_string",
+    ),
+    (
+        "surrogate deep in extra_body",
+        f'{{"model": "{M}", "prompt": "x", "extra_body": {{"a": [{{"b": ["\\udc00"]}}]}}}}',
+        "extra_body.a[0].b[0]",
+        "surrogate",
+        "invalid_string",
+    ),
     ("surrogate in the prompt", f'{{"model": "{M}", "prompt": "a \\udfff cat"}}', "prompt", "surrogate", "invalid_string"),
-    ("surrogate in the model", f'{{"model": "\\udfff", "prompt": "x"}}', "model", "surrogate", "invalid_string"),
-    ("surrogate in negative_prompt", f'{{"model": "{M}", "prompt": "x", "extra_body": {{"negative_prompt": "\\ud83d"}}}}', "extra_body.negative_prompt", "surrogate", "invalid_string"),
-    ("surrogate in an unknown field", f'{{"model": "{M}", "prompt": "x", "comment": "\\udfff"}}', "comment", "surrogate", "invalid_string"),
-    ("surrogate in a top-level key", f'{{"model": "{M}", "prompt": "x", "\\udfff": 1}}', "\\udfff", "surrogate", "invalid_string"),
-    ("extra_body 950 deep", f'{{"model": "{M}", "prompt": "x", "extra_body": {nested(950)}}}', "extra_body", "nested more than 32", "too_deep"),
-    ("extra_body 33 deep", f'{{"model": "{M}", "prompt": "x", "extra_body": {nested(33)}}}', "extra_body", "nested more than 32", "too_deep"),
-    ("an unknown field 900 deep", f'{{"model": "{M}", "prompt": "x", "zz": {"[" * 900 + "]" * 900}}}', "zz", "nested more than 32", "too_deep"),
+    ("surrogate in the model", '{"model": "\\udfff", "prompt": "x"}', "model", "surrogate", "invalid_string"),
+    (
+        "surrogate in negative_prompt",
+        f'{{"model": "{M}", "prompt": "x", "extra_body": {{"negative_prompt": "\\ud83d"}}}}',
+        "extra_body.negative_prompt",
+        "surrogate",
+        "invalid_string",
+    ),
+    (
+        "surrogate in an unknown field",
+        f'{{"model": "{M}", "prompt": "x", "comment": "\\udfff"}}',
+        "comment",
+        "surrogate",
+        "invalid_string",
+    ),
+    (
+        "surrogate in a top-level key",
+        f'{{"model": "{M}", "prompt": "x", "\\udfff": 1}}',
+        "\\udfff",
+        "surrogate",
+        "invalid_string",
+    ),
+    (
+        "extra_body 950 deep",
+        f'{{"model": "{M}", "prompt": "x", "extra_body": {nested(950)}}}',
+        "extra_body",
+        "nested more than 32",
+        "too_deep",
+    ),
+    (
+        "extra_body 33 deep",
+        f'{{"model": "{M}", "prompt": "x", "extra_body": {nested(33)}}}',
+        "extra_body",
+        "nested more than 32",
+        "too_deep",
+    ),
+    (
+        "an unknown field 900 deep",
+        f'{{"model": "{M}", "prompt": "x", "zz": {"[" * 900 + "]" * 900}}}',
+        "zz",
+        "nested more than 32",
+        "too_deep",
+    ),
 ]
 
 
@@ -117,7 +183,12 @@ def test_rows_already_poisoned_still_answer_get_and_list(poisoned):
     job = stored_job(server, surrogate_id)
     # What a server without these rules stored (SQLAlchemy's default json.dumps writes these).
     write_row(server, inf_id, extra_body='{"a": Infinity, "b": [NaN, -Infinity], "c": 1}')
-    write_row(server, surrogate_id, extra_body='{"\\udfff": "x\\udfffy"}', job=json.dumps({**job, "prompt": "a \\udfff cat"}).replace("\\\\udfff", "\\udfff"))
+    write_row(
+        server,
+        surrogate_id,
+        extra_body='{"\\udfff": "x\\udfffy"}',
+        job=json.dumps({**job, "prompt": "a \\udfff cat"}).replace("\\\\udfff", "\\udfff"),
+    )
     write_row(server, deep_id, extra_body='{"a": ' + "[" * 950 + "]" * 950 + "}")
     write_row(server, broken_id, extra_body='{"a": ')  # not JSON at all
     with server.client() as c:

@@ -48,7 +48,9 @@ def _openapi_document() -> dict:
 
 DOCUMENT = _openapi_document()
 schema = schemathesis.openapi.from_dict(DOCUMENT)
-schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=MAX_EXAMPLES, deterministic=True)
+schema.config.generation.update(
+    modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=MAX_EXAMPLES, deterministic=True
+)
 
 
 def test_document_is_the_served_one(open_server):

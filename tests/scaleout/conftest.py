@@ -104,7 +104,9 @@ def scaleout_env(pg, temporal, s3, tmp_path_factory) -> ScaleOutEnv:
     config = root / "models.toml"
     config.write_text(MODELS.format(records=records))
     env = cluster_env(
-        url, temporal, s3,
+        url,
+        temporal,
+        s3,
         s3_prefix=f"{name}/",
         temporal_control_queue=f"{name}-control",
         temporal_queue_prefix=f"{name}-model-",

@@ -26,8 +26,15 @@ def storage(request, tmp_path):
     if request.param == "local":
         return LocalStorage(tmp_path / "files")
     s3 = request.getfixturevalue("s3")
-    return S3Storage(s3.bucket, prefix=f"ckpt-{secrets.token_hex(3)}/", endpoint_url=s3.endpoint, region="us-east-1",
-                     access_key_id=s3.access_key, secret_access_key=s3.secret_key, addressing_style="path")
+    return S3Storage(
+        s3.bucket,
+        prefix=f"ckpt-{secrets.token_hex(3)}/",
+        endpoint_url=s3.endpoint,
+        region="us-east-1",
+        access_key_id=s3.access_key,
+        secret_access_key=s3.secret_key,
+        addressing_style="path",
+    )
 
 
 def test_save_load_parts_clear(storage):
@@ -57,8 +64,18 @@ def test_damaged_or_disabled(storage):
 
 
 def job(task_id: str) -> Job:
-    return Job(task_id=task_id, model="m", mode=Mode.TEXT_TO_VIDEO, prompt="p", width=864, height=480, fps=8,
-               duration=5, seed=7, engine={"engine": "scenario"})
+    return Job(
+        task_id=task_id,
+        model="m",
+        mode=Mode.TEXT_TO_VIDEO,
+        prompt="p",
+        width=864,
+        height=480,
+        fps=8,
+        duration=5,
+        seed=7,
+        engine={"engine": "scenario"},
+    )
 
 
 def test_run_job_resumes_after_the_last_checkpoint(storage, tmp_path):
@@ -129,8 +146,7 @@ def test_preview_resumes_from_frame_chunks(tmp_path):
     asked = iter(range(10**6))  # the engine and the encoder each ask once per frame: stop mid-way
     first = TaskCheckpoints(storage, "task_p1", every=5)
     with pytest.raises(Cancelled):
-        run_job(job("task_p1"), engine, storage, progress=lambda p: None, cancelled=lambda: next(asked) >= 50,
-                checkpoints=first)
+        run_job(job("task_p1"), engine, storage, progress=lambda p: None, cancelled=lambda: next(asked) >= 50, checkpoints=first)
     state, frames_done = first.load()
     assert state["kind"] == "frame-chunks" and frames_done % 8 == 0 and frames_done >= 16
     assert state["parts"] == [f"frames-{i:06d}" for i in range(0, frames_done, 8)]
@@ -144,4 +160,3 @@ def test_preview_resumes_from_frame_chunks(tmp_path):
     assert len(a) == len(b) == 40
     assert all((x == y).all() for x, y in zip(a, b))
     assert first.load() is None  # dropped with the stored video
-

@@ -41,11 +41,32 @@ def stores(request, tmp_path):
     tasks.close()
 
 
-def new_task(store: TaskStore, task_id: str, owner: str, *, model: str = "m", duration: int = 5, created_at: float | None = None,
-             check=None):
+def new_task(
+    store: TaskStore,
+    task_id: str,
+    owner: str,
+    *,
+    model: str = "m",
+    duration: int = 5,
+    created_at: float | None = None,
+    check=None,
+):
     task = store.create(
-        check=check, id=task_id, owner=owner, model=model, mode="text-to-video", duration=duration, aspect_ratio="16:9",
-        width=864, height=480, fps=8, seed=1, engine="scenario", job={"task_id": task_id}, extra_body={}, base_url="http://x",
+        check=check,
+        id=task_id,
+        owner=owner,
+        model=model,
+        mode="text-to-video",
+        duration=duration,
+        aspect_ratio="16:9",
+        width=864,
+        height=480,
+        fps=8,
+        seed=1,
+        engine="scenario",
+        job={"task_id": task_id},
+        extra_body={},
+        base_url="http://x",
     )
     if created_at is not None:
         with store.engine.begin() as conn:
@@ -65,8 +86,10 @@ def test_search_filters_pages_and_expiring(stores):
         task = new_task(tasks, f"task_s{i}", "dave", model="m" if i % 2 else "n")
         if i in (1, 3):
             with tasks.engine.begin() as conn:  # as a flex task is stored: the tier in extra_body
-                conn.exec_driver_sql(f"UPDATE tasks SET expires_at = {task.created_at - 1 if i == 1 else task.created_at + 3600}, "
-                                     f"extra_body = '{{\"service_tier\": \"flex\"}}' WHERE id = 'task_s{i}'")
+                conn.exec_driver_sql(
+                    f"UPDATE tasks SET expires_at = {task.created_at - 1 if i == 1 else task.created_at + 3600}, "
+                    f"extra_body = '{{\"service_tier\": \"flex\"}}' WHERE id = 'task_s{i}'"
+                )
     new_task(tasks, "task_other", "erin")
     tasks.fail("task_s4", RawStatus.CANCELLED, "cancelled", "by client")
     page, total = tasks.search("dave", offset=0, limit=2)
@@ -115,7 +138,7 @@ def test_counts_and_usage_per_utc_day(stores):
     # Charged today: task_t1 (5) + task_t2 (6) + task_q (8, queued); task_t3 was cancelled.
     assert keys.counts("alice", today) == (1, 19)
     assert keys.counts("alice", today, leave_out={"task_q"}) == (0, 11)
-    day = lambda ts: dt.datetime.fromtimestamp(ts, dt.timezone.utc).date()  # noqa: E731
+    day = lambda ts: dt.datetime.fromtimestamp(ts, dt.UTC).date()  # noqa: E731
     rows = KeyService(keys, ["m", "n"]).usage("alice", day(yesterday), day(today))
     got = {(r.day, r.model): (r.video_seconds, r.completed, r.failed, r.cancelled, r.expired) for r in rows}
     assert got == {
@@ -138,7 +161,7 @@ def test_deleted_tasks_still_count(stores):
             tasks.transition(f"task_d{i}", RawStatus.COMPLETED)
         else:
             tasks.fail(f"task_d{i}", status, "cancelled", "by client")
-    day = dt.datetime.fromtimestamp(today, dt.timezone.utc).date()
+    day = dt.datetime.fromtimestamp(today, dt.UTC).date()
     service = KeyService(keys, ["m"])
     before = service.usage("carol", day, day)
     assert keys.counts("carol", today) == (0, 11)
@@ -150,8 +173,10 @@ def test_deleted_tasks_still_count(stores):
             barrier.wait()
             store.delete(task_id)
 
-        racers = [threading.Thread(target=delete, args=(s, t)) for s, t in ((tasks, "task_d0"), (other, "task_d0"),
-                                                                              (tasks, "task_d1"), (other, "task_d2"))]
+        racers = [
+            threading.Thread(target=delete, args=(s, t))
+            for s, t in ((tasks, "task_d0"), (other, "task_d0"), (tasks, "task_d1"), (other, "task_d2"))
+        ]
         for t in racers:
             t.start()
         for t in racers:
@@ -237,8 +262,10 @@ def test_admit_counts_creates_still_under_way(stores):
 def two_servers(pg, tmp_path):
     url = pg.create_database(f"two_{os.urandom(3).hex()}")
     config = tmp_path / "models.toml"
-    config.write_text('[models."slow"]\nresolution = "480p"\nfps = 8\n[models."slow".default]\nengine = "scenario"\n'
-                      'steps = 400\nstep_seconds = 0.05\n')
+    config.write_text(
+        '[models."slow"]\nresolution = "480p"\nfps = 8\n[models."slow".default]\nengine = "scenario"\n'
+        "steps = 400\nstep_seconds = 0.05\n"
+    )
     env = {"OPENDANCE_DATABASE_URL": url, "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0"}
     store = TaskStore.from_url(url)
     upgrade(store.engine)

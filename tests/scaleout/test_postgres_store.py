@@ -26,9 +26,20 @@ def fresh(pg, name: str) -> str:
 
 def new_task(store: TaskStore, task_id: str, **extra):
     fields = dict(
-        id=task_id, owner="alice", model="m", mode="text-to-video", duration=5, aspect_ratio="16:9",
-        width=864, height=480, fps=8, seed=4294967295, engine="scenario", job={"task_id": task_id},
-        extra_body={}, base_url="http://x",
+        id=task_id,
+        owner="alice",
+        model="m",
+        mode="text-to-video",
+        duration=5,
+        aspect_ratio="16:9",
+        width=864,
+        height=480,
+        fps=8,
+        seed=4294967295,
+        engine="scenario",
+        job={"task_id": task_id},
+        extra_body={},
+        base_url="http://x",
     )
     fields.update(extra)
     return store.create(**fields)
@@ -46,8 +57,13 @@ def test_db_upgrade_command_on_postgres(pg, tmp_path):
     url = fresh(pg, "cli")
     env = {**os.environ, "OPENDANCE_DATABASE_URL": url}
     for _ in range(2):  # and again: nothing to do the second time
-        done = subprocess.run([sys.executable, "-m", "opendance", "db", "upgrade", "--data-dir", str(tmp_path)],
-                              env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "opendance", "db", "upgrade", "--data-dir", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         assert "newest schema" in done.stdout
     s = TaskStore.from_url(url)
@@ -159,4 +175,8 @@ def test_stored_input_bytes_on_postgres(store):
     new_task(store, "task_more", job={"task_id": "task_more", "input_bytes": 1 << 30})
     new_task(store, "task_old")
     new_task(store, "task_bob", owner="bob", job={"task_id": "task_bob", "input_bytes": 7})
-    assert (store.stored_input_bytes("alice"), store.stored_input_bytes("bob"), store.stored_input_bytes("nobody")) == (4 << 30, 7, 0)
+    assert (store.stored_input_bytes("alice"), store.stored_input_bytes("bob"), store.stored_input_bytes("nobody")) == (
+        4 << 30,
+        7,
+        0,
+    )

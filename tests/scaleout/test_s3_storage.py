@@ -17,8 +17,14 @@ from opendance.testing.server import LiveServer
 
 def make(s3, prefix: str | None = None, **kw) -> S3Storage:
     return S3Storage(
-        s3.bucket, prefix=prefix or f"unit-{secrets.token_hex(3)}/", endpoint_url=s3.endpoint, region="us-east-1",
-        access_key_id=s3.access_key, secret_access_key=s3.secret_key, addressing_style="path", **kw,
+        s3.bucket,
+        prefix=prefix or f"unit-{secrets.token_hex(3)}/",
+        endpoint_url=s3.endpoint,
+        region="us-east-1",
+        access_key_id=s3.access_key,
+        secret_access_key=s3.secret_key,
+        addressing_style="path",
+        **kw,
     )
 
 
@@ -74,8 +80,15 @@ def test_locate_redirect_and_stream(s3):
 
 def test_bucket_created_when_asked(s3):
     bucket = f"made-{secrets.token_hex(3)}"
-    st = S3Storage(bucket, endpoint_url=s3.endpoint, region="us-east-1", access_key_id=s3.access_key,
-                   secret_access_key=s3.secret_key, addressing_style="path", create_bucket=True)
+    st = S3Storage(
+        bucket,
+        endpoint_url=s3.endpoint,
+        region="us-east-1",
+        access_key_id=s3.access_key,
+        secret_access_key=s3.secret_key,
+        addressing_style="path",
+        create_bucket=True,
+    )
     st.put_bytes("k", b"v", "text/plain")
     assert st.get_bytes("k") == b"v"
 
@@ -84,10 +97,15 @@ def test_bucket_created_when_asked(s3):
 def s3_server(s3, tmp_path_factory):
     """The embedded runner with S3 storage and proxied content: the API streams from S3."""
     env = {
-        "OPENDANCE_STORAGE": "s3", "OPENDANCE_S3_BUCKET": s3.bucket, "OPENDANCE_S3_ENDPOINT_URL": s3.endpoint,
-        "OPENDANCE_S3_PREFIX": f"api-{secrets.token_hex(3)}", "OPENDANCE_S3_REGION": "us-east-1",
-        "OPENDANCE_S3_ACCESS_KEY_ID": s3.access_key, "OPENDANCE_S3_SECRET_ACCESS_KEY": s3.secret_key,
-        "OPENDANCE_S3_ADDRESSING_STYLE": "path", "OPENDANCE_CONTENT_SERVING": "proxy",
+        "OPENDANCE_STORAGE": "s3",
+        "OPENDANCE_S3_BUCKET": s3.bucket,
+        "OPENDANCE_S3_ENDPOINT_URL": s3.endpoint,
+        "OPENDANCE_S3_PREFIX": f"api-{secrets.token_hex(3)}",
+        "OPENDANCE_S3_REGION": "us-east-1",
+        "OPENDANCE_S3_ACCESS_KEY_ID": s3.access_key,
+        "OPENDANCE_S3_SECRET_ACCESS_KEY": s3.secret_key,
+        "OPENDANCE_S3_ADDRESSING_STYLE": "path",
+        "OPENDANCE_CONTENT_SERVING": "proxy",
     }
     with LiveServer(tmp_path_factory.mktemp("s3-api"), env=env) as server:
         yield server

@@ -34,12 +34,18 @@ def children(pid: int) -> list[int]:
 def test_two_hundred_relays_on_one_worker(scaleout_env):
     root = scaleout_env.root / "relays"
     root.mkdir()
-    env = {**scaleout_env.env, "OPENDANCE_TEMPORAL_CONTROL_QUEUE": "relays-control", "OPENDANCE_TEMPORAL_QUEUE_PREFIX": "relays-",
-           "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0", "OPENDANCE_MAX_QUEUED_PER_KEY": "0", "OPENDANCE_MAX_QUEUED_TOTAL": "0",
-           "OPENDANCE_LOG_LEVEL": "warning",
-           # The default heartbeat timeout (the module's 2 s is for its crash tests): 200 activities
-           # heartbeating every 1.6 s would keep the Temporal dev server busy with nothing else.
-           "OPENDANCE_TEMPORAL_HEARTBEAT_TIMEOUT": "15"}
+    env = {
+        **scaleout_env.env,
+        "OPENDANCE_TEMPORAL_CONTROL_QUEUE": "relays-control",
+        "OPENDANCE_TEMPORAL_QUEUE_PREFIX": "relays-",
+        "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0",
+        "OPENDANCE_MAX_QUEUED_PER_KEY": "0",
+        "OPENDANCE_MAX_QUEUED_TOTAL": "0",
+        "OPENDANCE_LOG_LEVEL": "warning",
+        # The default heartbeat timeout (the module's 2 s is for its crash tests): 200 activities
+        # heartbeating every 1.6 s would keep the Temporal dev server busy with nothing else.
+        "OPENDANCE_TEMPORAL_HEARTBEAT_TIMEOUT": "15",
+    }
     with FakeUpstream(seconds=10.0) as up:
         config = root / "models.toml"
         config.write_text(MODEL.format(url=up.url))
@@ -49,8 +55,12 @@ def test_two_hundred_relays_on_one_worker(scaleout_env):
             assert "relayed (256 slots: upstream)" in worker.log()
             started = time.monotonic()
             with api.client() as c, ThreadPoolExecutor(16) as pool:
-                ids = list(pool.map(
-                    lambda i: c.post("/v1/video/generations", json={"model": "relayed", "prompt": str(i)}).json()["id"], range(200)))
+                ids = list(
+                    pool.map(
+                        lambda i: c.post("/v1/video/generations", json={"model": "relayed", "prompt": str(i)}).json()["id"],
+                        range(200),
+                    )
+                )
             wait_until(lambda: len(up.tasks) >= 20, 60, "relays under way upstream")
             assert children(worker.pid) == []  # the relays are asyncio activities of the worker itself
 
@@ -77,5 +87,7 @@ def test_two_hundred_relays_on_one_worker(scaleout_env):
             api.stop()
     assert sorted(up.creates.values()) == [1] * 200
     assert up.peak_in_flight >= 50, up.peak_in_flight
-    print(f"Temporal, one worker: 200 relay tasks of 10 s upstream completed {elapsed:.1f} s after the first create, "
-          f"{up.peak_in_flight} upstream at once")
+    print(
+        f"Temporal, one worker: 200 relay tasks of 10 s upstream completed {elapsed:.1f} s after the first create, "
+        f"{up.peak_in_flight} upstream at once"
+    )

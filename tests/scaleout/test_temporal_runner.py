@@ -95,10 +95,12 @@ def test_a_twenty_tasks_over_two_workers(cluster, scaleout_env):
         intervals.sort()
         for (_, end1), (start2, _) in zip(intervals, intervals[1:]):
             assert start2 >= end1, f"device process {pid} ran two tasks at once"
+
     # Each API server sees, through Temporal, the two worker processes polling the model's queue.
     def both_seen(api: int) -> bool:
         ready = httpx.get(f"{cluster.apis[api].url}/readyz").json()["checks"]["runner"]
         return ready["queues"].get("steady", {}).get("workers") == 2 and ready["workers_alive"] == 2
+
     for api in (0, 1):
         wait_until(lambda: both_seen(api), timeout=30, what=f"API server {api} to see both workers")
     video = cluster.content(ids[0], api=1)
@@ -111,7 +113,9 @@ def test_a_twenty_tasks_over_two_workers(cluster, scaleout_env):
 def test_b_sigkill_worker_mid_task_resumes_elsewhere(cluster, scaleout_env):
     tid = cluster.create("long", "survive a crash")
     # Past the second checkpoint (steps 4 and 8 of 20), the worker machine dies.
-    wait_until(lambda: any(r["task"] == tid and r["event"] == "step" and r["step"] >= 9 for r in scaleout_env.runs()), 60, "step 9")
+    wait_until(
+        lambda: any(r["task"] == tid and r["event"] == "step" and r["step"] >= 9 for r in scaleout_env.runs()), 60, "step 9"
+    )
     device_pid = device_pid_of(scaleout_env, tid)
     victim = next(w for w in cluster.workers if w.pid == parent_pid(device_pid))
     with ProgressWatch(cluster, [tid], api=1) as watch:
@@ -226,8 +230,14 @@ def test_an_ark_tasks_execution_expires_after_stops_it_on_a_worker(cluster, scal
     tid = r.json()["id"]
     wait_until(lambda: any(x["task"] == tid and x["event"] == "step" for x in scaleout_env.runs()), 60, "first step")
     final = wait_until(
-        lambda: (t := httpx.get(f"{cluster.apis[1].url}/api/v3/contents/generations/tasks/{tid}", timeout=10).json())["status"]
-        == "expired" and t, 30, "expired")
+        lambda: (
+            (t := httpx.get(f"{cluster.apis[1].url}/api/v3/contents/generations/tasks/{tid}", timeout=10).json())["status"]
+            == "expired"
+            and t
+        ),
+        30,
+        "expired",
+    )
     assert final["error"]["code"] == "expired" and final["execution_expires_after"] == 2
 
     def engine_stopped() -> bool:
@@ -254,7 +264,9 @@ def test_sigterm_hands_the_task_over(cluster, scaleout_env):
     """A worker stopped on purpose (a deploy, a scale-down) gives its task back at once, and
     the next worker resumes it from the checkpoint: no heartbeat timeout to wait for."""
     tid = cluster.create("long", "redeploy")
-    wait_until(lambda: any(r["task"] == tid and r["event"] == "step" and r["step"] >= 5 for r in scaleout_env.runs()), 60, "step 5")
+    wait_until(
+        lambda: any(r["task"] == tid and r["event"] == "step" and r["step"] >= 5 for r in scaleout_env.runs()), 60, "step 5"
+    )
     device_pid = device_pid_of(scaleout_env, tid)
     leaving = next(w for w in cluster.workers if w.pid == parent_pid(device_pid))
     leaving.stop()  # SIGTERM
@@ -295,8 +307,13 @@ def test_crashing_engine_is_retried_then_failed(cluster, scaleout_env):
 def short_fuse(scaleout_env, cluster):
     """One API server whose tasks must finish within 6 s of submission, and one worker that
     lets a run last 3 s, on queues of their own. Nobody serves "steady" here."""
-    env = {**scaleout_env.env, "OPENDANCE_TEMPORAL_CONTROL_QUEUE": "fuse-control", "OPENDANCE_TEMPORAL_QUEUE_PREFIX": "fuse-",
-           "OPENDANCE_TEMPORAL_EXECUTION_DEADLINE": "6", "OPENDANCE_TASK_TIMEOUT": "3"}
+    env = {
+        **scaleout_env.env,
+        "OPENDANCE_TEMPORAL_CONTROL_QUEUE": "fuse-control",
+        "OPENDANCE_TEMPORAL_QUEUE_PREFIX": "fuse-",
+        "OPENDANCE_TEMPORAL_EXECUTION_DEADLINE": "6",
+        "OPENDANCE_TASK_TIMEOUT": "3",
+    }
     api = LiveServer(scaleout_env.root / "fuse-api", env=env, config=scaleout_env.config).start()
     worker = WorkerProcess(scaleout_env.root / "fuse-worker", ["long"], env=env, config=scaleout_env.config).start()
     yield api

@@ -32,7 +32,10 @@ class ArkProtocol(UpstreamProtocol):
         if inputs.last_image is not None:
             content.append(item("image_url", png(inputs.last_image), "image/png", "last_frame"))
         content += [item("image_url", png(im), "image/png", "reference_image") for im in inputs.images]
-        for kind, role, paths in (("video_url", "reference_video", inputs.videos), ("audio_url", "reference_audio", inputs.audios)):
+        for kind, role, paths in (
+            ("video_url", "reference_video", inputs.videos),
+            ("audio_url", "reference_audio", inputs.audios),
+        ):
             for data in (Path(p).read_bytes() for p in paths):
                 content.append(item(kind, data, media_type(data, "videos" if kind == "video_url" else "audios"), role))
         body: dict[str, Any] = {

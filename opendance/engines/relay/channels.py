@@ -48,8 +48,13 @@ class ChannelHealth:
 
 
 class ChannelBoard:
-    def __init__(self, failures: int = 3, cooldown: float = 30.0, observe: RequestObserver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        failures: int = 3,
+        cooldown: float = 30.0,
+        observe: RequestObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.threshold = failures
         self.cooldown = cooldown
         self.observe = observe
@@ -107,16 +112,23 @@ class ChannelBoard:
         for name, h in sorted(self._health.items()):
             state = self.state(name)
             left = max(0.0, self.cooldown - (self.clock() - h.opened_at)) if state == "open" else 0.0
-            out[name] = {"state": state, "failures_in_a_row": h.in_a_row, "requests": h.requests, "failures": h.failures,
-                         "cooldown_left_s": round(left, 1), "last_error": h.last_error}
+            out[name] = {
+                "state": state,
+                "failures_in_a_row": h.in_a_row,
+                "requests": h.requests,
+                "failures": h.failures,
+                "cooldown_left_s": round(left, 1),
+                "last_error": h.last_error,
+            }
         return out
 
 
 class ChannelClient:
     """One channel's requests, through the shared HTTP client, with its key and its record."""
 
-    def __init__(self, channel: ChannelOptions, key: str | None, http: httpx.AsyncClient, board: ChannelBoard,
-                 timeout: float) -> None:
+    def __init__(
+        self, channel: ChannelOptions, key: str | None, http: httpx.AsyncClient, board: ChannelBoard, timeout: float
+    ) -> None:
         self.channel = channel
         self.name = channel.id
         self.base_url = channel.base_url.rstrip("/")
@@ -130,8 +142,13 @@ class ChannelClient:
         429 and 5xx answers are returned, and recorded as failures of the channel."""
         t0 = time.perf_counter()
         try:
-            r = await self.http.request(request.method, self.base_url + request.path, headers={**self.headers, **(headers or {})},
-                                        timeout=self.timeout, **request.kwargs)
+            r = await self.http.request(
+                request.method,
+                self.base_url + request.path,
+                headers={**self.headers, **(headers or {})},
+                timeout=self.timeout,
+                **request.kwargs,
+            )
         except httpx.HTTPError as exc:
             message = f"the upstream at {self.base_url} cannot be reached: {type(exc).__name__}: {exc}".rstrip(": ")
             self.board.record(self.name, op, time.perf_counter() - t0, message)

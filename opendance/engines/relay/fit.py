@@ -30,15 +30,25 @@ def conforms(job: Job, path: Path) -> bool:
 
     try:
         info = probe_mp4(path)
-    except Exception as exc:  # noqa: BLE001 - anything unreadable goes the long way (and fails there clearly)
+    except Exception as exc:
         log.info("task %s: the upstream video could not be probed (%s); decoding it", job.task_id, exc)
         return False
-    video = (info["video_codec"] == "h264" and info["pix_fmt"] == "yuv420p" and info["faststart"]
-             and (info["width"], info["height"]) == (job.width, job.height) and info["num_frames"] == job.num_frames
-             and info["fps"] is not None and abs(info["fps"] - job.fps) < 1e-3)
+    video = (
+        info["video_codec"] == "h264"
+        and info["pix_fmt"] == "yuv420p"
+        and info["faststart"]
+        and (info["width"], info["height"]) == (job.width, job.height)
+        and info["num_frames"] == job.num_frames
+        and info["fps"] is not None
+        and abs(info["fps"] - job.fps) < 1e-3
+    )
     sound = info["audio_codec"] is None or (
-        info["audio_codec"] == "aac" and info["audio_sample_rate"] == 48000 and info["audio_channels"] == 2
-        and info["audio_duration"] is not None and abs(info["audio_duration"] - job.duration) <= 1 / job.fps)
+        info["audio_codec"] == "aac"
+        and info["audio_sample_rate"] == 48000
+        and info["audio_channels"] == 2
+        and info["audio_duration"] is not None
+        and abs(info["audio_duration"] - job.duration) <= 1 / job.fps
+    )
     return bool(video and sound)
 
 
@@ -47,7 +57,7 @@ def last_frame(path: Path) -> np.ndarray:
 
     frame = None
     with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
+        for frame in container.decode(video=0):  # noqa: B007 (the loop keeps the last one)
             pass
     if frame is None:
         raise EngineError("the upstream video has no frames")

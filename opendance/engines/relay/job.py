@@ -57,8 +57,9 @@ class RelayContext(ABC):
 
 
 class RelayJob:
-    def __init__(self, job: Job, opts: RelayOptions, keys: dict[str, str | None], http: httpx.AsyncClient,
-                 board: ChannelBoard) -> None:
+    def __init__(
+        self, job: Job, opts: RelayOptions, keys: dict[str, str | None], http: httpx.AsyncClient, board: ChannelBoard
+    ) -> None:
         self.job = job
         self.opts = opts
         self.http = http
@@ -90,8 +91,10 @@ class RelayJob:
         for channel in self.opts.channels:
             if channel.id == name or (name is None and len(self.opts.channels) == 1):
                 return channel
-        raise EngineError(f"upstream task {saved['upstream_id']} was made on channel {name!r}, "
-                          "which the models file no longer lists; it cannot be followed")
+        raise EngineError(
+            f"upstream task {saved['upstream_id']} was made on channel {name!r}, "
+            "which the models file no longer lists; it cannot be followed"
+        )
 
     # -- create --------------------------------------------------------------------------------
 
@@ -114,8 +117,9 @@ class RelayJob:
                     continue
                 if r.status_code == 429 or r.status_code >= 500:
                     last = EngineError(f"the upstream at {client.base_url} answered HTTP {r.status_code} to the create")
-                    log.warning("task %s: create on %s answered %d; trying the next channel", self.job.task_id, channel.id,
-                                r.status_code)
+                    log.warning(
+                        "task %s: create on %s answered %d; trying the next channel", self.job.task_id, channel.id, r.status_code
+                    )
                     continue
                 upstream = self.protocol(channel).task_id(answer := read_answer(r, "create"))
                 if upstream is None:
@@ -143,8 +147,10 @@ class RelayJob:
             except UpstreamDown as exc:
                 outage_since = outage_since or loop.time()
                 if loop.time() - outage_since > self.opts.poll_outage:
-                    raise EngineError(f"upstream task {upstream} on {channel.id}: no answer for "
-                                      f"{self.opts.poll_outage:g} s ({exc})", code="upstream_unavailable") from None
+                    raise EngineError(
+                        f"upstream task {upstream} on {channel.id}: no answer for {self.opts.poll_outage:g} s ({exc})",
+                        code="upstream_unavailable",
+                    ) from None
                 await ctx.wait(min(self.opts.poll_interval * 2, 10.0))
                 continue
             outage_since = None
@@ -181,12 +187,13 @@ class RelayJob:
         headers = client.headers if same_host else {}
         t0 = time.perf_counter()
         try:
-            async with self.http.stream("GET", url, headers=headers, follow_redirects=True,
-                                        timeout=httpx.Timeout(self.opts.request_timeout)) as r:
+            async with self.http.stream(
+                "GET", url, headers=headers, follow_redirects=True, timeout=httpx.Timeout(self.opts.request_timeout)
+            ) as r:
                 if r.status_code != 200:
                     raise EngineError(f"downloading the upstream video failed: HTTP {r.status_code}")
                 size = 0
-                with open(path, "wb") as f:
+                with open(path, "wb") as f:  # noqa: ASYNC230 (a local file; 1 MiB writes between network reads)
                     async for chunk in r.aiter_bytes(1 << 20):
                         size += len(chunk)
                         if size > self.opts.max_video_bytes:

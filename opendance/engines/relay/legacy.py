@@ -19,8 +19,12 @@ class LegacyProtocol(UpstreamProtocol):
     name = "legacy"
 
     def create(self, job: Job, inputs: Inputs) -> Request:
-        body: dict[str, Any] = {"model": self.upstream_model, "prompt": job.prompt, "duration": job.duration,
-                                "aspect_ratio": nearest_aspect_ratio(job.width, job.height)}
+        body: dict[str, Any] = {
+            "model": self.upstream_model,
+            "prompt": job.prompt,
+            "duration": job.duration,
+            "aspect_ratio": nearest_aspect_ratio(job.width, job.height),
+        }
         if inputs.image is not None:
             body["image"] = data_uri(png(inputs.image), "image/png")
         if inputs.last_image is not None:

@@ -20,8 +20,12 @@ class OpenAIProtocol(UpstreamProtocol):
     modes = OPENAI_RELAY_MODES
 
     def create(self, job: Job, inputs: Inputs) -> Request:
-        form = {"model": self.upstream_model, "prompt": job.prompt, "seconds": str(job.duration),
-                "size": f"{job.width}x{job.height}"}
+        form = {
+            "model": self.upstream_model,
+            "prompt": job.prompt,
+            "seconds": str(job.duration),
+            "size": f"{job.width}x{job.height}",
+        }
         if job.mode is Mode.IMAGE_TO_VIDEO:
             files = {"input_reference": ("image.png", png(inputs.image), "image/png")}
             return Request("POST", ROUTE, {"data": form, "files": files})

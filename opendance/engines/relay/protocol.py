@@ -73,8 +73,9 @@ class UpstreamProtocol(ABC):
             progress = None
         error = answer.get("error") or {}
         reason = error.get("message") if isinstance(error, dict) else str(error)
-        return UpstreamState(str(answer.get("status", "")).lower(), None if progress is None else int(max(0, min(99, progress))),
-                             reason or None)
+        return UpstreamState(
+            str(answer.get("status", "")).lower(), None if progress is None else int(max(0, min(99, progress))), reason or None
+        )
 
     @abstractmethod
     def video_link(self, upstream_id: str, answer: dict[str, Any], base_url: str) -> str | None:

@@ -12,8 +12,21 @@ from .pool import ProcessExecutor, default_cpu_slots
 from .upstream import UpstreamExecutor
 
 __all__ = [
-    "DIED", "KINDS", "TICK", "Execution", "Executor", "Executors", "Kind", "Placement", "ProcessExecutor", "Slot",
-    "UpstreamExecutor", "check_models", "default_cpu_slots", "place", "placement_of",
+    "DIED",
+    "KINDS",
+    "TICK",
+    "Execution",
+    "Executor",
+    "Executors",
+    "Kind",
+    "Placement",
+    "ProcessExecutor",
+    "Slot",
+    "UpstreamExecutor",
+    "check_models",
+    "default_cpu_slots",
+    "place",
+    "placement_of",
 ]
 
 
@@ -27,16 +40,25 @@ def check_models(settings: Settings, models: dict[str, ModelConfig], served: Ite
     for name in models if served is None else served:
         n = models[name].devices_per_task
         if n > len(settings.devices):
-            raise ValueError(f"models.{name}: devices_per_task = {n}, but OPENDANCE_DEVICES lists {len(settings.devices)} "
-                             f"device(s) ({','.join(settings.devices)})")
+            raise ValueError(
+                f"models.{name}: devices_per_task = {n}, but OPENDANCE_DEVICES lists {len(settings.devices)} "
+                f"device(s) ({','.join(settings.devices)})"
+            )
 
 
 class Executors:
     """One executor per kind, for the models this process serves; made when first needed
     (a task recovered from the store may be of a model no longer in the models file)."""
 
-    def __init__(self, settings: Settings, storage: Storage, models: dict[str, ModelConfig], *,
-                 served: Iterable[str] | None = None, observe: Callable[[str, str, float, bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        models: dict[str, ModelConfig],
+        *,
+        served: Iterable[str] | None = None,
+        observe: Callable[[str, str, float, bool], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.storage = storage
         self.models = models
@@ -44,8 +66,12 @@ class Executors:
         self.observe = observe
         self.by_kind: dict[Kind, Executor] = {}
         self._started: set[Kind] = set()
-        self._device_sizes = {self.placement(m, mode).devices for m in self.served for mode in models[m].modes
-                              if self.placement(m, mode).kind == "device"}
+        self._device_sizes = {
+            self.placement(m, mode).devices
+            for m in self.served
+            for mode in models[m].modes
+            if self.placement(m, mode).kind == "device"
+        }
 
     def placement(self, model: str, mode: Any) -> Placement:
         cfg = self.models[model]

@@ -87,8 +87,13 @@ class GroupExecution(Execution):
         if self.ended:
             return
         waiting = [r for r in range(1, self.group.size) if r not in self.idle]
-        log.error("task %s: ranks %s of %s did not finish (errors: %s); restarting the group", self.task_id,
-                  waiting or [0], self.group, self.errors or "none")
+        log.error(
+            "task %s: ranks %s of %s did not finish (errors: %s); restarting the group",
+            self.task_id,
+            waiting or [0],
+            self.group,
+            self.errors or "none",
+        )
         self._end(self._kept() or DIED, healthy=False)
 
     def died(self) -> None:
@@ -166,8 +171,14 @@ class Group(Slot):
         if self.execution is not None:
             self.execution.died()
         await asyncio.to_thread(lambda: [p.join(5.0) for p in ranks])
-        log.error("%s: rank %d (pid %s) exited with code %s%s", self, rank, ranks[rank].pid, ranks[rank].exitcode,
-                  "" if self.size == 1 else "; its other ranks were stopped")
+        log.error(
+            "%s: rank %d (pid %s) exited with code %s%s",
+            self,
+            rank,
+            ranks[rank].pid,
+            ranks[rank].exitcode,
+            "" if self.size == 1 else "; its other ranks were stopped",
+        )
         if was_ready:
             self.failures, delay = 0, 0.0
         else:

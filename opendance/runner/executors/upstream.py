@@ -144,9 +144,16 @@ class UpstreamExecution(Execution, RelayContext):
                 path = await RelayJob(job, opts, keys, ex.http, ex.board).run(inputs, self, folder)
                 engine_seconds = time.perf_counter() - t0
                 async with ex.delivering:
-                    result = await asyncio.to_thread(deliver_video, job, path, ex.storage, cancelled=self.cancelled,
-                                                     engine_seconds=engine_seconds, tmp_dir=tmp_dir,
-                                                     checkpoints=self.checkpoints)
+                    result = await asyncio.to_thread(
+                        deliver_video,
+                        job,
+                        path,
+                        ex.storage,
+                        cancelled=self.cancelled,
+                        engine_seconds=engine_seconds,
+                        tmp_dir=tmp_dir,
+                        checkpoints=self.checkpoints,
+                    )
             return Done(task_id, result.video_key, result.last_frame_key, result.engine_seconds, result.wall_seconds)
         except Cancelled:
             return Failed(task_id, "cancelled", "the task was cancelled", cancelled=True)
@@ -155,7 +162,7 @@ class UpstreamExecution(Execution, RelayContext):
         except OSError as exc:
             log.exception("task %s: storage error", task_id)
             return Failed(task_id, "storage_error", f"the video could not be stored: {exc.strerror or exc}")
-        except Exception as exc:  # noqa: BLE001 - a bad spec or a bug fails the task, not the executor
+        except Exception as exc:
             log.exception("task %s failed", task_id)
             return Failed(task_id, "engine_error", f"{type(exc).__name__}: {exc}")
 
