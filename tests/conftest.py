@@ -11,6 +11,25 @@ from opendance.testing.server import LiveServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Markers by where a test lives, so a run can pick or skip a kind: `-m "not scaleout and not load"`.
+# (browser tests also carry the mark in their files.)
+MARKS_BY_PATH = {
+    "scaleout": ("tests/scaleout/",),
+    "diffusers": ("tests/diffusers/",),
+    "browser": ("tests/browser/",),
+    "load": ("tests/robustness/test_load.py", "tests/executors/test_relays.py", "tests/robustness/test_callback_fairness.py"),
+    "fuzz": ("tests/robustness/test_schema_fuzz.py", "tests/robustness/test_validator_properties.py"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    root = config.rootpath
+    for item in items:
+        where = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else item.path.as_posix()
+        for mark, prefixes in MARKS_BY_PATH.items():
+            if where.startswith(prefixes):
+                item.add_marker(getattr(pytest.mark, mark))
+
 
 @pytest.fixture(scope="session")
 def media_host():
