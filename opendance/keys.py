@@ -9,6 +9,8 @@ The owner id of a key's tasks is the first 32 hex digits of that hash, exactly a
 
 from __future__ import annotations
 
+import builtins
+
 import datetime as dt
 import hashlib
 import re
@@ -167,7 +169,7 @@ class KeyService:
             raise NotFound(f"no key named {name!r}", param="key", code="key_not_found")
         return key.owner
 
-    def usage(self, owner: str | None, first: dt.date, last: dt.date) -> list[UsageRow]:
+    def usage(self, owner: str | None, first: dt.date, last: dt.date) -> builtins.list[UsageRow]:
         return self.store.usage(owner, _epoch(first), _epoch(last + dt.timedelta(days=1)))
 
     def names(self) -> dict[str, str]:

@@ -14,6 +14,8 @@ speaks the legacy task API of spec/api.md. Everything but the transport calls li
 
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import inspect
 import os
@@ -123,7 +125,7 @@ class Client:
     def delete(self, task: Task | str) -> None:
         self._run(self._core.delete(task))
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> builtins.list[dict[str, Any]]:
         return self._run(self._core.models())
 
     def wait(
@@ -232,7 +234,7 @@ class AsyncClient:
     async def delete(self, task: Task | str) -> None:
         await self._run(self._core.delete(task))
 
-    async def models(self) -> list[dict[str, Any]]:
+    async def models(self) -> builtins.list[dict[str, Any]]:
         return await self._run(self._core.models())
 
     async def wait(

@@ -59,7 +59,7 @@ class Task:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Task:
-        result = data.get("result") if isinstance(data.get("result"), dict) else {}
+        result: dict[str, Any] = data["result"] if isinstance(data.get("result"), dict) else {}
         error = data.get("error")
         video_url = data.get("video_url") or result.get("video_url")
         return cls(

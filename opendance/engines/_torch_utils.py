@@ -215,10 +215,10 @@ def output_frames(native: list[np.ndarray], num_frames: int, width: int, height:
     its first and last frames are the output's first and last (nearest frame), each fitted with
     ``fit_cover``."""
     n = len(native)
-    last_k, last = -1, None
+    last_k, last = -1, np.empty(0)
     for i in range(num_frames):
         k = round(i * (n - 1) / (num_frames - 1)) if num_frames > 1 else 0
-        if k != last_k:
+        if k != last_k:  # true for i == 0: k is never -1
             last_k, last = k, to_array(fit_cover(Image.fromarray(native[k]), width, height))
         yield last
 

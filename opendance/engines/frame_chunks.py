@@ -31,9 +31,9 @@ def _pack(frames: list[Frame]) -> bytes:
     other format, which is why each chunk says what it holds)."""
     buf = io.BytesIO()
     if all(isinstance(f, Yuv420) for f in frames):
-        np.savez_compressed(buf, yuv420=np.stack([f.data for f in frames]))
+        np.savez_compressed(buf, yuv420=np.stack([f.data for f in frames if isinstance(f, Yuv420)]))
     else:
-        np.savez_compressed(buf, frames=np.stack(frames))
+        np.savez_compressed(buf, frames=np.stack([f for f in frames if isinstance(f, np.ndarray)]))
     return buf.getvalue()
 
 

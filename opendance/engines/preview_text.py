@@ -109,7 +109,8 @@ def _wrap(words: list[str], font: Any, width: int, max_lines: int) -> list[str]:
     """Greedy word wrap, stopping after ``max_lines + 1`` lines (one more says "it overflows");
     a word wider than the line is broken between characters."""
     per_line = width * 5 // int(font.size) + 1  # more characters than one line holds
-    lines, line = [], ""
+    lines: list[str] = []
+    line = ""
     for word in words:
         while font.getlength(word[:per_line]) > width and len(lines) <= max_lines:
             lo, hi = 1, min(len(word), per_line)  # the longest prefix that fits (at least one character)

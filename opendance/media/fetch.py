@@ -106,7 +106,7 @@ def parse_ip_literal(host: str) -> IPAddress | None:
 
 async def _system_resolver(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [info[4][0] for info in infos]
+    return [str(info[4][0]) for info in infos]
 
 
 class SafeFetcher:

@@ -14,6 +14,7 @@ items are awaited in that order, and a failure cancels only the items after it.
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,7 +109,7 @@ async def intake_media(
                 later.cancel()
 
     for index, task in enumerate(tasks):
-        task.add_done_callback(lambda t, i=index: cancel_later(i, t))
+        task.add_done_callback(functools.partial(cancel_later, index))
 
     result = IntakeResult(image=None, last_image=None, images=[], videos=[], audios=[], blobs=[])
     try:
@@ -212,6 +213,9 @@ def _decode_cost(kind: str, path: Path) -> int:
 
 def _describe(item: _Item, path: Path, size: int, key_prefix: str) -> tuple[MediaRef, StoredBlob]:
     """Inspect or probe one spooled item (on the media pool) and name its storage key."""
+    width: int | None
+    height: int | None
+    duration: float | None
     if item.kind == "image":
         image = images.inspect_image(path, param=item.param)
         fmt, width, height, duration, has_audio = image.format, image.width, image.height, None, False

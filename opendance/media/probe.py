@@ -145,7 +145,7 @@ def _is_cover_art(stream: av.stream.Stream) -> bool:
 def _walk(container: av.container.InputContainer, stream: av.stream.Stream, param: str, what: str):
     """Read every packet of ``stream``: its measured duration, and its first decoded frame."""
     kind = "a video" if stream.type == "video" else "an audio"
-    stream.thread_type = "SLICE"  # one frame is decoded; frame threads would only add latency
+    stream.thread_type = "SLICE"  # type: ignore[attr-defined]  # (codec streams have it) one frame is decoded; frame threads would only add latency
     first: Fraction | None = None
     end: Fraction | None = None
     frame = None
@@ -156,7 +156,7 @@ def _walk(container: av.container.InputContainer, stream: av.stream.Stream, para
             if count > MAX_PACKETS:
                 raise MediaError(f"{param} has more than {MAX_PACKETS} packets; too long for a reference", param=param)
             if frame is None:
-                frame = next(iter(stream.codec_context.decode(packet)), None)
+                frame = next(iter(stream.codec_context.decode(packet)), None)  # type: ignore[attr-defined]
             ts = packet.pts if packet.pts is not None else packet.dts
             if ts is None or packet.time_base is None:
                 continue
@@ -164,7 +164,7 @@ def _walk(container: av.container.InputContainer, stream: av.stream.Stream, para
             first = start if first is None or start < first else first
             end = stop if end is None or stop > end else end
         if frame is None:
-            frame = next(iter(stream.codec_context.decode(None)), None)  # drain buffered frames
+            frame = next(iter(stream.codec_context.decode(None)), None)  # type: ignore[attr-defined]  # drain buffered frames
     except MediaError:
         raise
     except (av.FFmpegError, ValueError, OSError, EOFError, IndexError, StopIteration) as exc:

@@ -97,7 +97,7 @@ class RgbToYuv420:
         import av
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        return self._reformatter.reformat(frame, **_CONVERSION)
+        return self._reformatter.reformat(frame, **_CONVERSION)  # type: ignore[arg-type]  # PyAV takes the names too
 
     def __call__(self, rgb: np.ndarray) -> Yuv420:
         return Yuv420(self.video_frame(rgb).to_ndarray())

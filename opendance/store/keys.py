@@ -17,6 +17,7 @@ import datetime as dt
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -102,7 +103,9 @@ def roll_up(session: Session, owner: str, model: str, created_at: float, duratio
         column: 1,
     }
     dialect = session.get_bind().dialect.name
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
+    insert: Any = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[
+        dialect
+    ]  # the dialects' own insert, with on_conflict
     stmt = insert(UsageRollupRow).values(owner=owner, day=utc_day(created_at), model=model, **values)
     table = UsageRollupRow.__table__.c
     session.execute(

@@ -75,14 +75,14 @@ class ChannelBoard:
         return state == "closed" or (state == "half-open" and not self.health(name).trial)
 
     def order(self, channels: list[ChannelOptions], rng: random.Random | None = None) -> list[ChannelOptions]:
-        rng = rng or random
+        draw = (rng or random).random
         usable = [c for c in channels if self._usable(c.id)]
         if not usable:
             return [min(channels, key=lambda c: self.health(c.id).opened_at or 0.0)]
 
         def key(c: ChannelOptions) -> tuple[int, int, float]:
             # Efraimidis-Spirakis: sorting by -u**(1/w) is a weighted random order.
-            return c.priority, self.health(c.id).in_a_row, -(rng.random() ** (1.0 / c.weight))
+            return c.priority, self.health(c.id).in_a_row, -(draw() ** (1.0 / c.weight))
 
         return sorted(usable, key=key)
 
@@ -111,7 +111,7 @@ class ChannelBoard:
         out = {}
         for name, h in sorted(self._health.items()):
             state = self.state(name)
-            left = max(0.0, self.cooldown - (self.clock() - h.opened_at)) if state == "open" else 0.0
+            left = max(0.0, self.cooldown - (self.clock() - h.opened_at)) if state == "open" and h.opened_at is not None else 0.0
             out[name] = {
                 "state": state,
                 "failures_in_a_row": h.in_a_row,
