@@ -85,10 +85,12 @@ class FairSlots:
 
     def _give_back(self, key: tuple[str, str]) -> None:
         self.busy -= 1
-        for counts, k in ((self.held, key[0]), (self._flow_held, key)):
-            counts[k] -= 1
-            if not counts[k]:
-                del counts[k]
+        self.held[key[0]] -= 1
+        if not self.held[key[0]]:
+            del self.held[key[0]]
+        self._flow_held[key] -= 1
+        if not self._flow_held[key]:
+            del self._flow_held[key]
         self._wake()
 
     def _wake(self) -> None:

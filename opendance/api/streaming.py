@@ -10,11 +10,15 @@ another unit, is ignored: the whole file, 200. Local files also serve several ra
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
 from starlette.datastructures import Headers
+
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+
 from starlette.types import Receive, Scope, Send
 
 from ..storage import Stream
@@ -61,7 +65,7 @@ class RangeFileResponse(FileResponse):
         await super().__call__(scope, receive, send)
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None | Literal[False]:
     """(first, last) inclusive; None: serve it all; False: not satisfiable."""
     if not header:
         return None
@@ -93,7 +97,7 @@ def stream_response(stream: Stream, request: Request, media_type: str, filename:
         wanted = None  # the client's copy is of another version: send the whole file
     if wanted is False:
         return range_not_satisfiable(stream.size)
-    if wanted is None:
+    if not wanted:
         if stream.size == 0:
             return Response(b"", media_type=media_type, headers=base)
         first, last, status = 0, stream.size - 1, 200
