@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from . import media
+from .http import JsonHandler
 
 PREFIX = "/api/v3/contents/generations/tasks"
 ROLES = {
@@ -49,23 +50,9 @@ class FakeArk:
         self._lock = threading.Lock()
         ark = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _answer(self, status: int, body: Any, ctype: str = "application/json") -> None:
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _handle(self, method: str) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(n) if n else b""
+                raw = self.read_body()
                 try:
                     body = json.loads(raw) if raw else None
                 except ValueError:
@@ -74,14 +61,14 @@ class FakeArk:
                 if self.path.startswith("/files/"):
                     data = ark.files.get(self.path[len("/files/") :])
                     return (
-                        self._answer(200, data, "video/mp4")
+                        self.answer(200, data, "video/mp4")
                         if data
-                        else self._answer(404, {"error": {"code": "NotFound", "message": "no such file"}})
+                        else self.answer(404, {"error": {"code": "NotFound", "message": "no such file"}})
                     )
                 if self.headers.get("Authorization") != f"Bearer {ark.key}":
-                    return self._answer(401, {"error": {"code": "AuthenticationError", "message": "the API key is invalid"}})
+                    return self.answer(401, {"error": {"code": "AuthenticationError", "message": "the API key is invalid"}})
                 status, answer = ark.route(method, self.path, body, self.headers.get("Host", ""))
-                self._answer(status, answer)
+                self.answer(status, answer)
 
             def do_GET(self) -> None:
                 self._handle("GET")

@@ -27,13 +27,14 @@ import secrets
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..domain import OUTPUT_SIZES
+from .http import JsonHandler
 
 LEGACY = "/v1/video/generations"
 OPENAI = "/v1/videos"
@@ -74,23 +75,9 @@ class FakeUpstream:
         self._encoding = threading.Lock()
         upstream = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def answer(self, status: int, body: Any, ctype: str = "application/json") -> None:
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def handle_any(self, method: str) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(n) if n else b""
+                raw = self.read_body()
                 with upstream._lock:
                     upstream.requests.append((method, self.path))
                 if (
