@@ -78,7 +78,7 @@ class GenerateActivity:
         if started.first_run:
             self._signal_started(info.workflow_id)
         log.info(
-            "task %s (%s): taken by worker %s on %s, attempt %d, run %d",
+            "task %s (%s): taken by worker %s (%s), attempt %d, run %d",
             task_id,
             task.model,
             self.identity,

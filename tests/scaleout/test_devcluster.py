@@ -45,9 +45,10 @@ def two_free_ports() -> int:
         return port
 
 
-@pytest.fixture
-def dev_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def dev_cluster(tmp_path_factory):
     """``opendance dev-cluster --workers 1`` started in a folder with a stray ``opendance/``."""
+    tmp_path = tmp_path_factory.mktemp("devcluster")
     records = tmp_path / "records"
     records.mkdir()
     config = tmp_path / "models.toml"
@@ -80,7 +81,7 @@ def dev_cluster(tmp_path):
     try:
         wait_until(lambda: b"faults:" in (tmp_path / "dev-cluster.log").read_bytes() or proc.poll() is not None, 240, "started")
         assert proc.poll() is None, output()
-        yield json.loads((state / "cluster.json").read_text()), fault, output, records
+        yield {**json.loads((state / "cluster.json").read_text()), "dir": str(state)}, fault, output, records
     finally:
         os.kill(proc.pid, signal.SIGINT)
         try:
@@ -130,6 +131,34 @@ def test_a_killed_worker_is_restarted_and_its_task_completes(dev_cluster):
     assert "cannot import" not in log  # the stray opendance/ folder shadowed nothing
     status = fault("status")
     assert status.returncode == 0 and "worker-1" in status.stdout and "running" in status.stdout
+
+
+def ready(url: str) -> int:
+    return httpx.get(f"{url}/readyz", timeout=10).status_code
+
+
+def test_b_temporal_stopped_and_frozen(dev_cluster):
+    """``stop-temporal --for`` and ``freeze-temporal --for``: not ready while Temporal does not
+    answer (stopped, or hung with its connections open), ready again when it is back."""
+    state, fault, output, _ = dev_cluster
+    api = state["api_urls"][0]
+    stopped = fault("stop-temporal", "--for", "4")
+    assert stopped.returncode == 0 and "starts it again in 4 s" in stopped.stdout, stopped.stderr
+    wait_until(lambda: ready(api) == 503, 30, "not ready while Temporal is stopped")
+    wait_until(lambda: ready(api) == 200, 60, "ready once the cluster started Temporal again")
+    assert "temporal is stopped until" in output() and "temporal is back" in output()
+    freeze = subprocess.Popen(
+        opendance_command("dev-cluster", "freeze-temporal", "--for", "6", "--dir", state["dir"]),
+        env=opendance_env(dict(os.environ)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: ready(api) == 503, 30, "not ready while Temporal is frozen")
+    finally:
+        out, _ = freeze.communicate(timeout=60)
+    assert freeze.returncode == 0 and "running again" in out
+    wait_until(lambda: ready(api) == 200, 30, "ready once Temporal runs again")
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ import time
 import httpx
 import pytest
 
+from opendance.media.encode import probe_mp4
+from opendance.runner.checkpoints import checkpoint_prefix
 from opendance.testing.cluster import Cluster, wait_until
 
 RESEND_INTERVAL = 60  # seconds between an API server's sweeps for callbacks left pending
@@ -19,7 +21,7 @@ RESEND_INTERVAL = 60  # seconds between an API server's sweeps for callbacks lef
 @pytest.fixture(scope="module")
 def pair(scaleout_env):
     """Two API servers and one worker on a database of their own."""
-    c = Cluster(scaleout_env.root / "ops", scaleout_env.env, scaleout_env.config, models=["long"], workers=1).start()
+    c = Cluster(scaleout_env.root / "ops", scaleout_env.env, scaleout_env.config, models=["long", "pv"], workers=1).start()
     yield c
     c.stop()
 
@@ -70,3 +72,32 @@ def test_temporal_away_longer_than_the_heartbeat_timeout(pair, scaleout_env, tem
     # Counted once, from the store: every server gives the same number, the store's.
     assert completed == 1
     assert [finished_total(api, "long", "COMPLETED") for api in pair.apis] == [1.0, 1.0]
+
+
+def test_preview_task_resumes_from_its_frames_on_another_worker(pair, scaleout_env, s3):
+    """On workers the preview engine keeps its finished frames as checkpoint chunks: a task
+    whose worker dies goes on after the last chunk on the next one."""
+    tid = pair.create("pv", "a long preview", duration=12)
+    first_chunk = scaleout_env.env["OPENDANCE_S3_PREFIX"] + checkpoint_prefix(tid) + "parts/frames-000000"
+    client = s3.client()
+
+    def chunk_saved() -> bool:
+        try:
+            client.head_object(Bucket=s3.bucket, Key=first_chunk)
+        except client.exceptions.ClientError:
+            return False
+        return True
+
+    wait_until(chunk_saved, 120, "the first frame chunk in S3", poll=0.05)
+    dead = pair.workers[0]
+    dead.kill()
+    pair.workers.remove(dead)
+    successor = pair.add_worker()
+    final = pair.wait_done([tid], timeout=180)[tid]
+    assert final["status"] == "completed", final
+    resumed = re.findall(rf"task {tid}: resuming after step (\d+)", successor.log(tail=200_000))
+    assert resumed and int(resumed[0]) >= 24 and int(resumed[0]) % 24 == 0, successor.log()
+    path = scaleout_env.root / "pv.mp4"
+    path.write_bytes(pair.content(tid))
+    info = probe_mp4(path)
+    assert (info["width"], info["height"], info["num_frames"]) == (1280, 720, 288)
