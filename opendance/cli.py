@@ -49,10 +49,10 @@ def _can_run_models(settings, command: str, only=None) -> bool:
     return not missing
 
 
-def _parts_ok(settings, command: str, temporal: bool = False) -> bool:
+def _parts_ok(settings, command: str, **kw) -> bool:
     from .parts import message, missing
 
-    if names := missing(settings, temporal=temporal):
+    if names := missing(settings, **kw):
         print(message(command, names), file=sys.stderr)
         return False
     return True
@@ -98,6 +98,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from .store.migrate import upgrade
 
     settings = _settings(args)
+    if not _parts_ok(settings, "db upgrade", store_only=True):
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = TaskStore.from_url(settings.sqlalchemy_url)
     upgrade(store.engine)

@@ -99,7 +99,9 @@ def _ports(root: Path) -> dict:
     ports = json.loads(path.read_text()) if path.exists() else {}
     want = ["postgres", "temporal", "temporal.http", "temporal.metrics", *(f"s3.{n}" for n in SeaweedS3.PORTS)]
     for name in want:
-        ports.setdefault(name, free_port())
+        while name not in ports:
+            if (port := free_port()) not in ports.values():  # the OS may hand out one port twice
+                ports[name] = port
     path.write_text(json.dumps(ports, indent=1))
     return ports
 

@@ -14,14 +14,15 @@ from .config import Settings
 EXTRA_OF = {"temporalio": "temporal", "psycopg": "postgres", "boto3": "s3"}
 
 
-def missing(settings: Settings, *, temporal: bool = False) -> list[str]:
-    """The packages ``settings`` needs that are not installed (``temporal``: needed anyway)."""
+def missing(settings: Settings, *, temporal: bool = False, store_only: bool = False) -> list[str]:
+    """The packages ``settings`` needs that are not installed (``temporal``: needed anyway;
+    ``store_only``: only what the store needs)."""
     need = []
-    if temporal or settings.runner == "temporal":
+    if not store_only and (temporal or settings.runner == "temporal"):
         need.append("temporalio")
     if settings.sqlalchemy_url.startswith("postgresql"):
         need.append("psycopg")
-    if settings.storage == "s3":
+    if not store_only and settings.storage == "s3":
         need.append("boto3")
     return [name for name in need if importlib.util.find_spec(name) is None]
 

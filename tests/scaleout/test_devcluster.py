@@ -166,12 +166,22 @@ def test_b_temporal_stopped_and_frozen(dev_cluster):
     [
         ("temporalio", ["worker", "--models", "jisudance2.0-480p"], "opendance worker: needs temporalio"),
         ("psycopg", ["dev-cluster", "--dir", "unused"], "dev-cluster needs the psycopg package"),
+        ("psycopg", ["db", "upgrade"], "opendance db upgrade: needs psycopg"),
     ],
 )
 def test_missing_parts_are_one_line(tmp_path, hidden, words, says):
     code = f"import sys; sys.modules[{hidden!r}] = None; from opendance.cli import main; sys.exit(main({words!r}))"
-    env = opendance_env({**os.environ, "OPENDANCE_DATA_DIR": str(tmp_path)})
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/none"  # never reached: the check comes first
+    env = opendance_env({**os.environ, "OPENDANCE_DATA_DIR": str(tmp_path), "OPENDANCE_DATABASE_URL": url})
     r = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith(says) and "pip install 'opendance[" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_ports_are_kept_across_restarts(tmp_path):
+    from opendance.devcluster import _ports
+
+    first = _ports(tmp_path)
+    assert len(set(first.values())) == len(first)  # one port each
+    assert _ports(tmp_path) == first == json.loads((tmp_path / "ports.json").read_text())
