@@ -84,8 +84,8 @@ async def serve_worker(settings: Settings, models: list[str]) -> None:
             graceful_shutdown_timeout=timedelta(seconds=1),
             # Activity heartbeats (progress, checkpoint step) reach Temporal at least every
             # quarter timeout, so a retry's "last heartbeat" is close to where the run got.
-            max_heartbeat_throttle_interval=timedelta(seconds=max(0.5, hb / 4)),
-            default_heartbeat_throttle_interval=timedelta(seconds=max(0.5, hb / 4)),
+            max_heartbeat_throttle_interval=timedelta(seconds=max(1.0, hb / 4)),
+            default_heartbeat_throttle_interval=timedelta(seconds=max(1.0, hb / 4)),
             identity=f"{identity}:{m}",
         )
         for m in models
