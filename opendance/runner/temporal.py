@@ -212,6 +212,7 @@ class TemporalRunner(Runner):
     async def _by_heartbeats(self) -> tuple[dict, set[str]]:
         """A worker counts while its last heartbeat is younger than the heartbeat timeout (at
         least 3 heartbeats): a killed one leaves within about that plus one look."""
+        assert self.client is not None
         s, now = self.settings, time.time()
         window = max(s.temporal_heartbeat_timeout, 3 * worker_heartbeat_interval(s.temporal_heartbeat_timeout))
         queue_of = {model_queue(s.temporal_queue_prefix, m): m for m in self.models}
@@ -247,6 +248,7 @@ class TemporalRunner(Runner):
         """Who polled each model's queue lately. A worker polls while it has a free slot;
         Temporal lists a poller for 5 minutes after its last poll, so a worker that died is
         still listed for a while (``last_poll_seconds_ago`` tells)."""
+        assert self.client is not None
         s, now, queues, everyone = self.settings, time.time(), {}, set()
         for model in self.models:
             answer = await self.client.workflow_service.describe_task_queue(
