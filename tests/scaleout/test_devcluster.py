@@ -137,7 +137,17 @@ def ready(url: str) -> int:
     return httpx.get(f"{url}/readyz", timeout=10).status_code
 
 
-def test_b_temporal_stopped_and_frozen(dev_cluster):
+def test_b_a_killed_api_server_is_restarted(dev_cluster):
+    state, fault, output, _ = dev_cluster
+    api1, api2 = state["api_urls"]
+    killed = fault("kill-api", "2")
+    assert killed.returncode == 0 and "api-2" in killed.stdout, killed.stderr
+    tid = httpx.post(f"{api1}/v1/video/generations", json={"model": "long", "prompt": "meanwhile"}, timeout=30).json()["id"]
+    wait_until(lambda: "api-2 is back" in output(), 120, "api-2 started again")
+    assert httpx.get(f"{api2}/v1/video/generations/{tid}", timeout=10).json()["id"] == tid  # the same task there
+
+
+def test_c_temporal_stopped_and_frozen(dev_cluster):
     """``stop-temporal --for`` and ``freeze-temporal --for``: not ready while Temporal does not
     answer (stopped, or hung with its connections open), ready again when it is back."""
     state, fault, output, _ = dev_cluster
