@@ -49,6 +49,15 @@ def _can_run_models(settings, command: str, only=None) -> bool:
     return not missing
 
 
+def _parts_ok(settings, command: str, **kw) -> bool:
+    from .parts import message, missing
+
+    if names := missing(settings, **kw):
+        print(message(command, names), file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -57,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logging import uvicorn_log_config
 
     settings = _settings(args)
-    if not _models_file_ok(settings, "serve"):
+    if not _models_file_ok(settings, "serve") or not _parts_ok(settings, "serve"):
         return 2
     # The local runner runs the models in this server's own worker processes; with Temporal,
     # workers do (and check themselves).
@@ -89,6 +98,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from .store.migrate import upgrade
 
     settings = _settings(args)
+    if not _parts_ok(settings, "db upgrade", store_only=True):
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = TaskStore.from_url(settings.sqlalchemy_url)
     upgrade(store.engine)
@@ -101,11 +112,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    settings = _settings(args)
+    if not _models_file_ok(settings, "worker") or not _parts_ok(settings, "worker", temporal=True):
+        return 2
     from .runner.temporal_worker import serve_worker
 
-    settings = _settings(args)
-    if not _models_file_ok(settings, "worker"):
-        return 2
     if not _can_run_models(settings, "worker", settings.worker_models):
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")

@@ -1,14 +1,20 @@
 """Prometheus metrics, in a registry owned by one app (nothing global, nothing at import).
 
-The runner feeds them as one of its task listeners (``task_changed``: finished tasks) and one
-of its observers (``observe``: engine loads, every upstream request of a relay channel); the
-store and the runner's health are read at scrape time (``runner_gauges``).
+The runner feeds them as one of its task listeners (``task_changed``: the durations of finished
+tasks) and one of its observers (``observe``: engine loads, every upstream request of a relay
+channel); the store and the runner's health are read at scrape time (``runner_gauges``).
+
+``opendance_tasks_finished_total`` is read from the store at scrape time (``count_finished``):
+a finish is counted by the write that makes it, whoever makes it (a worker, another API server,
+a retry after a Temporal outage), exactly once, and every API server of a cluster reports the
+same numbers (take one, or the max; never the sum). The other series count what this process
+saw: sum them over the API servers.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .domain import RawStatus
 from .runner.messages import ModelLoaded, UpstreamRequest
@@ -29,9 +35,6 @@ class Metrics:
             registry=r,
         )
         self.created = Counter("opendance_tasks_created", "tasks created", ["model", "mode"], registry=r)
-        self.finished = Counter(
-            "opendance_tasks_finished", "tasks that reached a final state", ["model", "raw_status"], registry=r
-        )
         self.task_seconds = Histogram(
             "opendance_task_seconds",
             "wall time from start to completion",
@@ -78,13 +81,30 @@ class Metrics:
 
         self.registry.register(_C())
 
+    def count_finished(self, counts) -> None:
+        """``counts()`` returns {(model, raw status): tasks that ever ended so} (the store's
+        ``finished_counts``), read at scrape time."""
+
+        class _Finished:
+            def collect(self_inner):
+                fam = CounterMetricFamily(
+                    "opendance_tasks_finished",
+                    "tasks that reached a final state, from the store (the same on every API server: do not sum)",
+                    labels=["model", "raw_status"],
+                )
+                for (model, raw_status), n in sorted(counts().items()):
+                    fam.add_metric([model, raw_status], n)
+                yield fam
+
+        self.registry.register(_Finished())
+
     def model_loaded(self, engine: str, seconds: float) -> None:
         self.model_load.labels(engine).set(seconds)
         self.model_loads.labels(engine).inc()
 
     async def task_changed(self, task: Task) -> None:
-        """A runner's task listener. Cancels are counted where the client cancels."""
-        if task.raw_status.is_terminal() and task.raw_status is not RawStatus.CANCELLED:
+        """A runner's task listener: how long a completed task took (its count is the store's)."""
+        if task.raw_status is RawStatus.COMPLETED:
             self.task_finished(task, task.engine_seconds)
 
     def observe(self, event: object) -> None:
@@ -98,8 +118,7 @@ class Metrics:
             self.relay_seconds.labels(event.channel, event.op).observe(event.seconds)
 
     def task_finished(self, task: Task, engine_seconds: float | None) -> None:
-        self.finished.labels(task.model, task.raw_status.value).inc()
-        if task.raw_status.value == "COMPLETED" and task.started_at and task.completed_at:
+        if task.raw_status is RawStatus.COMPLETED and task.started_at and task.completed_at:
             self.task_seconds.labels(task.model).observe(task.completed_at - task.started_at)
             if engine_seconds is not None:
                 self.engine_seconds.labels(task.model).observe(engine_seconds)

@@ -112,6 +112,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         )
         service.callback_shapes["ark"] = ArkService(service).render  # tasks made through /api/v3
         metrics.add_collector(lambda: _store_gauges(store, runner))
+        metrics.count_finished(store.finished_counts)
         app.state.service = service
         await runner.start()
         # Callbacks a stopped server left pending: in local mode this server is the only one, so

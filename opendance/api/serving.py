@@ -324,7 +324,6 @@ class TaskService:
                 code="task_not_cancellable",
             ) from None
         await self.runner.cancel(task_id)
-        self.metrics.finished.labels(task.model, RawStatus.CANCELLED.value).inc()
         await self.task_changed(task)
         return task
 
@@ -355,7 +354,6 @@ class TaskService:
             except (IllegalTransition, KeyError):
                 continue  # it finished, or another server expired it, meanwhile
             await self.runner.cancel(task.id)
-            self.metrics.finished.labels(task.model, RawStatus.EXPIRED.value).inc()
             await self.task_changed(task)
             expired += 1
         return expired

@@ -16,15 +16,18 @@ replaced only while the store says the task is unfinished.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from datetime import timedelta
 from collections.abc import Iterable
 from typing import Any
 
 from temporalio import activity
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.api.enums.v1 import WorkerStatus
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, ListWorkersRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
@@ -35,12 +38,29 @@ from ..storage import Storage
 from ..store import Task, TaskStore
 from .base import Runner
 from .checkpoints import checkpoint_prefix
-from .temporal_workflow import FINISH, NOTIFY, WORKFLOW, Finish, TaskInput, TaskWorkflow, connect, model_queue
+from .temporal_workflow import (
+    ENDED_EVENT,
+    FINISH,
+    NOTIFY,
+    STARTED_EVENT,
+    WORKFLOW,
+    Finish,
+    TaskInput,
+    TaskWorkflow,
+    connect,
+    model_queue,
+    worker_heartbeat_interval,
+)
 
 log = logging.getLogger("opendance.runner.temporal")
 
 RETRY_PENDING_EVERY = 2.0  # seconds between retries of starts/cancels that failed here
-WATCH_QUEUES_EVERY = 10.0  # seconds between looks at who polls each model's queue
+WATCH_QUEUES_EVERY = 10.0  # seconds between looks at who serves each model (at most; see _watch_every)
+PROBE_EVERY = 2.0  # seconds between checks that Temporal answers (readiness)
+PROBE_TIMEOUT = 2.0  # a frozen server is unreachable after this long
+# Ends only a worker makes: a notify of an end found by a later attempt reports these; an API
+# server that cancelled or expired a task reported it itself.
+WORKER_ENDS = (RawStatus.COMPLETED, RawStatus.FAILED)
 
 
 class TemporalRunner(Runner):
@@ -58,7 +78,8 @@ class TemporalRunner(Runner):
         self._pending_starts: dict[str, str] = {}  # task id -> model
         self._pending_cancels: set[str] = set()
         self._inflight: set[asyncio.Task] = set()
-        self._temporal_error: str | None = None
+        self._temporal_error: str | None = None  # the last start or cancel that failed
+        self._unreachable: str | None = "not checked yet"  # what the last probe of Temporal said
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -87,6 +108,7 @@ class TemporalRunner(Runner):
             asyncio.create_task(self._worker.run(), name="temporal-control-worker"),
             asyncio.create_task(self._reconcile_forever(), name="temporal-reconcile"),
             asyncio.create_task(self._watch_queues_forever(), name="temporal-queues"),
+            asyncio.create_task(self._probe_forever(), name="temporal-probe"),
         ]
 
     async def stop(self) -> None:
@@ -126,31 +148,106 @@ class TemporalRunner(Runner):
     def health(self) -> dict[str, object]:
         worker_alive = bool(self._tasks) and not self._tasks[0].done()
         return {
-            # Readiness needs the control worker; it does not need Temporal this second
-            # (reads never ask it, and starts that fail are retried).
-            "ok": worker_alive,
+            # Ready when this server can hand tasks on: its control worker runs and Temporal
+            # answered its last probe (reads and creates go on meanwhile; starts are retried).
+            "ok": worker_alive and self._unreachable is None,
             "runner": "temporal",
             "address": self.settings.temporal_address,
-            "temporal": "ok" if self._temporal_error is None else f"unreachable: {self._temporal_error}",
+            "temporal": "ok" if self._unreachable is None else f"unreachable: {self._unreachable}",
             "pending_starts": len(self._pending_starts),
             "queues": self._queues,
             "workers_alive": len(self._worker_ids),
         }
 
+    # -- is Temporal there ------------------------------------------------------------------
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await self.probe()
+            await asyncio.sleep(PROBE_EVERY)
+
+    async def probe(self) -> bool:
+        """One health check of Temporal's frontend, within ``PROBE_TIMEOUT`` (a frozen or stopped
+        server fails it); readiness follows the last answer."""
+        assert self.client is not None
+        try:
+            await self.client.service_client.check_health(timeout=timedelta(seconds=PROBE_TIMEOUT))
+        except Exception as exc:
+            reason = getattr(exc, "message", "") or str(exc) or type(exc).__name__
+            if self._unreachable is None:
+                log.warning("Temporal at %s does not answer (%s): not ready", self.settings.temporal_address, reason)
+            self._unreachable = reason
+            return False
+        if self._unreachable is not None and self._unreachable != "not checked yet":
+            log.info("Temporal at %s answers again: ready", self.settings.temporal_address)
+        self._unreachable = None
+        return True
+
     # -- who serves each model -------------------------------------------------------------
+
+    def _watch_every(self) -> float:
+        """Often enough that a dead worker leaves the list within 2 heartbeat timeouts."""
+        return min(WATCH_QUEUES_EVERY, max(1.0, self.settings.temporal_heartbeat_timeout / 4))
 
     async def _watch_queues_forever(self) -> None:
         while True:
             try:
                 await self.watch_queues()
             except Exception as exc:
-                log.debug("describing the model queues failed: %s", exc)
-            await asyncio.sleep(WATCH_QUEUES_EVERY)
+                log.debug("looking for the workers failed: %s", exc)
+            await asyncio.sleep(self._watch_every())
 
     async def watch_queues(self) -> None:
-        """Ask Temporal who polled each model's queue lately. A worker polls while it has a free
-        slot; Temporal lists a poller for 5 minutes after its last poll, so a worker that died
-        is still listed for a while (``last_poll_seconds_ago`` tells)."""
+        """Which worker processes serve each model: those whose worker heartbeat (every
+        ``worker_heartbeat_interval``) is recent. Temporal servers without worker heartbeats
+        (before 1.29) answer from the queues' pollers instead."""
+        assert self.client is not None
+        try:
+            self._queues, self._worker_ids = await self._by_heartbeats()
+        except RPCError as exc:
+            if exc.status not in (RPCStatusCode.UNIMPLEMENTED, RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.INVALID_ARGUMENT):
+                raise
+            self._queues, self._worker_ids = await self._by_pollers()
+
+    async def _by_heartbeats(self) -> tuple[dict, set[str]]:
+        """A worker counts while its last heartbeat is younger than the heartbeat timeout (at
+        least 3 heartbeats): a killed one leaves within about that plus one look."""
+        assert self.client is not None
+        s, now = self.settings, time.time()
+        window = max(s.temporal_heartbeat_timeout, 3 * worker_heartbeat_interval(s.temporal_heartbeat_timeout))
+        queue_of = {model_queue(s.temporal_queue_prefix, m): m for m in self.models}
+        seen: dict[str, dict[str, float]] = {m: {} for m in self.models}  # model -> worker id -> age
+        token = b""
+        while True:
+            answer = await self.client.workflow_service.list_workers(
+                ListWorkersRequest(namespace=s.temporal_namespace, page_size=1000, next_page_token=token)
+            )
+            for info in answer.workers_info:
+                hb = info.worker_heartbeat
+                model = queue_of.get(hb.task_queue)
+                if model is None or hb.status in (WorkerStatus.WORKER_STATUS_SHUTTING_DOWN, WorkerStatus.WORKER_STATUS_SHUTDOWN):
+                    continue
+                age = max(0.0, now - hb.heartbeat_time.ToMilliseconds() / 1000)
+                worker = hb.worker_identity.rsplit(":", 1)[0]  # "host:pid:model" -> one process
+                if age <= window:
+                    seen[model][worker] = min(age, seen[model].get(worker, age))
+            token = answer.next_page_token
+            if not token:
+                break
+        queues = {
+            m: {
+                "workers": len(ages),
+                "worker_ids": sorted(ages),
+                "last_heartbeat_seconds_ago": round(min(ages.values()), 1) if ages else None,
+            }
+            for m, ages in seen.items()
+        }
+        return queues, {w for ages in seen.values() for w in ages}
+
+    async def _by_pollers(self) -> tuple[dict, set[str]]:
+        """Who polled each model's queue lately. A worker polls while it has a free slot;
+        Temporal lists a poller for 5 minutes after its last poll, so a worker that died is
+        still listed for a while (``last_poll_seconds_ago`` tells)."""
         assert self.client is not None
         s, now, queues, everyone = self.settings, time.time(), {}, set()
         for model in self.models:
@@ -170,7 +267,7 @@ class TemporalRunner(Runner):
                 "worker_ids": ids,
                 "last_poll_seconds_ago": round(max(0.0, now - last), 1) if last is not None else None,
             }
-        self._queues, self._worker_ids = queues, everyone
+        return queues, everyone
 
     # -- Temporal calls --------------------------------------------------------------------
 
@@ -265,11 +362,17 @@ class TemporalRunner(Runner):
 
     @activity.defn(name=NOTIFY)
     async def notify(self, task_id: str, event: str) -> None:
-        """Callbacks and metrics (the listeners) for a change a worker made (``started`` or
-        ``finished``)."""
+        """Callbacks and metrics (the listeners) for a change a worker made: ``started``,
+        ``finished``, or ``ended`` (a later attempt found the task ended by an earlier one
+        whose result Temporal never got). A callback already delivered (by another server's
+        resend sweep) is not sent again."""
         task = await asyncio.to_thread(self.store.get, task_id)
         if task is None:
             return
-        if event == "started" and task.raw_status is not RawStatus.RUNNING:
+        if event == STARTED_EVENT and task.raw_status is not RawStatus.RUNNING:
             return  # already over: its final notification says so
+        if event == ENDED_EVENT and task.raw_status not in WORKER_ENDS:
+            return  # cancelled or expired by an API server, which reported it then
+        if task.callback_url and task.callback_pending is None:
+            task = dataclasses.replace(task, callback_url=None)
         await self._changed(task)

@@ -24,12 +24,20 @@ TICK = 0.5  # seconds between heartbeats and checks while the engine is quiet
 STORE_CHECK_INTERVAL = 1.0  # how often a run looks in the store for a cancel or a delete
 PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress writes per task
 
+# On a worker, the preview engine keeps its finished frames as checkpoint chunks of this many
+# (unless the model's spec sets ``checkpoint_frames``): a retry on another worker goes on after
+# the last chunk instead of frame 0.
+PREVIEW_CHECKPOINT_FRAMES = 24
+
 OUTCOMES = {Outcome.COMPLETED: COMPLETED, Outcome.FAILED: FAILED, Outcome.EXPIRED: EXPIRED, Outcome.STOPPED: STOPPED}
 
 
 class GenerateActivity:
-    def __init__(self, settings: Settings, store: TaskStore, storage: Storage, executors: Executors) -> None:
+    def __init__(
+        self, settings: Settings, store: TaskStore, storage: Storage, executors: Executors, *, identity: str = ""
+    ) -> None:
         self.settings = settings
+        self.identity = identity  # this worker process (host:pid), for the logs
         self.store = store
         self.executors = executors
         self.lifecycle = Lifecycle(
@@ -46,6 +54,7 @@ class GenerateActivity:
     async def generate(self, task_id: str) -> str:
         task = await asyncio.to_thread(self.store.get, task_id)
         if task is None or task.raw_status.is_terminal():
+            log.info("task %s: already %s, nothing to run", task_id, task.raw_status.value if task else "deleted")
             return SKIPPED
         placement = placement_of(self.executors.models, task.model, task.job)
         executor = await self.executors.get(placement.kind)
@@ -68,15 +77,21 @@ class GenerateActivity:
         task = started.task
         if started.first_run:
             self._signal_started(info.workflow_id)
-        if info.attempt > 1:
+        log.info(
+            "task %s (%s): taken by worker %s (%s), attempt %d, run %d",
+            task_id,
+            task.model,
+            self.identity,
+            slot,
+            info.attempt,
+            task.attempts,
+        )
+        if info.attempt > 1 and info.heartbeat_details:
+            progress, checkpoint = (list(info.heartbeat_details) + [0, 0])[:2]
             log.info(
-                "task %s: attempt %d (run %d), last heartbeat %s",
-                task_id,
-                info.attempt,
-                task.attempts,
-                list(info.heartbeat_details),
+                "task %s: the last attempt's last heartbeat: progress %s, checkpoint after step %s", task_id, progress, checkpoint
             )
-        execution = await slot.run(task_id, task.job)
+        execution = await slot.run(task_id, with_frame_checkpoints(task.job))
         supervisor = Supervisor(
             self.lifecycle, execution, progress=task.progress, tick=TICK, retry_codes=("storage_error",), on_tick=self._ticker()
         )
@@ -131,6 +146,15 @@ class GenerateActivity:
         t = asyncio.create_task(send())
         self._background.add(t)
         t.add_done_callback(self._background.discard)
+
+
+def with_frame_checkpoints(job: dict) -> dict:
+    """The job, its preview engine keeping frame chunks (``PREVIEW_CHECKPOINT_FRAMES``) unless
+    its model says how many (0: none)."""
+    spec = job.get("engine") or {}
+    if spec.get("engine") != "preview" or "checkpoint_frames" in spec:
+        return job
+    return {**job, "engine": {**spec, "checkpoint_frames": PREVIEW_CHECKPOINT_FRAMES}}
 
 
 async def _retry_store(fn, *args, attempts: int = 20, **kw):

@@ -37,7 +37,7 @@ from ..storage import make_storage
 from ..store import TaskStore
 from .executors import Executors
 from .temporal_activity import GenerateActivity
-from .temporal_workflow import connect, model_queue
+from .temporal_workflow import connect, model_queue, worker_heartbeat_interval
 
 log = logging.getLogger("opendance.worker")
 
@@ -63,9 +63,15 @@ async def serve_worker(settings: Settings, models: list[str]) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = TaskStore.from_url(settings.sqlalchemy_url)
     await executors.start()
-    client = await connect(settings.temporal_address, settings.temporal_namespace)
-    act = GenerateActivity(settings, store, executors.storage, executors)
+    from temporalio.runtime import Runtime, TelemetryConfig
+
+    # The worker process's own heartbeat: API servers list the workers whose last one is recent
+    # (/readyz), so a killed worker leaves that list within about two heartbeat timeouts.
+    hb = settings.temporal_heartbeat_timeout
+    runtime = Runtime(telemetry=TelemetryConfig(), worker_heartbeat_interval=timedelta(seconds=worker_heartbeat_interval(hb)))
+    client = await connect(settings.temporal_address, settings.temporal_namespace, runtime=runtime)
     identity = f"{socket.gethostname()}:{os.getpid()}"
+    act = GenerateActivity(settings, store, executors.storage, executors, identity=identity)
     slots = {m: settings.worker_slots or _slots(executors, m) for m in models}
     workers = [
         Worker(
@@ -76,6 +82,10 @@ async def serve_worker(settings: Settings, models: list[str]) -> None:
             # A relay model takes hundreds of slots: more pollers pick its tasks up faster (default 5).
             max_concurrent_activity_task_polls=max(5, min(20, slots[m] // 10)),
             graceful_shutdown_timeout=timedelta(seconds=1),
+            # Activity heartbeats (progress, checkpoint step) reach Temporal at least every
+            # quarter timeout, so a retry's "last heartbeat" is close to where the run got.
+            max_heartbeat_throttle_interval=timedelta(seconds=max(1.0, hb / 4)),
+            default_heartbeat_throttle_interval=timedelta(seconds=max(1.0, hb / 4)),
             identity=f"{identity}:{m}",
         )
         for m in models

@@ -9,6 +9,9 @@
         (heartbeats: progress, checkpoint)   RUNNING -> COMPLETED | FAILED | EXPIRED
       <- "started" signal (first run) ----- (the API sends the in_progress callback)
       notify(task_id, "finished")           (the API sends the final callback, metrics)
+      on "skipped"/"stopped": notify(task_id, "ended")  (an earlier attempt made the end, but its
+                                            result never reached Temporal: an outage longer than
+                                            the heartbeat timeout; what it left pending goes now)
       on retries used up / deadline: finish(FAILED "interrupted" | EXPIRED)
       on cancellation: finish(CANCELLED), after the engine has stopped
 
@@ -35,6 +38,9 @@ GENERATE = "opendance.generate"
 FINISH = "opendance.finish"
 NOTIFY = "opendance.notify"
 STARTED_SIGNAL = "started"
+# NOTIFY's events: the first run began; a worker ended the task; the task was found ended.
+STARTED_EVENT, FINISHED_EVENT, ENDED_EVENT = "started", "finished", "ended"
+NOTIFY_ENDED_PATCH = "notify-ended"  # workflows from before it replay without that notify
 
 # Outcomes of GENERATE (its return value).
 COMPLETED, FAILED, EXPIRED = "completed", "failed", "expired"  # the worker moved the task
@@ -85,7 +91,9 @@ class TaskWorkflow:
         """The first run began on a worker: the API sends the in_progress callback."""
         self.notifying += 1
         try:
-            await workflow.execute_activity(NOTIFY, args=[self.req.task_id, "started"], **_bookkeeping(self.req.control_queue))
+            await workflow.execute_activity(
+                NOTIFY, args=[self.req.task_id, STARTED_EVENT], **_bookkeeping(self.req.control_queue)
+            )
         finally:
             self.notifying -= 1
 
@@ -113,10 +121,18 @@ class TaskWorkflow:
             outcome = await workflow.execute_activity(FINISH, self._finish_for(err), **_bookkeeping(req.control_queue))
         except asyncio.CancelledError:
             return await self._cancelled()
+        event = None
         if outcome in (COMPLETED, FAILED, EXPIRED):
+            event = FINISHED_EVENT
+        elif outcome in (SKIPPED, STOPPED) and workflow.patched(NOTIFY_ENDED_PATCH):
+            # The task ended before this attempt could run it: an earlier attempt finished it and
+            # its result was lost (Temporal away longer than the heartbeat timeout), or it lost a
+            # race with one. Nobody has reported that end yet.
+            event = ENDED_EVENT
+        if event is not None:
             # After the in_progress callback, never before it: callbacks of a task stay in order.
             await workflow.wait_condition(lambda: self.notifying == 0)
-            await workflow.execute_activity(NOTIFY, args=[req.task_id, "finished"], **_bookkeeping(req.control_queue))
+            await workflow.execute_activity(NOTIFY, args=[req.task_id, event], **_bookkeeping(req.control_queue))
         await workflow.wait_condition(workflow.all_handlers_finished)
         return outcome
 
@@ -157,8 +173,15 @@ def model_queue(prefix: str, model: str) -> str:
     return f"{prefix}{model}"
 
 
-async def connect(address: str, namespace: str, timeout: float = 60.0):
-    """A Temporal client, retrying while the server is starting or briefly away."""
+def worker_heartbeat_interval(heartbeat_timeout: float) -> float:
+    """Seconds between a worker process's heartbeats to Temporal (its own, not an activity's):
+    a quarter of the activity heartbeat timeout, within the 1-60 s Temporal allows."""
+    return min(60.0, max(1.0, heartbeat_timeout / 4))
+
+
+async def connect(address: str, namespace: str, timeout: float = 60.0, runtime=None):
+    """A Temporal client, retrying while the server is starting or briefly away. ``runtime``:
+    the SDK runtime (a worker's sets its worker heartbeat interval)."""
     from temporalio.client import Client
     from temporalio.service import RPCError
 
@@ -166,7 +189,7 @@ async def connect(address: str, namespace: str, timeout: float = 60.0):
     deadline = loop.time() + timeout
     while True:
         try:
-            return await Client.connect(address, namespace=namespace)
+            return await Client.connect(address, namespace=namespace, runtime=runtime)
         except (RPCError, RuntimeError, OSError) as exc:
             if loop.time() > deadline:
                 raise RuntimeError(f"cannot reach Temporal at {address}: {exc}") from exc

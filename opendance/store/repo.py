@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..domain import TRANSITIONS, IllegalTransition, RawStatus, Status
 from . import jsoncol
 from .keys import roll_up
-from .models import MetaRow, TaskRow
+from .models import MetaRow, TaskRow, UsageRollupRow
 
 log = logging.getLogger("opendance.store")
 
@@ -71,6 +71,7 @@ class Task:
     ignored_fields: tuple[str, ...] = ()  # unknown top-level fields of the create request
     expires_at: float | None = None
     api: str | None = None
+    callback_pending: str | None = None  # the raw status whose callback is not yet delivered
 
     @classmethod
     def from_row(cls, row: TaskRow) -> Task:
@@ -299,6 +300,23 @@ class TaskStore:
         q = select(TaskRow.raw_status, func.count()).group_by(TaskRow.raw_status)
         with self._session() as s:
             return {k: int(v) for k, v in s.execute(q).all()}
+
+    def finished_counts(self) -> dict[tuple[str, str], int]:
+        """Tasks that ever reached each final state, per (model, raw status): the rows, plus what
+        deleted ones were (rolled up in the delete's transaction), so it never goes down."""
+        ended = [s.value for s in RawStatus if s.is_terminal()]
+        q = select(TaskRow.model, TaskRow.raw_status, func.count()).where(TaskRow.raw_status.in_(ended))
+        rolled = [getattr(UsageRollupRow, s.lower()) for s in ended]
+        r = select(UsageRollupRow.model, *(func.sum(c) for c in rolled)).group_by(UsageRollupRow.model)
+        counts: dict[tuple[str, str], int] = {}
+        with self._session() as s:
+            for model, raw, n in s.execute(q.group_by(TaskRow.model, TaskRow.raw_status)).all():
+                counts[(model, raw)] = int(n)
+            for model, *sums in s.execute(r).all():
+                for raw, n in zip(ended, sums):
+                    if n:
+                        counts[(model, raw)] = counts.get((model, raw), 0) + int(n)
+        return counts
 
     # -- transitions ---------------------------------------------------------------------
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from .server import LiveServer
-from .servers import SeaweedS3, TemporalServer, ServerProcess
+from .servers import SeaweedS3, ServerProcess, TemporalServer, opendance_command, opendance_env
 
 
 def wait_until(predicate, timeout: float, what: str, poll: float = 0.1):
@@ -73,22 +72,11 @@ class WorkerProcess(ServerProcess):
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "opendance",
-            "worker",
-            "--models",
-            *self.models,
-            "--devices",
-            self.devices,
-            "--data-dir",
-            str(self.data_dir),
-        ]
+        cmd = opendance_command("worker", "--models", *self.models, "--devices", self.devices, "--data-dir", str(self.data_dir))
         if self.config is not None:
             cmd += ["--config", str(self.config)]
         start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._spawn(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env})
+        self._spawn(cmd, env=opendance_env({**os.environ, "HF_HUB_OFFLINE": "1", **self.env}))
         deadline = time.monotonic() + timeout
         while b"serving" not in self.log_path.read_bytes()[start_at:]:
             if self.process.poll() is not None:

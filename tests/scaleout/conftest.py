@@ -43,6 +43,12 @@ fps = 8
 engine = "scenario"
 behaviour = "fail"
 
+[models."pv"]
+resolution = "720p"
+fps = 24
+[models."pv".default]
+engine = "preview"
+
 [models."crashes"]
 resolution = "480p"
 fps = 8

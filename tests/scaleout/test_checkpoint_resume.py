@@ -160,3 +160,15 @@ def test_preview_resumes_from_frame_chunks(tmp_path):
     assert len(a) == len(b) == 40
     assert all((x == y).all() for x, y in zip(a, b))
     assert first.load() is None  # dropped with the stored video
+
+
+def test_workers_keep_preview_frame_chunks_unless_the_model_says():
+    from opendance.runner.temporal_activity import PREVIEW_CHECKPOINT_FRAMES, with_frame_checkpoints
+
+    job = {"task_id": "t", "engine": {"engine": "preview"}}
+    assert with_frame_checkpoints(job)["engine"] == {"engine": "preview", "checkpoint_frames": PREVIEW_CHECKPOINT_FRAMES}
+    assert job["engine"] == {"engine": "preview"}  # the stored job is left as it is
+    off = {"task_id": "t", "engine": {"engine": "preview", "checkpoint_frames": 0}}
+    assert with_frame_checkpoints(off) == off
+    other = {"task_id": "t", "engine": {"engine": "scenario", "steps": 4}}
+    assert with_frame_checkpoints(other) == other

@@ -180,3 +180,22 @@ def test_stored_input_bytes_on_postgres(store):
         7,
         0,
     )
+
+
+def test_finished_counts_outlive_deletes(store):
+    """``opendance_tasks_finished_total`` comes from here: each end once, deleted tasks included."""
+    for i, to in enumerate([RawStatus.COMPLETED, RawStatus.COMPLETED, RawStatus.FAILED, RawStatus.CANCELLED]):
+        new_task(store, f"fin{i}")
+        if to is RawStatus.COMPLETED:
+            store.transition(f"fin{i}", RawStatus.RUNNING)
+            store.transition(f"fin{i}", to)
+        else:
+            store.fail(f"fin{i}", to, "x", "x")
+    new_task(store, "still-queued")
+    with pytest.raises(IllegalTransition):
+        store.transition("fin0", RawStatus.COMPLETED)  # a repeated end changes nothing
+    expected = {("m", "COMPLETED"): 2, ("m", "FAILED"): 1, ("m", "CANCELLED"): 1}
+    assert store.finished_counts() == expected
+    store.delete("fin0")
+    store.delete("fin3")
+    assert store.finished_counts() == expected  # rolled up with the delete
