@@ -66,6 +66,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logging import uvicorn_log_config
 
     settings = _settings(args)
+    if settings.runner == "local":  # one local server per data dir, before anything touches it
+        from .runner.datadir_lock import DataDirBusy, hold
+
+        try:
+            hold(settings.data_dir)  # held until this process ends
+        except DataDirBusy as exc:
+            print(f"opendance serve: {exc}", file=sys.stderr)
+            return 1
     if not _models_file_ok(settings, "serve") or not _parts_ok(settings, "serve"):
         return 2
     # The local runner runs the models in this server's own worker processes; with Temporal,

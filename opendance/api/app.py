@@ -23,6 +23,7 @@ from ..keys import KeyService
 from ..media.budget import MediaWork
 from ..media.fetch import Resolver, SafeFetcher
 from ..metrics import CONTENT_TYPE, Metrics
+from ..runner.datadir_lock import hold as hold_data_dir
 from ..storage import make_storage
 from ..store import TaskStore
 from ..store.keys import KeyStore
@@ -67,6 +68,8 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         # small for a server whose requests mostly wait on SQLite/PostgreSQL.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="io"))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # The local runner owns its data dir: no second server may recover or sweep it.
+        datadir_lock = hold_data_dir(settings.data_dir) if settings.runner == "local" else None
         started = time.time()
         store = TaskStore.from_url(settings.sqlalchemy_url)
         await asyncio.to_thread(upgrade, store.engine)
@@ -151,6 +154,8 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             await fetcher.aclose()
             media_work.close()
             store.close()
+            if datadir_lock is not None:
+                datadir_lock.release()
 
     app = FastAPI(title="opendance", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
