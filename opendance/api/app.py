@@ -37,6 +37,7 @@ from .keys_routes import router as keys_router
 from .limits import QueueAdmission, RateLimiter
 from .openai_routes import router as openai_router
 from .quotas import KeyQuotas
+from .readiness import WriteProbe
 from .routes import router
 from .serving import TaskService
 
@@ -113,6 +114,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             ),
             media_work=media_work,
         )
+        app.state.store_probe = WriteProbe(store.check_writable)  # /readyz: can the store take a write now
         service.callback_shapes["ark"] = ArkService(service).render  # tasks made through /api/v3
         metrics.add_collector(lambda: _store_gauges(store, runner))
         metrics.count_finished(store.finished_counts)
@@ -252,7 +254,8 @@ def _add_health_routes(app: FastAPI) -> None:
         checks: dict[str, object] = {}
         ok = service is not None
         if service is not None:
-            for name, check in (("store", service.store.ping), ("storage", service.storage.check_writable)):
+            probes = (("store", service.store.ping), ("store_writable", request.app.state.store_probe.check))
+            for name, check in (*probes, ("storage", service.storage.check_writable)):
                 try:
                     await asyncio.to_thread(check)
                     checks[name] = "ok"
