@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -308,6 +309,15 @@ def _add_error_handlers(app: FastAPI) -> None:
         message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
         body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "invalid_value"}}
         return _respond(request, body, 400)
+
+    @app.exception_handler(OperationalError)
+    async def store_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        # The database did not take a write or a read (SQLite on a full disk, PostgreSQL gone):
+        # the server's trouble, for a while; nothing of the request was stored.
+        log.error("the task store failed on %s %s: %s", request.method, request.url.path, exc.orig)
+        message = "the server could not store this change (its database did not take the write); try again later"
+        body = {"error": {"message": message, "type": "server_error", "param": None, "code": "storage_error"}}
+        return _respond(request, body, 503, {"Retry-After": "30"})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -3,7 +3,7 @@
 The running task's video cannot be stored, nor can its failure be written: the write is tried
 again until it is stored, so the task never stays RUNNING with nobody running it; the task queued
 behind it waits (its start is retried too) instead of being dropped; ``/readyz`` says the store
-cannot write; a create is a 503 ``storage_error``. Once there is room again the failure is
+cannot write; a create or a cancel is a 503 ``storage_error``. Once there is room again the failure is
 stored, the queued task runs, and new tasks run: the dispatcher never stopped.
 
 The disk is a real 32 MiB tmpfs filled to the last byte (mounting needs root; skipped without).
@@ -76,6 +76,9 @@ def test_a_disk_that_fills_while_tasks_run_loses_no_task_and_stops_no_dispatchin
             assert ready.json()["checks"]["store_writable"].startswith("failed"), ready.json()
             r = c.post("/v1/video/generations", json={"model": "quick", "prompt": "text only " + "x" * 4000})
             assert r.status_code == 503 and error_body(r)["code"] == "storage_error", r.text
+            r = c.post(f"/v1/video/generations/{queued}/cancel")  # not stored: a 503, and the task stays queued
+            assert r.status_code == 503 and error_body(r)["code"] == "storage_error", r.text
+            assert int(r.headers["Retry-After"]) > 0
 
             (disk / "filler").unlink()
             failed = wait_for_task(c, running)
