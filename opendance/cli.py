@@ -66,6 +66,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logging import uvicorn_log_config
 
     settings = _settings(args)
+    if settings.runner == "local":  # one local server per data dir, before anything touches it
+        from .runner.datadir_lock import DataDirBusy, hold
+
+        try:
+            hold(settings.data_dir)  # held until this process ends
+        except DataDirBusy as exc:
+            print(f"opendance serve: {exc}", file=sys.stderr)
+            return 1
     if not _models_file_ok(settings, "serve") or not _parts_ok(settings, "serve"):
         return 2
     # The local runner runs the models in this server's own worker processes; with Temporal,
@@ -86,8 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=uvicorn_log_config(settings.log_level),  # keys, tokens and data: URIs redacted
         proxy_headers=True,
         timeout_graceful_shutdown=10,
-        # h11 with a request-head deadline and a connection cap (api/connections.py)
-        http=protocol_class(settings.header_timeout, settings.max_connections),
+        # h11 with request-head and body deadlines and a connection cap (api/connections.py)
+        http=protocol_class(settings.header_timeout, settings.max_connections, body_timeout=settings.body_timeout),
         timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works: it goes to call_later
     )
     return 0

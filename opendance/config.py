@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         description="seconds a client has to send a request's line and headers, from connecting or from the end "
         "of the previous response; then 408 and the connection is closed; 0 = no deadline",
     )
+    body_timeout: float = Field(
+        120.0,
+        ge=0,
+        description="seconds a client has to send a request's whole body, from the end of its headers; then 408 "
+        "and the connection is closed (raise it for big uploads over slow links); 0 = no deadline",
+    )
     keep_alive_timeout: float = Field(5.0, gt=0, description="seconds an idle kept-alive connection stays open")
     max_connections: int = Field(
         1000,

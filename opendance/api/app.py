@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -23,6 +24,7 @@ from ..keys import KeyService
 from ..media.budget import MediaWork
 from ..media.fetch import Resolver, SafeFetcher
 from ..metrics import CONTENT_TYPE, Metrics
+from ..runner.datadir_lock import hold as hold_data_dir
 from ..storage import make_storage
 from ..store import TaskStore
 from ..store.keys import KeyStore
@@ -36,6 +38,7 @@ from .keys_routes import router as keys_router
 from .limits import QueueAdmission, RateLimiter
 from .openai_routes import router as openai_router
 from .quotas import KeyQuotas
+from .readiness import WriteProbe
 from .routes import router
 from .serving import TaskService
 
@@ -67,6 +70,8 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
         # small for a server whose requests mostly wait on SQLite/PostgreSQL.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="io"))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # The local runner owns its data dir: no second server may recover or sweep it.
+        datadir_lock = hold_data_dir(settings.data_dir) if settings.runner == "local" else None
         started = time.time()
         store = TaskStore.from_url(settings.sqlalchemy_url)
         await asyncio.to_thread(upgrade, store.engine)
@@ -110,6 +115,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             ),
             media_work=media_work,
         )
+        app.state.store_probe = WriteProbe(store.check_writable)  # /readyz: can the store take a write now
         service.callback_shapes["ark"] = ArkService(service).render  # tasks made through /api/v3
         metrics.add_collector(lambda: _store_gauges(store, runner))
         metrics.count_finished(store.finished_counts)
@@ -151,6 +157,8 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             await fetcher.aclose()
             media_work.close()
             store.close()
+            if datadir_lock is not None:
+                datadir_lock.release()
 
     app = FastAPI(title="opendance", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
@@ -247,7 +255,8 @@ def _add_health_routes(app: FastAPI) -> None:
         checks: dict[str, object] = {}
         ok = service is not None
         if service is not None:
-            for name, check in (("store", service.store.ping), ("storage", service.storage.check_writable)):
+            probes = (("store", service.store.ping), ("store_writable", request.app.state.store_probe.check))
+            for name, check in (*probes, ("storage", service.storage.check_writable)):
                 try:
                     await asyncio.to_thread(check)
                     checks[name] = "ok"
@@ -300,6 +309,15 @@ def _add_error_handlers(app: FastAPI) -> None:
         message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
         body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "invalid_value"}}
         return _respond(request, body, 400)
+
+    @app.exception_handler(OperationalError)
+    async def store_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        # The database did not take a write or a read (SQLite on a full disk, PostgreSQL gone):
+        # the server's trouble, for a while; nothing of the request was stored.
+        log.error("the task store failed on %s %s: %s", request.method, request.url.path, exc.orig)
+        message = "the server could not store this change (its database did not take the write); try again later"
+        body = {"error": {"message": message, "type": "server_error", "param": None, "code": "storage_error"}}
+        return _respond(request, body, 503, {"Retry-After": "30"})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,5 +1,5 @@
-"""The connection rules of ``opendance serve``: uvicorn's h11 protocol with a head deadline and
-a connection cap.
+"""The connection rules of ``opendance serve``: uvicorn's h11 protocol with a head deadline, a
+body deadline and a connection cap.
 
 uvicorn (0.55) closes a kept-alive connection after ``timeout_keep_alive`` s of silence, but
 bounds nothing else before a request exists: a connection that sends nothing after connecting,
@@ -10,6 +10,10 @@ trickling client never completes one.) ``protocol_class`` adds:
 - a head deadline: the request line and headers must be complete within ``header_timeout`` s of
   connecting, or of the end of the previous response on a kept-alive connection. Else the
   connection is closed, with a 408 in the one error shape when part of a request had come;
+- a body deadline: a request's body must be complete within ``body_timeout`` s of the end of its
+  head. A client that sends its headers and then trickles the body would otherwise hold the
+  connection, its request and the body read so far for ever. Else a 408 in the one error shape
+  (when no response has begun) and the connection is closed; the request sees a disconnect;
 - a connection cap: a connection beyond ``max_connections`` open ones is answered 503
   ``too_many_connections`` with ``Retry-After`` and closed at once.
 
@@ -41,9 +45,11 @@ class LimitedH11Protocol(H11Protocol):
     (``protocol_class``), because uvicorn builds one protocol per connection from a class."""
 
     header_timeout: float = 10.0
+    body_timeout: float = 120.0
     max_connections: int = 0  # 0 = no cap
 
     _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,6 +65,11 @@ class LimitedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the request head is complete (or the connection is done)
             self._cancel_head_timer()
+        if self.conn.their_state is h11.SEND_BODY:  # a body is on its way: one deadline for all of it
+            if self._body_timer is None and self.body_timeout > 0:
+                self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+        else:
+            self._cancel_body_timer()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -67,6 +78,7 @@ class LimitedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def _arm_head_timer(self) -> None:
@@ -89,9 +101,28 @@ class LimitedH11Protocol(H11Protocol):
             self.transport.write(_raw_response(408, "Request Timeout", "request_timeout", message, "invalid_request_error"))
         self.transport.close()
 
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
-def protocol_class(header_timeout: float, max_connections: int) -> type[LimitedH11Protocol]:
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return
+        log.debug("closed a connection from %s: request body incomplete after %g s", self.client, self.body_timeout)
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started:
+            message = f"the request body did not arrive within {self.body_timeout:g} s (body_timeout)"
+            self.transport.write(_raw_response(408, "Request Timeout", "request_timeout", message, "invalid_request_error"))
+        if cycle is not None and not cycle.response_complete:
+            # The request reads a disconnect now, and whatever it answers is dropped (the 408 went).
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+
+def protocol_class(header_timeout: float, max_connections: int, *, body_timeout: float = 120.0) -> type[LimitedH11Protocol]:
     """The protocol class to give uvicorn as ``http=``."""
-    return type(
-        "OpenDanceH11Protocol", (LimitedH11Protocol,), {"header_timeout": header_timeout, "max_connections": max_connections}
-    )
+    limits = {"header_timeout": header_timeout, "body_timeout": body_timeout, "max_connections": max_connections}
+    return type("OpenDanceH11Protocol", (LimitedH11Protocol,), limits)

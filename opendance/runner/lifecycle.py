@@ -9,8 +9,11 @@ drops the files it made. Checkpoints go when a task ends (``run_job`` drops them
 it stores the video).
 
 ``notify`` hears of every change made here (the local runner's listeners: callbacks, metrics);
-the Temporal worker passes none (its workflow tells the API servers). ``retry`` wraps the
-terminal writes: the Temporal worker retries them through a database outage, heartbeating.
+the Temporal worker passes none (its workflow tells the API servers). ``retry`` wraps the writes
+that must not be lost (the start of a run, the terminal moves): by default ``StoreRetry`` tries
+again until the write is stored, with backoff, logging each failure, so a full disk or a
+database that is away never leaves a task RUNNING with no worker; the Temporal worker bounds
+the tries and heartbeats between them (then the activity fails and Temporal runs it again).
 """
 
 from __future__ import annotations
@@ -34,8 +37,50 @@ Notify = Callable[[Task], Awaitable[None]]
 Retry = Callable[..., Awaitable[Any]]  # retry(fn, *args, **kw): run a blocking store call until it is stored
 
 
-async def _once(fn, *args, **kw):
-    return await asyncio.to_thread(fn, *args, **kw)
+class StoreRetry:
+    """``await retry(fn, *args, **kw)``: run the blocking store write ``fn`` in a thread until it
+    is stored. A guarded transition's refusal (``IllegalTransition``, ``KeyError``: the task
+    moved or went) is an answer, not a failure, and is raised at once; any other error is logged
+    and the write tried again after ``first_wait`` s, doubling up to ``max_wait`` s. ``attempts``
+    bounds the tries (None: until stored); ``on_wait`` runs before each wait (a heartbeat)."""
+
+    def __init__(
+        self,
+        *,
+        attempts: int | None = None,
+        first_wait: float = 0.25,
+        max_wait: float = 5.0,
+        on_wait: Callable[[], None] | None = None,
+    ) -> None:
+        self.attempts = attempts
+        self.first_wait = first_wait
+        self.max_wait = max_wait
+        self.on_wait = on_wait
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                result = await asyncio.to_thread(fn, *args, **kw)
+            except (IllegalTransition, KeyError):
+                raise
+            except Exception as exc:
+                if self.attempts is not None and tries >= self.attempts:
+                    raise
+                wait = min(self.max_wait, self.first_wait * 2 ** min(tries - 1, 16))
+                log.warning("the store did not take the write %s (try %d: %s); retrying in %gs", _name(fn), tries, exc, wait)
+                if self.on_wait is not None:
+                    self.on_wait()
+                await asyncio.sleep(wait)
+                continue
+            if tries > 1:
+                log.warning("the store took the write %s after %d tries", _name(fn), tries)
+            return result
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__name__", repr(fn))
 
 
 @dataclass
@@ -60,7 +105,7 @@ class Lifecycle:
         task_timeout: float,
         progress_interval: float = 0.25,
         notify: Notify | None = None,
-        retry: Retry = _once,
+        retry: Retry | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -68,7 +113,7 @@ class Lifecycle:
         self.task_timeout = task_timeout
         self.progress_interval = progress_interval
         self.notify = notify
-        self.retry = retry
+        self.retry: Retry = retry if retry is not None else StoreRetry()
         self._progress_at: dict[str, float] = {}
 
     async def _changed(self, task: Task | None) -> None:
@@ -87,8 +132,8 @@ class Lifecycle:
             message = f"the task was interrupted {task.attempts} times (worker crash or server restart) and is not run again"
             failed = await self.fail(task_id, "interrupted", message)
             return Started(failed, gave_up=True) if failed is not None else None
-        try:
-            task = await asyncio.to_thread(self.store.transition, task_id, RawStatus.RUNNING)
+        try:  # retried too: a run whose start is lost would leave its task queued with nobody to run it
+            task = await self.retry(self.store.transition, task_id, RawStatus.RUNNING)
         except (IllegalTransition, KeyError):
             return None
         if task.attempts == 1:
@@ -143,7 +188,10 @@ class Lifecycle:
             task = await self.retry(self.store.fail, task_id, to, code, message)
         except (IllegalTransition, KeyError):
             return None
-        await asyncio.to_thread(self.storage.delete_prefix, checkpoint_prefix(task_id))
+        try:
+            await asyncio.to_thread(self.storage.delete_prefix, checkpoint_prefix(task_id))
+        except Exception as exc:  # the task has ended: leftover checkpoints are no reason to hide that
+            log.warning("task %s: checkpoints not removed: %s", task_id, exc)
         await self._changed(task)
         return task
 

@@ -25,7 +25,7 @@ from ..storage import Storage
 from ..store import Task, TaskStore
 from .base import Runner
 from .executors import Executor, Executors, Kind, Placement, Slot, placement_of
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, StoreRetry
 from .messages import UpstreamRequest
 from .supervise import Outcome, Supervisor
 
@@ -131,10 +131,13 @@ class LocalRunner(Runner):
         self._wakeups[placement.kind].set()
 
     async def _dispatch(self, kind: Kind) -> None:
-        executor = await self.executors.get(kind)
+        """Runs for the life of the runner: an error is logged and dispatching goes on."""
         queue, wakeup = self._queues[kind], self._wakeups[kind]
+        executor: Executor | None = None
         while True:
             try:
+                if executor is None:
+                    executor = await self.executors.get(kind)
                 while not queue:
                     wakeup.clear()
                     await wakeup.wait()
@@ -179,7 +182,13 @@ class LocalRunner(Runner):
             if result.outcome is Outcome.DIED and not self._stopping:
                 await self._again(task_id)
         except Exception:
-            log.exception("task %s: its run failed", task_id)
+            # Never a task left RUNNING with nobody running it: stop what may still run it, and
+            # run it again (its start counts the run, so this ends after max_attempts).
+            log.exception("task %s: its run failed; running it again", task_id)
+            if execution is not None:
+                execution.kill()
+            if not self._stopping:
+                self._again_later(task_id, delay=1.0)
         finally:
             if execution is not None:
                 execution.close()
@@ -190,7 +199,16 @@ class LocalRunner(Runner):
     async def _again(self, task_id: str) -> None:
         """Its process died: run it again, first in line (the next start fails it once it
         has used up its runs)."""
-        task = await asyncio.to_thread(self.store.get, task_id)
+        task = await StoreRetry()(self.store.get, task_id)
         if task is not None and not task.raw_status.is_terminal():
             log.error("task %s: its run died; running it again", task_id)
             self._enqueue(task, front=True)
+
+    def _again_later(self, task_id: str, delay: float) -> None:
+        async def after() -> None:
+            await asyncio.sleep(delay)
+            await self._again(task_id)
+
+        run = asyncio.create_task(after(), name=f"again-{task_id}")
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)

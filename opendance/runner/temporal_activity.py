@@ -10,11 +10,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ..config import Settings
-from ..domain import IllegalTransition
 from ..storage import Storage
 from ..store import TaskStore
 from .executors import Executors, placement_of
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, StoreRetry
 from .supervise import Outcome, Supervisor
 from .temporal_workflow import COMPLETED, EXPIRED, FAILED, GENERATE, SKIPPED, STARTED_SIGNAL, STOPPED
 
@@ -46,7 +45,9 @@ class GenerateActivity:
             max_attempts=settings.max_attempts,
             task_timeout=settings.task_timeout,
             progress_interval=PROGRESS_WRITE_INTERVAL,
-            retry=_retry_store,
+            # Through a brief database outage, heartbeating; past 20 tries the activity fails
+            # and Temporal runs it again.
+            retry=StoreRetry(attempts=20, on_wait=_heartbeat),
         )
         self._background: set[asyncio.Task] = set()
 
@@ -157,17 +158,6 @@ def with_frame_checkpoints(job: dict) -> dict:
     return {**job, "engine": {**spec, "checkpoint_frames": PREVIEW_CHECKPOINT_FRAMES}}
 
 
-async def _retry_store(fn, *args, attempts: int = 20, **kw):
-    """A store write that must not be lost to a brief database outage (the video is made)."""
-    for attempt in range(attempts):
-        try:
-            return await asyncio.to_thread(fn, *args, **kw)
-        except (IllegalTransition, KeyError):
-            raise
-        except Exception as exc:
-            if attempt == attempts - 1:
-                raise
-            log.warning("store write failed (%s); retrying", exc)
-            if activity.in_activity():
-                activity.heartbeat()
-            await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
+def _heartbeat() -> None:
+    if activity.in_activity():
+        activity.heartbeat()

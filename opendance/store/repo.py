@@ -101,6 +101,9 @@ class DuplicateIdempotencyKey(Exception):
     """Another task of this owner already holds the idempotency key."""
 
 
+WRITE_PROBE_KEY = "write_probe"  # the meta row check_writable rewrites
+
+
 class StoreWriteFailed(OSError):
     """The database did not take a write (a full disk, a read-only file, a lost connection):
     the server's trouble, not the request's."""
@@ -142,6 +145,20 @@ class TaskStore:
     def ping(self) -> None:
         with self._session() as s:
             s.execute(select(1))
+
+    def check_writable(self) -> None:
+        """Raise if the database cannot take a write now (a full disk under SQLite): one tiny
+        committed write to ``meta`` (/readyz; a read alone succeeds on a full disk)."""
+        with self._session() as s:
+            row = s.get(MetaRow, WRITE_PROBE_KEY)
+            if row is None:
+                s.add(MetaRow(key=WRITE_PROBE_KEY, value=repr(time.time())))
+            else:
+                row.value = repr(time.time())
+            try:
+                s.commit()
+            except IntegrityError:  # another server's first probe made the row meanwhile
+                s.rollback()
 
     # -- create / read -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import uvicorn
 
 from opendance.api.app import create_app
 from opendance.config import Settings
+from opendance.runner.datadir_lock import LOCK_NAME
 from opendance.testing.http import HostileHost
 from opendance.testing.server import LiveServer, free_port
 
@@ -93,9 +94,17 @@ class NameMap:
 
 def leftovers(*roots: Path) -> list[str]:
     """Files under ``roots`` that a refused request must never leave: task folders, partial
-    writes, temporary files. The database, its journal, the server log and the readiness probe's
-    marker file (storage `.readyz`) are expected."""
-    expected = {"opendance.db", "opendance.db-wal", "opendance.db-shm", "opendance.db-journal", "server.log", ".readyz"}
+    writes, temporary files. The database, its journal, the server log, the readiness probe's
+    marker file (storage `.readyz`) and the data dir's lock file are expected."""
+    expected = {
+        "opendance.db",
+        "opendance.db-wal",
+        "opendance.db-shm",
+        "opendance.db-journal",
+        "server.log",
+        ".readyz",
+        LOCK_NAME,
+    }
     found = []
     for root in roots:
         for dirpath, _dirs, files in os.walk(root):

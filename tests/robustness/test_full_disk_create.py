@@ -8,39 +8,16 @@ as the full-disk test of test_faults.py does).
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from opendance.testing import media
+from opendance.testing.disk import fill, small_tmpfs
 from opendance.testing.server import LiveServer, wait_for_task
 
 M = "jisudance2.0-480p"
-
-
-@contextlib.contextmanager
-def small_tmpfs(where: Path, size: str):
-    where.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(path: Path) -> None:
-    with open(path, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
 
 
 def rows(db: Path) -> int:
