@@ -54,18 +54,39 @@ def check_call_kwargs(pipe, call_kwargs: dict[str, Any]) -> None:
 _LOADED: dict[tuple, list] = {}  # key -> [pipeline, users]
 
 
-def load_pipeline(cls, path: Path, opts: DiffusersOptions, device: str, **components):
+def component_dtypes(path: Path, dtype: str | dict[str, str], defaults: dict[str, str] | None = None) -> dict[str, str]:
+    """The dtype of each component of the folder: ``dtype`` (one name, or a table with an optional
+    ``default``) over the family's ``defaults`` (e.g. Wan's float32 VAE). Raises ``ValueError``
+    for a table key that is not a component of the folder."""
+    import json
+
+    try:
+        index = json.loads((Path(path) / "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a diffusers folder ({exc}); see docs/models.md") from exc
+    names = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
+    table = dict(dtype) if isinstance(dtype, dict) else {"default": dtype}
+    unknown = sorted(set(table) - set(names) - {"default"})
+    if unknown:
+        raise ValueError(f"dtype names {unknown}, which are not components of {path} (it has {', '.join(names)})")
+    default = table.pop("default", "bfloat16")
+    family = {k: v for k, v in (defaults or {}).items() if k in names}
+    return {name: table.get(name, family.get(name, default)) for name in names}
+
+
+def load_pipeline(cls, path: Path, opts: DiffusersOptions, device: str, dtype_defaults: dict[str, str] | None = None, **components):
     """``cls.from_pretrained(path)``, moved to ``device`` (or CPU-offloaded), VAE tiling and the
-    cache hook applied. ``components`` (already-loaded modules to reuse) only matter on a miss."""
+    cache hook applied, each component at its dtype (``component_dtypes``). ``components``
+    (already-loaded modules to reuse) only matter on a miss."""
     cache = opts.cache.model_dump() if opts.cache else None
-    key = (cls.__name__, str(Path(path).resolve()), opts.dtype, device, opts.cpu_offload, opts.vae_tiling, repr(cache))
+    dtypes = component_dtypes(path, opts.dtype, dtype_defaults)
+    key = (cls.__name__, str(Path(path).resolve()), repr(sorted(dtypes.items())), device, opts.cpu_offload, opts.vae_tiling, repr(cache))
     if key in _LOADED:
         _LOADED[key][1] += 1
         return _LOADED[key][0]
-    if not (Path(path) / "model_index.json").is_file():
-        raise ValueError(f"{path}: not a diffusers folder (no model_index.json); see docs/models.md")
     t0 = time.perf_counter()
-    pipe = cls.from_pretrained(str(path), dtype=DTYPES[opts.dtype], local_files_only=True, **components)
+    by_name = {name: DTYPES[d] for name, d in dtypes.items()}
+    pipe = cls.from_pretrained(str(path), dtype={"default": DTYPES["float32"], **by_name}, local_files_only=True, **components)
     pipe.set_progress_bar_config(disable=True)
     if opts.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)

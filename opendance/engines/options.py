@@ -22,6 +22,7 @@ Fps = Annotated[int, Field(ge=1, le=120)]
 FrameCount = Annotated[int, Field(ge=1)]
 Area = Annotated[int, Field(ge=64)]
 Strength = Annotated[float, Field(ge=0, le=1)]
+DType = Literal["float32", "float16", "bfloat16"]
 
 
 class CacheOptions(BaseModel):
@@ -60,7 +61,14 @@ class DiffusersOptions(BaseModel):
     frames: FrameCount = Field(121, description="native frame window: frames per generated chunk")
     overlap: FrameCount = Field(9, description="tail frames of a chunk that condition the next one")
     max_area: Area = Field(480 * 832, description="pixels of the native grid (width x height)")
-    dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    dtype: DType | dict[str, DType] = Field(
+        "bfloat16",
+        description="torch dtype of the weights, or a table per component: {default = ..., vae = ..., transformer = ...}",
+    )
+    scheduler: dict[str, Any] = Field(
+        default_factory=dict,
+        description="scheduler config overrides for this mode's calls only (flow_shift, shift, use_dynamic_shifting, ...)",
+    )
     device: str | None = Field(None, description="overrides the worker's device")
     cache: CacheOptions | None = None
     cpu_offload: bool = Field(False, description="enable_model_cpu_offload (small GPUs)")

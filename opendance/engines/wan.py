@@ -16,7 +16,8 @@ The load / plan / chunk loop / resume skeleton is ``diffusers_base.DiffusersEngi
 
 TOML options: everything in ``DiffusersOptions`` (checkpoint, pipeline, steps, guidance,
 native_fps, frames, overlap, max_area, dtype, device, cache, cpu_offload, vae_tiling,
-negative_prompt, call_kwargs) plus ``extend_checkpoint`` and ``guidance_2``.
+negative_prompt, call_kwargs, scheduler) plus ``extend_checkpoint`` and ``guidance_2``. The VAE and
+the CLIP image encoder load in float32 unless the ``dtype`` table names them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class WanEngine(DiffusersEngine):
     options = WanOptions
     # TaylorSeer's default module patterns match nothing in a Wan transformer: cache whole blocks.
     cache_defaults = {"TaylorSeer": {"cache_identifiers": [r"^blocks\.\d+$"]}}
+    # diffusers' Wan examples and the model cards decode and encode images in float32.
+    dtype_defaults = {"vae": "float32", "image_encoder": "float32"}
 
     def load(self) -> None:
         import diffusers
