@@ -74,13 +74,23 @@ def component_dtypes(path: Path, dtype: str | dict[str, str], defaults: dict[str
     return {name: table.get(name, family.get(name, default)) for name in names}
 
 
-def load_pipeline(cls, path: Path, opts: DiffusersOptions, device: str, dtype_defaults: dict[str, str] | None = None, **components):
+def load_pipeline(
+    cls, path: Path, opts: DiffusersOptions, device: str, dtype_defaults: dict[str, str] | None = None, **components
+):
     """``cls.from_pretrained(path)``, moved to ``device`` (or CPU-offloaded), VAE tiling and the
     cache hook applied, each component at its dtype (``component_dtypes``). ``components``
     (already-loaded modules to reuse) only matter on a miss."""
     cache = opts.cache.model_dump() if opts.cache else None
     dtypes = component_dtypes(path, opts.dtype, dtype_defaults)
-    key = (cls.__name__, str(Path(path).resolve()), repr(sorted(dtypes.items())), device, opts.cpu_offload, opts.vae_tiling, repr(cache))
+    key = (
+        cls.__name__,
+        str(Path(path).resolve()),
+        repr(sorted(dtypes.items())),
+        device,
+        opts.cpu_offload,
+        opts.vae_tiling,
+        repr(cache),
+    )
     if key in _LOADED:
         _LOADED[key][1] += 1
         return _LOADED[key][0]

@@ -253,7 +253,9 @@ class DiffusersEngine(Engine):
         import torch
 
         tu.reset_cache(pipe)
-        resume = plan.resume.into(pipe, merge=self.resume_merge or None, whole_sigmas=self.whole_sigmas, loop_sigmas=self.loop_sigmas)
+        resume = plan.resume.into(
+            pipe, merge=self.resume_merge or None, whole_sigmas=self.whole_sigmas, loop_sigmas=self.loop_sigmas
+        )
         try:
             with self.schedulers.on(pipe), torch.inference_mode(), resume:
                 return pipe(**plan.call, **kwargs)

@@ -9,6 +9,7 @@
   (re-render everything, following the video).
 - Durations past the native window: chunks; every chunk after the first is a VACE call whose
   first frames are the previous chunk's tail, kept (black mask), and the seam is cross-faded.
+  Every latent frame whose native frames are all kept is kept (``latent_mask``).
   That needs a VACE checkpoint: the mode's own (omni-reference) or ``extend_checkpoint``.
 
 Which class a folder holds is read from its ``model_index.json`` (``pipeline`` overrides it).
@@ -22,7 +23,9 @@ the CLIP image encoder load in float32 unless the ``dtype`` table names them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import types
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,50 @@ def _class_name(folder: Path) -> str:
         return json.loads((Path(folder) / "model_index.json").read_text())["_class_name"]
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{folder}: not a diffusers folder ({exc}); see docs/models.md") from exc
+
+
+def latent_mask(mask, temporal: int):
+    """A VACE mask (B, C, F, H, W; 1 = generate, 0 = keep) per latent frame: latent 0 is native
+    frame 0, latent j frames ``temporal * (j - 1) + 1 .. temporal * j``; a latent frame is kept
+    only when all its frames are, and every fully kept one is (nearest-exact resampling, which
+    the pipeline uses, samples one frame each and drops some: 9 kept frames kept 2 latents, not 3)."""
+    import torch
+
+    first, rest = mask[:, :, :1], mask[:, :, 1:]
+    b, c, f, h, w = rest.shape
+    groups = rest.reshape(b, c, f // temporal, temporal, h, w).amax(dim=3) if f else rest
+    return torch.cat([first, groups], dim=2)
+
+
+@contextlib.contextmanager
+def whole_latent_masks(pipe):
+    """Around one VACE call: its ``prepare_masks`` downsamples time with ``latent_mask`` (the
+    spatial layout is the pipeline's own: 8 x 8 pixels to 64 channels)."""
+    if pipe is None:
+        yield
+        return
+    import torch
+
+    def prepare_masks(self, mask, reference_images=None, generator=None):
+        t, s = self.vae_scale_factor_temporal, self.vae_scale_factor_spatial
+        patch = (self.transformer or self.transformer_2).config.patch_size[1]
+        out = []
+        for i, mask_ in enumerate(mask):
+            _, frames, height, width = mask_.shape
+            nh, nw = height // (s * patch) * patch, width // (s * patch) * patch
+            m = mask_[0].view(frames, nh, s, nw, s).permute(2, 4, 0, 1, 3).flatten(0, 1)  # [s*s, F, h, w]
+            m = latent_mask(m.unsqueeze(0), t).squeeze(0)
+            refs = reference_images[i] if reference_images is not None else [None]
+            if len(refs) > 0:
+                m = torch.cat([torch.zeros_like(m[:, : len(refs)]), m], dim=1)
+            out.append(m)
+        return torch.stack(out)
+
+    pipe.prepare_masks = types.MethodType(prepare_masks, pipe)
+    try:
+        yield
+    finally:
+        del pipe.prepare_masks
 
 
 class WanEngine(DiffusersEngine):
@@ -151,7 +198,8 @@ class WanEngine(DiffusersEngine):
     def _call(self, pipe, plan: Plan, **kwargs: Any) -> dict[str, np.ndarray]:
         if self.opts.guidance_2 is not None and pipe.config.get("boundary_ratio") is not None:
             kwargs["guidance_scale_2"] = self.opts.guidance_2  # only two-expert (Wan 2.2 A14B) pipelines take it
-        return {"frames": np.stack(to_uint8_frames(self.run_pipeline(pipe, plan, **kwargs).frames))}
+        with whole_latent_masks(pipe if kwargs.get("mask") is not None else None):
+            return {"frames": np.stack(to_uint8_frames(self.run_pipeline(pipe, plan, **kwargs).frames))}
 
     def close(self) -> None:
         super().close()

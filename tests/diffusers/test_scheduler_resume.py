@@ -5,9 +5,6 @@ with its history put back, so its corrector and its order are the uninterrupted 
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import torch
 
@@ -17,46 +14,9 @@ from opendance.engines.diffusers_resume import DenoiseCheckpoints
 from opendance.errors import Cancelled
 from opendance.runner.checkpoints import TaskCheckpoints
 from opendance.storage import LocalStorage
+from opendance.testing.scheduler_configs import with_unipc
 
-# Wan-AI/Wan2.1-T2V-14B-Diffusers scheduler/scheduler_config.json (VACE-14B has the same).
-WAN_UNIPC = {
-    "_class_name": "UniPCMultistepScheduler",
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "beta_start": 0.0001,
-    "disable_corrector": [],
-    "dynamic_thresholding_ratio": 0.995,
-    "final_sigmas_type": "zero",
-    "flow_shift": 3.0,
-    "lower_order_final": True,
-    "num_train_timesteps": 1000,
-    "predict_x0": True,
-    "prediction_type": "flow_prediction",
-    "rescale_betas_zero_snr": False,
-    "sample_max_value": 1.0,
-    "solver_order": 2,
-    "solver_p": None,
-    "solver_type": "bh2",
-    "steps_offset": 0,
-    "thresholding": False,
-    "timestep_spacing": "linspace",
-    "trained_betas": None,
-    "use_beta_sigmas": False,
-    "use_exponential_sigmas": False,
-    "use_flow_sigmas": True,
-    "use_karras_sigmas": False,
-}
 STEPS = 8
-
-
-def with_unipc(src, dst):
-    """A copy of a tiny Wan folder whose scheduler is Wan's UniPC."""
-    shutil.copytree(src, dst)
-    index = json.loads((dst / "model_index.json").read_text())
-    index["scheduler"] = ["diffusers", "UniPCMultistepScheduler"]
-    (dst / "model_index.json").write_text(json.dumps(index))
-    (dst / "scheduler" / "scheduler_config.json").write_text(json.dumps(WAN_UNIPC))
-    return dst
 
 
 @pytest.fixture(scope="module")
