@@ -23,6 +23,7 @@ from PIL import Image
 from ..errors import Cancelled
 from ..media.frames import fit_cover, to_array
 from .base import Audio, Inputs, Job, StepContext
+from .memory_plan import component_dtypes
 from .options import DiffusersOptions
 
 log = logging.getLogger("opendance.engines")
@@ -52,26 +53,6 @@ def check_call_kwargs(pipe, call_kwargs: dict[str, Any]) -> None:
 # the engines of several modes (a Wan model's four modes all extend chunks with the same VACE).
 
 _LOADED: dict[tuple, list] = {}  # key -> [pipeline, users]
-
-
-def component_dtypes(path: Path, dtype: str | dict[str, str], defaults: dict[str, str] | None = None) -> dict[str, str]:
-    """The dtype of each component of the folder: ``dtype`` (one name, or a table with an optional
-    ``default``) over the family's ``defaults`` (e.g. Wan's float32 VAE). Raises ``ValueError``
-    for a table key that is not a component of the folder."""
-    import json
-
-    try:
-        index = json.loads((Path(path) / "model_index.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a diffusers folder ({exc}); see docs/models.md") from exc
-    names = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
-    table = dict(dtype) if isinstance(dtype, dict) else {"default": dtype}
-    unknown = sorted(set(table) - set(names) - {"default"})
-    if unknown:
-        raise ValueError(f"dtype names {unknown}, which are not components of {path} (it has {', '.join(names)})")
-    default = table.pop("default", "bfloat16")
-    family = {k: v for k, v in (defaults or {}).items() if k in names}
-    return {name: table.get(name, family.get(name, default)) for name in names}
 
 
 def load_pipeline(

@@ -18,8 +18,7 @@ How an engine family plugs in: subclass ``DiffusersEngine``, set ``name`` and ``
   (omni-reference inputs on the grid), ``chunk_finished`` and ``audio`` (a sound track),
   ``close`` (drop its extra pipeline attributes, then ``super().close()``).
 - Class settings: ``denoised`` (the loop's tensors a checkpoint saves, keys of
-  ``diffusers_resume.PREPARES``), ``cache_defaults`` (per cache hook type), ``dtype_defaults``
-  (per component, under the ``dtype`` option), ``resume_merge``, ``whole_sigmas`` and
+  ``diffusers_resume.PREPARES``), ``cache_defaults`` (per cache hook type), ``resume_merge``, ``whole_sigmas`` and
   ``loop_sigmas`` (how ``DenoiseCheckpoints.into`` resumes inside one of its calls), and
   ``scheduler_overrides()`` (the ``scheduler`` option, with the family's defaults).
 
@@ -92,7 +91,6 @@ class DiffusersEngine(Engine):
     resume_merge: ClassVar[Mapping[str, Merge]] = {}
     whole_sigmas: ClassVar[bool] = False
     loop_sigmas: ClassVar[bool] = False
-    dtype_defaults: ClassVar[dict[str, str]] = {}  # component -> dtype, unless the ``dtype`` table names it
 
     pipe: Any  # the main pipeline (set by ``load``)
     temporal: int  # native frames per latent frame
@@ -129,7 +127,7 @@ class DiffusersEngine(Engine):
     def load_pipeline(self, cls, folder, **components):
         """``cls`` from ``folder``, shared with every engine of the process that loads the same
         (see ``_torch_utils.load_pipeline``), with the configured cache hook on."""
-        pipe = tu.load_pipeline(cls, folder, self.opts, self.device, self.dtype_defaults, **components)
+        pipe = tu.load_pipeline(cls, folder, self.opts, self.device, self.opts.dtype_defaults, **components)
         self._loaded.append(pipe)
         defaults = self.cache_defaults.get(self.opts.cache.type) if self.opts.cache else None
         tu.enable_cache(pipe, self.opts, defaults)

@@ -76,6 +76,9 @@ class DiffusersOptions(BaseModel):
     negative_prompt: str = Field("", description="used when a request has none")
     call_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline __call__ arguments")
 
+    # Per-component dtypes of the family, under what the ``dtype`` option names.
+    dtype_defaults: ClassVar[dict[str, str]] = {}
+
     # The field holding a distilled model's own schedule, if the engine takes one: its length
     # is the step count (``steps``, when also given, must agree).
     schedule_field: ClassVar[str | None] = None
@@ -105,6 +108,8 @@ class WanOptions(DiffusersOptions):
     overlap: FrameCount = 9
     extend_checkpoint: Path | None = Field(None, description="Wan VACE folder for chunks past the window")
     guidance_2: float | None = Field(None, description="guidance_scale_2 (Wan 2.2 low-noise expert)")
+    # diffusers' Wan examples and the model cards decode and encode images in float32.
+    dtype_defaults: ClassVar[dict[str, str]] = {"vae": "float32", "image_encoder": "float32"}
 
 
 class LTXOptions(DiffusersOptions):

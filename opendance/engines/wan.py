@@ -98,8 +98,6 @@ class WanEngine(DiffusersEngine):
     options = WanOptions
     # TaylorSeer's default module patterns match nothing in a Wan transformer: cache whole blocks.
     cache_defaults = {"TaylorSeer": {"cache_identifiers": [r"^blocks\.\d+$"]}}
-    # diffusers' Wan examples and the model cards decode and encode images in float32.
-    dtype_defaults = {"vae": "float32", "image_encoder": "float32"}
 
     def load(self) -> None:
         import diffusers
