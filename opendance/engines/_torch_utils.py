@@ -23,6 +23,7 @@ from PIL import Image
 from ..errors import Cancelled
 from ..media.frames import fit_cover, to_array
 from .base import Audio, Inputs, Job, StepContext
+from . import components as cached_components
 from .memory_plan import component_dtypes
 from .options import DiffusersOptions
 
@@ -77,6 +78,9 @@ def load_pipeline(
         return _LOADED[key][0]
     t0 = time.perf_counter()
     by_name = {name: DTYPES[d] for name, d in dtypes.items()}
+    # Components with the same weights as one already loaded (in another folder too) are that one.
+    shared = {} if opts.cpu_offload else cached_components.lookup(path, dtypes, device, opts.vae_tiling)
+    components = {**shared, **components}
     pipe = cls.from_pretrained(str(path), dtype={"default": DTYPES["float32"], **by_name}, local_files_only=True, **components)
     pipe.set_progress_bar_config(disable=True)
     if opts.cpu_offload:
@@ -85,8 +89,11 @@ def load_pipeline(
         pipe.to(device)
     if opts.vae_tiling:
         pipe.vae.enable_tiling()
-    log.info("loaded %s from %s in %.2fs", cls.__name__, path, time.perf_counter() - t0)
-    _LOADED[key] = [pipe, 1]
+    held = [] if opts.cpu_offload else cached_components.adopt(pipe, path, dtypes, device, opts.vae_tiling)
+    log.info(
+        "loaded %s from %s in %.2fs (%s shared)", cls.__name__, path, time.perf_counter() - t0, ", ".join(shared) or "nothing"
+    )
+    _LOADED[key] = [pipe, 1, held]
     return pipe
 
 
@@ -95,6 +102,7 @@ def release_pipeline(pipe) -> None:
         if entry[0] is pipe:
             entry[1] -= 1
             if entry[1] <= 0:
+                cached_components.release(entry[2])
                 del _LOADED[key]
 
 

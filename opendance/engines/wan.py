@@ -10,7 +10,8 @@
 - Durations past the native window: chunks; every chunk after the first is a VACE call whose
   first frames are the previous chunk's tail, kept (black mask), and the seam is cross-faded.
   Every latent frame whose native frames are all kept is kept (``latent_mask``).
-  That needs a VACE checkpoint: the mode's own (omni-reference) or ``extend_checkpoint``.
+  That needs a VACE checkpoint: the mode's own (omni-reference) or ``extend_checkpoint``,
+  loaded on the first job longer than the window (a 5 s job never loads it).
 
 Which class a folder holds is read from its ``model_index.json`` (``pipeline`` overrides it).
 The load / plan / chunk loop / resume skeleton is ``diffusers_base.DiffusersEngine``.
@@ -106,29 +107,35 @@ class WanEngine(DiffusersEngine):
         cls_name = opts.pipeline or _class_name(opts.checkpoint)
         if cls_name not in WAN_PIPELINES:
             raise ValueError(f"{opts.checkpoint} holds a {cls_name}; the wan engine runs {', '.join(WAN_PIPELINES)}")
-        self.vace = None
+        self._vace = None
         self.pipe = self.load_pipeline(getattr(diffusers, cls_name), opts.checkpoint)
-        # The VACE pipeline that makes omni-reference videos and every chunk after the first.
-        self.vace = self.pipe if cls_name == "WanVACEPipeline" else None
-        if self.vace is None and opts.extend_checkpoint is not None:
-            self.vace = self.load_pipeline(
-                diffusers.WanVACEPipeline, opts.extend_checkpoint, **self._shared_components(opts.extend_checkpoint)
-            )
+        # The VACE pipeline that makes omni-reference videos and every chunk after the first:
+        # the mode's own, or extend_checkpoint's, loaded on the first job that needs it.
+        self.main_is_vace = cls_name == "WanVACEPipeline"
+        self._vace = self.pipe if self.main_is_vace else None
         self.temporal = self.pipe.vae_scale_factor_temporal
         transformer = self.pipe.transformer or self.pipe.transformer_2
         self.multiple = self.pipe.vae_scale_factor_spatial * transformer.config.patch_size[1]
 
-    def _shared_components(self, folder: Path) -> dict[str, Any]:
-        """Reuse the text encoder, tokenizer and VAE when the VACE checkpoint has the same VAE
-        (every Wan 2.1/2.2 14B model does): saves ~11 GB of UMT5 on the GPU. Not with CPU offload,
-        whose hooks belong to one pipeline."""
-        try:
-            vae = json.loads((Path(folder) / "vae" / "config.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        if self.opts.cpu_offload or vae.get("z_dim") != self.pipe.vae.config.z_dim:
-            return {}
-        return dict(text_encoder=self.pipe.text_encoder, tokenizer=self.pipe.tokenizer, vae=self.pipe.vae)
+    @property
+    def has_vace(self) -> bool:
+        return self.main_is_vace or self.opts.extend_checkpoint is not None
+
+    @property
+    def vace(self):
+        """The VACE pipeline (None without one), loaded now if it is not yet. Its text encoder,
+        tokenizer and VAE are the main pipeline's when their weights are the same (every Wan
+        2.1/2.2 14B model's are): the process-wide component cache (``components``) passes them in."""
+        if self._vace is None and self.opts.extend_checkpoint is not None:
+            import diffusers
+
+            from ._torch_utils import check_call_kwargs
+
+            vace = self.load_pipeline(diffusers.WanVACEPipeline, self.opts.extend_checkpoint)
+            check_call_kwargs(vace, self.opts.call_kwargs)
+            self.schedulers.own(vace)
+            self._vace = vace
+        return self._vace
 
     def check_inputs(self, job: Job, inputs: Inputs, chunks: list[Chunk]) -> None:
         super().check_inputs(job, inputs, chunks)
@@ -145,9 +152,9 @@ class WanEngine(DiffusersEngine):
                 raise EngineError(f"{self.opts.checkpoint} is a first+last-frame model; it needs a last image")
             if mode == Mode.FIRST_AND_LAST_FRAME and not takes_last and len(chunks) == 1:
                 raise EngineError(f"{self.opts.checkpoint} cannot take a last image")
-        if mode == Mode.OMNI_REFERENCE and self.vace is None:
+        if mode == Mode.OMNI_REFERENCE and not self.has_vace:
             raise EngineError("omni-reference on Wan needs a VACE checkpoint (WanVACEPipeline)")
-        if len(chunks) > 1 and self.vace is None:
+        if len(chunks) > 1 and not self.has_vace:
             raise EngineError(
                 f"{job.duration} s needs {len(chunks)} chunks of at most {self.opts.frames} frames, and this model "
                 "has no VACE checkpoint to extend with (set extend_checkpoint)"
@@ -162,7 +169,7 @@ class WanEngine(DiffusersEngine):
     def denoise_chunk(self, plan: Plan, chunk: Chunk, timeline: Timeline) -> dict[str, np.ndarray]:
         mode, first, last = plan.job.mode, chunk.index == 0, chunk.index == plan.last
         image, last_image = plan.image, plan.last_image
-        if first and self.pipe is not self.vace:
+        if first and not self.main_is_vace:
             if mode == Mode.TEXT_TO_VIDEO:
                 return self._call(self.pipe, plan, num_frames=chunk.length)
             if mode == Mode.IMAGE_TO_VIDEO:
@@ -201,4 +208,4 @@ class WanEngine(DiffusersEngine):
 
     def close(self) -> None:
         super().close()
-        self.vace = None
+        self._vace = None
