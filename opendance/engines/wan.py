@@ -150,6 +150,13 @@ class WanEngine(DiffusersEngine):
             takes_last = needs_last or config.image_dim is None  # CLIP-free (Wan 2.2) models take one too
             if mode == Mode.IMAGE_TO_VIDEO and needs_last:
                 raise EngineError(f"{self.opts.checkpoint} is a first+last-frame model; it needs a last image")
+            if mode == Mode.FIRST_AND_LAST_FRAME and len(chunks) == 1 and self.pipe.config.get("expand_timesteps"):
+                # Wan2.2-TI2V-5B: the pipeline conditions on the first frame only and ignores last_image.
+                raise EngineError(
+                    f"{self.opts.checkpoint} (expand_timesteps, e.g. Wan2.2-TI2V-5B) conditions on the first frame only "
+                    "and would drop the last image: give first-and-last-frame a first+last-frame checkpoint "
+                    "(Wan2.1-FLF2V-14B-720P, Wan2.2-I2V-A14B) or a VACE one"
+                )
             if mode == Mode.FIRST_AND_LAST_FRAME and not takes_last and len(chunks) == 1:
                 raise EngineError(f"{self.opts.checkpoint} cannot take a last image")
         if mode == Mode.OMNI_REFERENCE and not self.has_vace:

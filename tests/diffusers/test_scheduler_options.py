@@ -13,7 +13,7 @@ from opendance.domain import Mode
 from opendance.engines.base import Inputs, Job, StepContext
 from opendance.engines.ltx2 import LTX2Engine
 from opendance.engines.wan import WanEngine, latent_mask
-from opendance.errors import Cancelled
+from opendance.errors import Cancelled, EngineError
 
 from opendance.testing.scheduler_configs import WAN_UNIPC, with_unipc
 
@@ -215,3 +215,18 @@ def test_ltx2_distilled_sigmas_are_used_as_given(tiny_folders, tmp_path):
         seen[name] = sorted(set(spy.seen), reverse=True)  # the transformer runs more than once a step
     assert seen["distilled"] == pytest.approx([s * 1000 for s in sigmas])
     assert len(seen["shifted"]) == 3 and seen["shifted"] != pytest.approx([s * 1000 for s in sigmas])
+
+
+def test_first_and_last_frame_is_refused_by_a_pipeline_that_would_drop_the_last_image(tiny_folders, tmp_path, inputs_for):
+    """Wan2.2-TI2V-5B's ``expand_timesteps`` image-to-video conditions on the first frame only:
+    ``last_image`` would be ignored without a word, so the mode is refused with the reason."""
+    folder = shutil.copytree(tiny_folders["wan-i2v"], tmp_path / "ti2v")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["expand_timesteps"] = True
+    (folder / "model_index.json").write_text(json.dumps(index))
+    engine = WanEngine(wan_spec({"wan-t2v": folder, "wan-vace": tiny_folders["wan-vace"]}, max_area=32 * 16, frames=21))
+    try:
+        with pytest.raises(EngineError, match="would drop the last image"):
+            engine.generate(job(engine.spec, Mode.FIRST_AND_LAST_FRAME), inputs_for(Mode.FIRST_AND_LAST_FRAME), StepContext())
+    finally:
+        engine.close()
