@@ -177,14 +177,15 @@ def activation_bytes(engine: str, folder: Path, opts: DiffusersOptions) -> int:
     """A stated estimate of a call's activations at the configured grid and frame window:
 
     - transformer: one block's live tensors, ``tokens x (4 x hidden + ffn)`` values (q, k, v and
-      the attention output, then the feed-forward's inner width) at the compute dtype, x 2 for
-      the two CFG passes a batched pipeline (LTX, LTX-2) runs at once;
-    - VAE decode: Wan decodes one latent frame at a time (``temporal`` frames x H x W x the widest
-      decoder stage x 4 live tensors, float32 unless the table says otherwise); LTX decodes the
-      whole window (frames x H x W x widest stage x 2 values), divided by 4 with ``vae_tiling``.
+      the attention output, then the feed-forward's inner width) at the transformer's dtype,
+      x 2 for the two CFG passes a batched pipeline (LTX, LTX-2) runs at once (guidance > 1);
+    - VAE decode: 4 live tensors of the full-resolution stage per pixel of the frames decoded at
+      once. Wan decodes 4 frames at a time (its causal cache) at ``decoder_base_dim`` channels;
+      LTX decodes the whole window (16 frames and 512 x 512 tiles with ``vae_tiling``) at about
+      8 values per pixel (128 channels at a quarter of the resolution, then unpatchified).
 
-    The larger of the two (they do not run at once). Rough by design: it is what ``models
-    check`` adds to the weights, shown as its own column."""
+    The larger of the two (they do not run at once). Rough by design: ``models check`` shows it
+    as its own column, next to the weights, which the headers give exactly."""
     area = opts.max_area
     frames = opts.frames
     transformer = _config(folder, "transformer")
@@ -193,24 +194,24 @@ def activation_bytes(engine: str, folder: Path, opts: DiffusersOptions) -> int:
     compute = SIZES[dtypes.get("transformer", "bfloat16")]
     vae_size = SIZES[dtypes.get("vae", "float32")]
     if engine == "wan":
-        temporal, spatial, patch = 4, 8, (transformer.get("patch_size") or [1, 2, 2])
+        temporal, spatial = 4, 8 * (2 if vae.get("patch_size") else 1)
+        patch = transformer.get("patch_size") or [1, 2, 2]
         hidden = transformer.get("num_attention_heads", 40) * transformer.get("attention_head_dim", 128)
         ffn = transformer.get("ffn_dim", 4 * hidden)
-        widest = (vae.get("base_dim", 96)) * max(vae.get("dim_mult", [1, 2, 4, 4]))
         batch = 1  # Wan runs CFG as two batch-1 calls
-        decode = temporal * area * widest * vae_size * 4
+        channels = vae.get("decoder_base_dim") or vae.get("base_dim", 96)
+        unpatch = (vae.get("patch_size") or 1) ** 2  # Wan 2.2's VAE runs its last stage at half size
+        decode = 4 * (min(area, 512 * 512) if opts.vae_tiling else area) * channels * 4 * vae_size // unpatch
     else:
         temporal, spatial, patch = 8, 32, [1, 1, 1]
         hidden = transformer.get("num_attention_heads", 32) * transformer.get("attention_head_dim", 128)
         ffn = 4 * hidden
-        widest = max(vae.get("decoder_block_out_channels") or vae.get("block_out_channels") or [512])
         batch = 1 if opts.guidance <= 1 else 2
-        decode = frames * area * widest * vae_size * 2 // (4 if opts.vae_tiling else 1)
+        live_frames, live_area = (min(frames, 16), min(area, 512 * 512)) if opts.vae_tiling else (frames, area)
+        decode = live_frames * live_area * 8 * 4 * vae_size
     latent_frames = (frames - 1) // temporal + 1
     tokens = latent_frames * area // (spatial * spatial * patch[1] * patch[2])
     denoise = tokens * (4 * hidden + ffn) * compute * batch
-    if engine == "wan" and opts.vae_tiling:
-        decode //= 4
     return max(denoise, decode)
 
 
@@ -226,11 +227,16 @@ class Component:
     key: str  # weights key
     offload: bool
 
+    tiling: bool = False
+
     @property
     def identity(self) -> tuple:
-        """What makes two uses one object: the same weights at the same dtype (with offload: one
-        pipeline's own copy)."""
-        return (self.pipeline, self.name, self.dtype) if self.offload else (self.key, self.dtype)
+        """What makes two uses one object, as the engines share them: the same weights at the same
+        dtype (``components``); a transformer only within its own folder's pipeline, and with
+        offload every component is its pipeline's own."""
+        if self.offload or self.name.startswith("transformer"):
+            return (self.pipeline.resolve(), self.name, self.dtype, self.offload)
+        return (self.key, self.dtype, self.tiling and self.name == "vae")
 
 
 @dataclass
@@ -286,7 +292,9 @@ def plan_mode(model: str, mode: str, engine: str, spec: dict[str, Any]) -> ModeP
         for name, dtype in dtypes.items():
             weights = read_weights(folder / name)
             if weights is not None:
-                components.append(Component(folder, name, dtype, weights.bytes_at(dtype), weights.key, opts.cpu_offload))
+                components.append(
+                    Component(folder, name, dtype, weights.bytes_at(dtype), weights.key, opts.cpu_offload, opts.vae_tiling)
+                )
     acts = activation_bytes(engine, pipelines[0], opts)
     return ModePlan(model, mode, engine, pipelines, components, acts, opts.cpu_offload, opts.vae_tiling, opts.dtype)
 
@@ -319,12 +327,13 @@ class MemoryPlan:
                         f"(weights {gib(m.device_weights)} + activations {gib(m.activations)} + {gib(m.overhead)}), "
                         f"which has {gib(cap)}: {advice(m, cap)}"
                     )
-        if self.host_capacity is not None and self.host() > self.host_capacity:
+        host = self.host() * max(1, len(self.devices))  # one worker process per device, each its own copies
+        if self.host_capacity is not None and host > self.host_capacity:
             worst = max((m for m in self.modes if m.offload), key=lambda m: m.host)
             out.append(
-                f"models.{worst.model} ({worst.mode}): with cpu_offload the pipelines' weights take {gib(self.host())} "
-                f"of host RAM, which has {gib(self.host_capacity)}: serve fewer models per machine (worker --models) "
-                "or drop cpu_offload where the device can hold the weights"
+                f"models.{worst.model} ({worst.mode}): with cpu_offload the pipelines' weights take {gib(host)} "
+                f"of host RAM ({len(self.devices)} device process(es)), which has {gib(self.host_capacity)}: serve fewer "
+                "models per machine (worker --models) or drop cpu_offload where the device can hold the weights"
             )
         return out
 
@@ -348,7 +357,7 @@ class MemoryPlan:
             )
         out.append(
             f"all modes resident on one device: {gib(self.resident())}"
-            + (f"; host RAM (offload): {gib(self.host())}" if self.host() else "")
+            + (f"; host RAM (offload): {gib(self.host())} per device process" if self.host() else "")
         )
         for device in self.devices:
             cap = self.capacity.get(device)
