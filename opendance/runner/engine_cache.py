@@ -7,7 +7,8 @@ tried again for every task.
   CUDA device's total. Without a known memory (a CPU, no setting) nothing is evicted.
 - Eviction closes the engine (its pipelines leave the process's caches) and empties the device
   cache (``torch.cuda.empty_cache``).
-- A failed load is remembered per spec: the tasks that come within its backoff (30 s, doubling
+- A failed load is an ``EngineError`` (``engine_error``; an ``OSError`` of a half-downloaded
+  folder is not a storage error) and is remembered per spec: the tasks that come within its backoff (30 s, doubling
   up to 10 min) fail at once with the same error, saying when it is tried again. Each failure is
   reported (``ModelLoaded`` with ``error``), so ``/readyz`` shows it.
 - ``torch.OutOfMemoryError`` at load or at run is ``out_of_memory`` with the device's numbers
@@ -111,7 +112,12 @@ class EngineCache:
         try:
             engine = engine_class(spec["engine"])(spec, self.device)
         except Exception as exc:
-            error: BaseException = out_of_memory(exc, self.device, "loading the model") if is_oom(exc) else exc
+            if is_oom(exc):
+                error: BaseException = out_of_memory(exc, self.device, "loading the model")
+            elif isinstance(exc, EngineError):
+                error = exc
+            else:  # a folder that cannot be read is the engine's failure, not storage's (OSError)
+                error = EngineError(f"{type(exc).__name__}: {exc}")
             attempts = failure.attempts + 1 if failure is not None else 1
             wait = min(MAX_BACKOFF, BACKOFF * 2 ** (attempts - 1))
             self.failures[key] = _Failure(error, attempts, self.clock() + wait)

@@ -82,7 +82,7 @@ def test_a_failed_load_is_not_tried_again_before_its_backoff(tiny_folders, tmp_p
     sent, clock = [], Clock()
     cache = EngineCache("cpu", None, sent.append, clock=clock)
     spec = wan(broken)
-    with pytest.raises((OSError, ValueError)) as first:
+    with pytest.raises(EngineError) as first:
         cache.get(spec, "m-480p")
     assert [(m.model, m.retry_in) for m in sent] == [("m-480p", BACKOFF)] and sent[0].error
     clock.now += BACKOFF - 1
@@ -90,7 +90,7 @@ def test_a_failed_load_is_not_tried_again_before_its_backoff(tiny_folders, tmp_p
         cache.get(spec, "m-480p")  # at once, without loading
     assert str(first.value) in str(again.value) and len(sent) == 1
     clock.now += 2
-    with pytest.raises((OSError, ValueError)):
+    with pytest.raises(EngineError):
         cache.get(spec, "m-480p")  # tried again, failed again: twice the wait
     assert sent[-1].retry_in == 2 * BACKOFF
     moved.rename(broken / "transformer")  # the download finished
@@ -122,3 +122,29 @@ def test_the_readyz_failure_record_is_json():
     metrics = Metrics()
     metrics.observe(ModelLoaded(engine="wan", seconds=1.0, model="m", error="ValueError: x", retry_in=30.0))
     assert json.loads(json.dumps(metrics.load_failures))["m"]["engine"] == "wan"
+
+
+@pytest.mark.timeout(300)
+def test_a_model_that_fails_to_load_is_shown_in_readyz_and_not_loaded_for_every_task(tiny_folders, tmp_path):
+    """Through the real server: a folder that passes the start-up checks but cannot load (a
+    component missing). The first task fails loading it, /readyz names the model and the error,
+    and the next task fails at once with the same error and when it is tried again."""
+    from opendance.testing.server import LiveServer, wait_for_task
+
+    broken = shutil.copytree(tiny_folders["wan-t2v"], tmp_path / "half-downloaded")
+    shutil.rmtree(broken / "transformer")
+    config = tmp_path / "models.toml"
+    config.write_text(
+        '[models."broken"]\nresolution = "480p"\nfps = 8\n[models."broken".default]\n'
+        f'engine = "wan"\ncheckpoint = "{broken}"\nsteps = 1\nnative_fps = 4\ndtype = "float32"\nframes = 13\noverlap = 5\n'
+    )
+    env = {"OPENDANCE_RATE_LIMIT_PER_MINUTE": "0"}
+    with LiveServer(tmp_path / "data", config=config, env=env, startup_timeout=120) as server, server.client() as c:
+        body = {"model": "broken", "prompt": "x"}
+        first = wait_for_task(c, c.post("/v1/video/generations", json=body).json()["id"], timeout=120)
+        assert first["status"] == "failed" and first["error"]["code"] == "engine_error", first
+        ready = c.get("/readyz").json()
+        failed = ready["checks"]["model_loads"]["failed"]["broken"]
+        assert failed["engine"] == "wan" and failed["error"] in first["error"]["message"]
+        second = wait_for_task(c, c.post("/v1/video/generations", json=body).json()["id"], timeout=60)
+        assert second["status"] == "failed" and "failed 1 time(s); next try in" in second["error"]["message"], second
