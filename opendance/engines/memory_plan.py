@@ -30,7 +30,7 @@ import os
 import re
 import struct
 import subprocess
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,12 +74,12 @@ def component_names(folder: Path) -> list[str]:
     return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None]
 
 
-def component_dtypes(folder: Path, dtype: str | dict[str, str], defaults: dict[str, str] | None = None) -> dict[str, str]:
+def component_dtypes(folder: Path, dtype: str | Mapping[str, str], defaults: Mapping[str, str] | None = None) -> dict[str, str]:
     """The dtype of each component of the folder: ``dtype`` (one name, or a table with an optional
     ``default``) over the family's ``defaults``. ``ValueError`` for a table key that is not a
     component of the folder."""
     names = component_names(folder)
-    table = dict(dtype) if isinstance(dtype, dict) else {"default": dtype}
+    table = dict(dtype) if isinstance(dtype, Mapping) else {"default": dtype}
     unknown = sorted(set(table) - set(names) - {"default"})
     if unknown:
         raise ValueError(f"dtype names {unknown}, which are not components of {folder} (it has {', '.join(names)})")
@@ -282,6 +282,7 @@ def _unique(components: Iterable[Component]) -> list[Component]:
 def plan_mode(model: str, mode: str, engine: str, spec: dict[str, Any]) -> ModePlan:
     options_model = OPTIONS[engine]
     opts = options_model(**{"engine": engine, **spec})
+    assert isinstance(opts, DiffusersOptions)
     pipelines = [Path(opts.checkpoint).expanduser()]
     extend = getattr(opts, "extend_checkpoint", None)
     if extend is not None and Path(extend).expanduser().resolve() != pipelines[0].resolve():

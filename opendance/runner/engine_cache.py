@@ -104,9 +104,9 @@ class EngineCache:
         failure = self.failures.get(key)
         now = self.clock()
         if failure is not None and now < failure.until:
-            error = failure.error
+            saved = failure.error
             again = f"loading it failed {failure.attempts} time(s); next try in {failure.until - now:.0f} s"
-            raise (OutOfMemory if isinstance(error, OutOfMemory) else EngineError)(f"{error} ({again})")
+            raise (OutOfMemory if isinstance(saved, OutOfMemory) else EngineError)(f"{saved} ({again})")
         self._make_room(spec)
         t0 = time.perf_counter()
         try:
