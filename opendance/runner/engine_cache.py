@@ -81,9 +81,11 @@ def _capacity(device: str, stated: str | None) -> int | None:
 
     if stated:
         return parse_size(stated)
-    torch = sys.modules.get("torch")
-    if device.startswith("cuda") and torch is not None and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info(device)[1])
+    if device.startswith("cuda"):
+        import torch  # a CUDA worker runs torch engines anyway
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info(device)[1])
     return None
 
 
@@ -92,9 +94,17 @@ class EngineCache:
         self, device: str, device_memory: str | None = None, send: Callable[[Any], None] = lambda m: None, clock=time.monotonic
     ) -> None:
         self.device, self.send, self.clock = device, send, clock
-        self.capacity = _capacity(device, device_memory)
+        self.device_memory = device_memory
+        self._capacity: int | None = None
         self.engines: OrderedDict[str, Engine] = OrderedDict()  # least recently used first
         self.failures: dict[str, _Failure] = {}
+
+    @property
+    def capacity(self) -> int | None:
+        """The device's memory, asked for when the first engine loads (not at the worker's start)."""
+        if self._capacity is None:
+            self._capacity = _capacity(self.device, self.device_memory)
+        return self._capacity
 
     def get(self, spec: dict, label: str = "") -> Engine:
         key = json.dumps(spec, sort_keys=True)
