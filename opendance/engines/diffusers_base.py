@@ -163,6 +163,10 @@ class DiffusersEngine(Engine):
         """The scheduler settings of this engine's calls (the ``scheduler`` option)."""
         return dict(self.opts.scheduler)
 
+    def schedulers_for(self, pipe) -> EngineSchedulers:
+        """Whose scheduler settings a call of ``pipe`` runs with (by default the engine's)."""
+        return self.schedulers
+
     # -- one job -------------------------------------------------------------------------------
 
     def check_inputs(self, job: Job, inputs: Inputs, chunks: list[Chunk]) -> None:
@@ -255,7 +259,7 @@ class DiffusersEngine(Engine):
             pipe, merge=self.resume_merge or None, whole_sigmas=self.whole_sigmas, loop_sigmas=self.loop_sigmas
         )
         try:
-            with self.schedulers.on(pipe), torch.inference_mode(), resume:
+            with self.schedulers_for(pipe).on(pipe), torch.inference_mode(), resume:
                 return pipe(**plan.call, **kwargs)
         finally:
             # A cancelled or failed call never reaches the end of ``__call__``, where the offload

@@ -107,6 +107,9 @@ class WanOptions(DiffusersOptions):
     frames: FrameCount = 81
     overlap: FrameCount = 9
     extend_checkpoint: Path | None = Field(None, description="Wan VACE folder for chunks past the window")
+    extend_scheduler: dict[str, Any] | None = Field(
+        None, description="scheduler config of the extend_checkpoint's calls (default: the scheduler option)"
+    )
     guidance_2: float | None = Field(None, description="guidance_scale_2 (Wan 2.2 low-noise expert)")
     # diffusers' Wan examples and the model cards decode and encode images in float32.
     dtype_defaults: ClassVar[dict[str, str]] = {"vae": "float32", "image_encoder": "float32"}

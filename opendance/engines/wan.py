@@ -18,7 +18,8 @@ The load / plan / chunk loop / resume skeleton is ``diffusers_base.DiffusersEngi
 
 TOML options: everything in ``DiffusersOptions`` (checkpoint, pipeline, steps, guidance,
 native_fps, frames, overlap, max_area, dtype, device, cache, cpu_offload, vae_tiling,
-negative_prompt, call_kwargs, scheduler) plus ``extend_checkpoint`` and ``guidance_2``. The VAE and
+negative_prompt, call_kwargs, scheduler) plus ``extend_checkpoint``, ``extend_scheduler`` (the
+extend pipeline's scheduler settings; default ``scheduler``) and ``guidance_2``. The VAE and
 the CLIP image encoder load in float32 unless the ``dtype`` table names them.
 """
 
@@ -39,6 +40,7 @@ from ._torch_utils import Chunk, Timeline, reference_video_frames, to_uint8_fram
 from .base import Inputs, Job
 from .diffusers_base import DiffusersEngine, Plan
 from .options import WanOptions
+from .schedulers import EngineSchedulers
 
 WAN_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "WanVACEPipeline")
 
@@ -108,6 +110,7 @@ class WanEngine(DiffusersEngine):
         if cls_name not in WAN_PIPELINES:
             raise ValueError(f"{opts.checkpoint} holds a {cls_name}; the wan engine runs {', '.join(WAN_PIPELINES)}")
         self._vace = None
+        self._extend_schedulers: EngineSchedulers | None = None
         self.pipe = self.load_pipeline(getattr(diffusers, cls_name), opts.checkpoint)
         # The VACE pipeline that makes omni-reference videos and every chunk after the first:
         # the mode's own, or extend_checkpoint's, loaded on the first job that needs it.
@@ -133,9 +136,18 @@ class WanEngine(DiffusersEngine):
 
             vace = self.load_pipeline(diffusers.WanVACEPipeline, self.opts.extend_checkpoint)
             check_call_kwargs(vace, self.opts.call_kwargs)
-            self.schedulers.own(vace)
+            self.schedulers_for(vace).own(vace)
             self._vace = vace
         return self._vace
+
+    def schedulers_for(self, pipe):
+        """The extend pipeline's calls run with ``extend_scheduler`` when it is set (the VACE 2.1
+        model at 720p samples at 5.0 while a Wan 2.2 text model samples at 12.0)."""
+        if self.opts.extend_scheduler is None or self.main_is_vace or pipe is self.pipe:
+            return self.schedulers
+        if self._extend_schedulers is None:
+            self._extend_schedulers = EngineSchedulers(self.opts.extend_scheduler)
+        return self._extend_schedulers
 
     def check_inputs(self, job: Job, inputs: Inputs, chunks: list[Chunk]) -> None:
         super().check_inputs(job, inputs, chunks)
@@ -215,4 +227,4 @@ class WanEngine(DiffusersEngine):
 
     def close(self) -> None:
         super().close()
-        self._vace = None
+        self._vace = self._extend_schedulers = None

@@ -101,6 +101,21 @@ def test_a_configured_flow_shift_is_used_in_that_engine_s_calls_only(unipc_folde
         plain.close()
 
 
+def test_the_extend_pipeline_takes_its_own_scheduler_settings(unipc_folders):
+    """``extend_scheduler``: the VACE chunks of a Wan 2.2 text model at 720p run at VACE's 5.0
+    while its own calls run at 12.0."""
+    engine = WanEngine(wan_spec(unipc_folders, scheduler={"flow_shift": 12.0}, extend_scheduler={"flow_shift": 5.0}))
+    try:
+        spy = Timesteps(engine.pipe.transformer, engine.vace.transformer)
+        try:
+            engine.generate(job(engine.spec), Inputs(), StepContext())
+        finally:
+            spy.close()
+        assert spy.seen == unipc_timesteps(12.0) + unipc_timesteps(5.0)
+    finally:
+        engine.close()
+
+
 def test_an_unknown_scheduler_setting_fails_the_load_naming_it(unipc_folders):
     with pytest.raises(ValueError, match=r"scheduler \['shfit'\] are not settings of UniPCMultistepScheduler"):
         WanEngine(wan_spec(unipc_folders, scheduler={"shfit": 5.0}))
