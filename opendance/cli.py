@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli_models import plan_fits
+
 
 def _settings(args: argparse.Namespace):
     from .config import Settings
@@ -80,6 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # workers do (and check themselves).
     if settings.runner == "local" and not _can_run_models(settings, "serve"):
         return 2
+    if settings.runner == "local" and not plan_fits(settings, "serve"):
+        return 2
     try:
         app = create_app(settings)
     except ValueError as exc:  # the models file asks for what this server cannot run
@@ -127,6 +131,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if not _can_run_models(settings, "worker", settings.worker_models):
         return 2
+    if not plan_fits(settings, "worker", settings.worker_models):
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve_worker(settings, list(settings.worker_models)))
     return 0
@@ -155,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOSTS",
         help="comma-separated hosts, IPs or CIDR networks that media URLs may reach although private (e.g. 127.0.0.1)",
     )
+    serve.add_argument("--device-memory", dest="device_memory", help="memory of each device for the memory plan, e.g. 80GiB")
     serve.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database commands")
@@ -176,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", type=Path, help="models TOML file (the same as the API servers')")
     worker.add_argument("--storage", choices=["local", "s3"], help="where videos are stored (default local)")
     worker.add_argument("--temporal-address", dest="temporal_address", help="Temporal frontend host:port")
+    worker.add_argument("--device-memory", dest="device_memory", help="memory of each device for the memory plan, e.g. 80GiB")
     worker.set_defaults(func=cmd_worker)
 
     from .devcluster import add_arguments as add_dev_cluster_arguments
@@ -194,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from .cli_models import register as register_models_check
+
+    models = sub.choices.get("models") or sub.add_parser("models", help="models commands")
+    register_models_check(models)  # models check: the memory plan
     return parser
 
 

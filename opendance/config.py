@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     cpu_slots: int | None = Field(
         None, ge=1, description="preview and scenario tasks at once, one process each; default the number of cores"
     )
+    device_memory: str | None = Field(
+        None,
+        pattern=r"^\s*[0-9.]+\s*([KMGT]i?B?|B)?\s*$",
+        description="memory of each device for the memory plan (e.g. 80GiB); default nvidia-smi's for cuda, host RAM for cpu",
+    )
     relay_concurrency: int = Field(256, ge=1, description="relay tasks at once (asyncio tasks, no worker process)")
     relay_breaker_failures: int = Field(
         3, ge=1, description="failed upstream requests in a row after which a relay channel is skipped for a cool-down"

@@ -13,6 +13,8 @@ saw: sum them over the API servers.
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -51,6 +53,7 @@ class Metrics:
         )
         self.model_load = Gauge("opendance_model_load_seconds", "time the last load of an engine took", ["engine"], registry=r)
         self.model_loads = Counter("opendance_model_loads", "engine loads by workers", ["engine"], registry=r)
+        self.load_failures: dict[str, dict[str, object]] = {}  # model -> the last failed load (engine_cache)
         self.relay_requests = Counter(
             "opendance_relay_requests", "requests to upstream relay channels", ["channel", "op"], registry=r
         )
@@ -110,6 +113,14 @@ class Metrics:
     def observe(self, event: object) -> None:
         """A runner's observer: what its executors saw."""
         if isinstance(event, ModelLoaded):
+            if event.error is not None:  # shown in /readyz until a later load of that model works
+                self.load_failures[event.model or event.engine] = {
+                    "engine": event.engine,
+                    "error": event.error,
+                    "retry_at": time.time() + (event.retry_in or 0),
+                }
+                return
+            self.load_failures.pop(event.model or event.engine, None)
             self.model_loaded(event.engine, event.seconds)
         elif isinstance(event, UpstreamRequest):
             self.relay_requests.labels(event.channel, event.op).inc()

@@ -266,6 +266,9 @@ def _add_health_routes(app: FastAPI) -> None:
             runner = service.runner.health()
             checks["runner"] = runner
             ok = ok and bool(runner.get("ok"))
+            failures = getattr(getattr(request.app.state, "metrics", None), "load_failures", None)
+            if failures:  # models whose engine failed to load: their tasks fail until the retry works
+                checks["model_loads"] = {"failed": dict(failures)}
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)

@@ -23,6 +23,8 @@ from PIL import Image
 from ..errors import Cancelled
 from ..media.frames import fit_cover, to_array
 from .base import Audio, Inputs, Job, StepContext
+from . import components as cached_components
+from .memory_plan import component_dtypes
 from .options import DiffusersOptions
 
 log = logging.getLogger("opendance.engines")
@@ -54,18 +56,32 @@ def check_call_kwargs(pipe, call_kwargs: dict[str, Any]) -> None:
 _LOADED: dict[tuple, list] = {}  # key -> [pipeline, users]
 
 
-def load_pipeline(cls, path: Path, opts: DiffusersOptions, device: str, **components):
+def load_pipeline(
+    cls, path: Path, opts: DiffusersOptions, device: str, dtype_defaults: dict[str, str] | None = None, **components
+):
     """``cls.from_pretrained(path)``, moved to ``device`` (or CPU-offloaded), VAE tiling and the
-    cache hook applied. ``components`` (already-loaded modules to reuse) only matter on a miss."""
+    cache hook applied, each component at its dtype (``component_dtypes``). ``components``
+    (already-loaded modules to reuse) only matter on a miss."""
     cache = opts.cache.model_dump() if opts.cache else None
-    key = (cls.__name__, str(Path(path).resolve()), opts.dtype, device, opts.cpu_offload, opts.vae_tiling, repr(cache))
+    dtypes = component_dtypes(path, opts.dtype, dtype_defaults)
+    key = (
+        cls.__name__,
+        str(Path(path).resolve()),
+        repr(sorted(dtypes.items())),
+        device,
+        opts.cpu_offload,
+        opts.vae_tiling,
+        repr(cache),
+    )
     if key in _LOADED:
         _LOADED[key][1] += 1
         return _LOADED[key][0]
-    if not (Path(path) / "model_index.json").is_file():
-        raise ValueError(f"{path}: not a diffusers folder (no model_index.json); see docs/models.md")
     t0 = time.perf_counter()
-    pipe = cls.from_pretrained(str(path), dtype=DTYPES[opts.dtype], local_files_only=True, **components)
+    by_name = {name: DTYPES[d] for name, d in dtypes.items()}
+    # Components with the same weights as one already loaded (in another folder too) are that one.
+    shared = {} if opts.cpu_offload else cached_components.lookup(path, dtypes, device, opts.vae_tiling)
+    components = {**shared, **components}
+    pipe = cls.from_pretrained(str(path), dtype={"default": DTYPES["float32"], **by_name}, local_files_only=True, **components)
     pipe.set_progress_bar_config(disable=True)
     if opts.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
@@ -73,8 +89,11 @@ def load_pipeline(cls, path: Path, opts: DiffusersOptions, device: str, **compon
         pipe.to(device)
     if opts.vae_tiling:
         pipe.vae.enable_tiling()
-    log.info("loaded %s from %s in %.2fs", cls.__name__, path, time.perf_counter() - t0)
-    _LOADED[key] = [pipe, 1]
+    held = [] if opts.cpu_offload else cached_components.adopt(pipe, path, dtypes, device, opts.vae_tiling)
+    log.info(
+        "loaded %s from %s in %.2fs (%s shared)", cls.__name__, path, time.perf_counter() - t0, ", ".join(shared) or "nothing"
+    )
+    _LOADED[key] = [pipe, 1, held]
     return pipe
 
 
@@ -83,6 +102,7 @@ def release_pipeline(pipe) -> None:
         if entry[0] is pipe:
             entry[1] -= 1
             if entry[1] <= 0:
+                cached_components.release(entry[2])
                 del _LOADED[key]
 
 

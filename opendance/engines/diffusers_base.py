@@ -18,8 +18,9 @@ How an engine family plugs in: subclass ``DiffusersEngine``, set ``name`` and ``
   (omni-reference inputs on the grid), ``chunk_finished`` and ``audio`` (a sound track),
   ``close`` (drop its extra pipeline attributes, then ``super().close()``).
 - Class settings: ``denoised`` (the loop's tensors a checkpoint saves, keys of
-  ``diffusers_resume.PREPARES``), ``cache_defaults`` (per cache hook type), ``resume_merge`` and
-  ``whole_sigmas`` (how ``DenoiseCheckpoints.into`` resumes inside one of its calls).
+  ``diffusers_resume.PREPARES``), ``cache_defaults`` (per cache hook type), ``resume_merge``, ``whole_sigmas`` and
+  ``loop_sigmas`` (how ``DenoiseCheckpoints.into`` resumes inside one of its calls), and
+  ``scheduler_overrides()`` (the ``scheduler`` option, with the family's defaults).
 
 The base does the rest, the same way for every family:
 
@@ -56,6 +57,7 @@ from ._torch_utils import Chunk, Timeline
 from .base import Audio, Engine, Inputs, Job, Output, StepContext
 from .diffusers_resume import DenoiseCheckpoints, Merge
 from .options import DiffusersOptions
+from .schedulers import EngineSchedulers
 
 log = logging.getLogger("opendance.engines")
 
@@ -88,6 +90,7 @@ class DiffusersEngine(Engine):
     cache_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # cache type -> config defaults
     resume_merge: ClassVar[Mapping[str, Merge]] = {}
     whole_sigmas: ClassVar[bool] = False
+    loop_sigmas: ClassVar[bool] = False
 
     pipe: Any  # the main pipeline (set by ``load``)
     temporal: int  # native frames per latent frame
@@ -101,10 +104,13 @@ class DiffusersEngine(Engine):
         self.pipe = None
         self._loaded: list[Any] = []  # through load_pipeline: released on close
         self._pipelines: list[Any] = []  # every pipeline the engine calls (loaded and siblings)
+        self.schedulers = EngineSchedulers({})
         try:
             self.load()
+            self.schedulers = EngineSchedulers(self.scheduler_overrides())
             for pipe in self._pipelines:
                 tu.check_call_kwargs(pipe, self.opts.call_kwargs)
+                self.schedulers.own(pipe)  # made now: a key the scheduler does not have fails the load
             tu.check_window(self.opts, self.temporal)
         except BaseException:
             self.close()  # nothing half-loaded stays in the process's pipeline cache
@@ -121,7 +127,7 @@ class DiffusersEngine(Engine):
     def load_pipeline(self, cls, folder, **components):
         """``cls`` from ``folder``, shared with every engine of the process that loads the same
         (see ``_torch_utils.load_pipeline``), with the configured cache hook on."""
-        pipe = tu.load_pipeline(cls, folder, self.opts, self.device, **components)
+        pipe = tu.load_pipeline(cls, folder, self.opts, self.device, self.opts.dtype_defaults, **components)
         self._loaded.append(pipe)
         defaults = self.cache_defaults.get(self.opts.cache.type) if self.opts.cache else None
         tu.enable_cache(pipe, self.opts, defaults)
@@ -150,7 +156,16 @@ class DiffusersEngine(Engine):
         for pipe in self._loaded:
             tu.release_pipeline(pipe)
         self._loaded, self._pipelines = [], []
+        self.schedulers.clear()
         self.pipe = None
+
+    def scheduler_overrides(self) -> dict[str, Any]:
+        """The scheduler settings of this engine's calls (the ``scheduler`` option)."""
+        return dict(self.opts.scheduler)
+
+    def schedulers_for(self, pipe) -> EngineSchedulers:
+        """Whose scheduler settings a call of ``pipe`` runs with (by default the engine's)."""
+        return self.schedulers
 
     # -- one job -------------------------------------------------------------------------------
 
@@ -240,5 +255,16 @@ class DiffusersEngine(Engine):
         import torch
 
         tu.reset_cache(pipe)
-        with torch.inference_mode(), plan.resume.into(pipe, merge=self.resume_merge or None, whole_sigmas=self.whole_sigmas):
-            return pipe(**plan.call, **kwargs)
+        resume = plan.resume.into(
+            pipe, merge=self.resume_merge or None, whole_sigmas=self.whole_sigmas, loop_sigmas=self.loop_sigmas
+        )
+        try:
+            with self.schedulers_for(pipe).on(pipe), torch.inference_mode(), resume:
+                return pipe(**plan.call, **kwargs)
+        finally:
+            # A cancelled or failed call never reaches the end of ``__call__``, where the offload
+            # hooks are freed: free them here, on the pipeline that holds them (a sibling shares
+            # the main pipeline's modules and hooks).
+            owner = pipe if getattr(pipe, "_all_hooks", None) else self.pipe
+            if owner is not None and getattr(owner, "_all_hooks", None):
+                owner.maybe_free_model_hooks()

@@ -14,12 +14,17 @@ To resume inside a chunk, one pipeline call is changed, on that pipeline instanc
   ``prepare_*`` method named in ``latents`` runs as it did then (the conditions it builds, VAE
   samples included, are the same); then its fresh noise is swapped for the saved tensor and the
   generator put where it stood at the saved step, so noise drawn later in the loop is the same;
-- the scheduler's ``set_timesteps`` cuts ``timesteps`` (and ``sigmas``) to the remaining steps and
-  puts back a multistep scheduler's history (UniPC's model outputs, ...). It is bound to the
-  scheduler instance, so a copy the pipeline makes (LTX-2's audio scheduler) is cut the same way.
+- the scheduler's ``set_timesteps`` cuts the ``timesteps`` the pipeline loops over to the
+  remaining steps, keeps the whole schedule for the scheduler itself and starts it at the saved
+  step (``set_begin_index``), and puts back a multistep scheduler's history (UniPC's model
+  outputs, ...): the scheduler's next step is the uninterrupted run's, corrector and order
+  included. A pipeline that looks sigmas up by its loop index (LTX-2) gets cut ``sigmas`` too
+  (``loop_sigmas``). ``set_timesteps`` is bound to the scheduler instance, so a copy the pipeline
+  makes (LTX-2's audio scheduler) is cut the same way.
 
-Flow-matching Euler (LTX, LTX-2, the tiny Wan test pipelines) then gives the same video as a run
-that was never interrupted; a multistep scheduler gives it up to float rounding.
+Flow-matching Euler (LTX, LTX-2, the tiny Wan test pipelines) and UniPC (Wan's checkpoints)
+then give the same latents as a run that was never interrupted, up to float rounding (UniPC under
+Wan's config: within 1e-5, ``tests/diffusers/test_scheduler_resume.py``).
 """
 
 from __future__ import annotations
@@ -70,6 +75,20 @@ def _to(value, device):
     return value
 
 
+def _on_whole_schedule(full: torch.Tensor):
+    """A scheduler's ``step`` that sees the whole schedule (``len(timesteps)`` decides UniPC's
+    final lower order steps), while the pipeline loops over the cut one."""
+
+    def step(sched, *args, **kw):
+        cut, sched.timesteps = sched.timesteps, full
+        try:
+            return type(sched).step(sched, *args, **kw)
+        finally:
+            sched.timesteps = cut
+
+    return step
+
+
 class DenoiseCheckpoints:
     """One job's resume state. ``steps``: denoising steps per chunk; ``tensors``: the loop's
     denoised tensors to save (keys of ``PREPARES``; the pipeline call must list them in
@@ -115,11 +134,15 @@ class DenoiseCheckpoints:
             return {name: npz[name] for name in npz.files}
 
     @contextlib.contextmanager
-    def into(self, pipe, merge: Mapping[str, Merge] | None = None, whole_sigmas: bool = False) -> Iterator[None]:
+    def into(
+        self, pipe, merge: Mapping[str, Merge] | None = None, whole_sigmas: bool = False, loop_sigmas: bool = False
+    ) -> Iterator[None]:
         """Around one pipeline call: continue the current chunk where the checkpoint left it.
 
         ``whole_sigmas``: cut only ``timesteps``, for a pipeline whose scheduler steps look the
-        next sigma up in the whole schedule (LTX-Video's per-token steps) rather than by index."""
+        next sigma up in the whole schedule (LTX-Video's per-token steps) rather than by index.
+        ``loop_sigmas``: cut ``sigmas`` too, for a pipeline that indexes them by its loop index
+        (LTX-2). Otherwise the scheduler keeps its whole schedule and starts at the saved step."""
         if self.current != self.chunk or self.step == 0 or not self.latents:
             # Where the noise stands as this call begins: saved with its steps, so a resumed call
             # draws what this one draws before its loop (noise, conditions' VAE samples).
@@ -133,11 +156,20 @@ class DenoiseCheckpoints:
         history = {k: _to(v, device) for k, v in self.scheduler.items()}
         generator_state = self._generator_state
 
+        begin = not whole_sigmas and not loop_sigmas and hasattr(scheduler, "set_begin_index")
+
         @functools.wraps(type(scheduler).set_timesteps)  # its signature: pipelines inspect it
         def set_timesteps(sched, *args, **kw):
             type(sched).set_timesteps(sched, *args, **kw)
-            sched.timesteps = sched.timesteps[skip:]
-            if not whole_sigmas and getattr(sched, "sigmas", None) is not None:
+            full = sched.timesteps
+            sched.timesteps = full[skip:]  # what the pipeline loops over
+            if begin:
+                type(sched).set_begin_index(sched, skip)
+                sched.step = types.MethodType(_on_whole_schedule(full), sched)
+                # A pipeline that starts its scheduler itself (``WanPipeline``: ``set_begin_index(0)``)
+                # counts from the cut schedule's start.
+                sched.set_begin_index = types.MethodType(lambda s, index=0: type(s).set_begin_index(s, index + skip), sched)
+            elif not whole_sigmas and getattr(sched, "sigmas", None) is not None:
                 sched.sigmas = sched.sigmas[skip:]
             for name, value in history.items():
                 setattr(sched, name, value)
@@ -170,6 +202,8 @@ class DenoiseCheckpoints:
             yield
         finally:
             del scheduler.set_timesteps
+            scheduler.__dict__.pop("step", None)
+            scheduler.__dict__.pop("set_begin_index", None)
             for name in self.latents:
                 delattr(pipe, PREPARES[name])
 

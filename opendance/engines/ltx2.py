@@ -18,6 +18,10 @@ resume skeleton is ``diffusers_base.DiffusersEngine``.
 Distilled checkpoints (LTX-2.3 distilled) take ``sigmas`` (their schedule; its length is the step
 count) and ``guidance = 1``.
 
+With ``sigmas`` the scheduler runs them as given (``use_dynamic_shifting = false``,
+``shift_terminal`` off, unless the ``scheduler`` table says otherwise): a folder whose scheduler
+shifts dynamically would otherwise re-shift the distilled schedule.
+
 TOML options: everything in ``DiffusersOptions`` plus ``sigmas``, ``decode_timestep`` and
 ``reference_strength``.
 """
@@ -44,6 +48,18 @@ class LTX2Engine(DiffusersEngine):
     name = "ltx2"
     options = LTX2Options
     denoised = ("latents", "audio_latents")  # every LTX-2 call denoises both (a checkpoint saves both)
+    # Its guidance steps read ``scheduler.sigmas[i]`` by the loop's index: a resumed call cuts them.
+    loop_sigmas = True
+    # A distilled schedule is used as given: no dynamic (resolution) shift, no terminal stretch,
+    # as diffusers' LTX-2 distilled recipe sets them (the ``scheduler`` option overrides these).
+    DISTILLED_SCHEDULER = {"use_dynamic_shifting": False, "shift_terminal": None}
+
+    def scheduler_overrides(self) -> dict[str, Any]:
+        if self.opts.sigmas is None:
+            return super().scheduler_overrides()
+        config = self.pipe.scheduler.config
+        defaults = {k: v for k, v in self.DISTILLED_SCHEDULER.items() if k in config and config[k] != v}
+        return {**defaults, **self.opts.scheduler}
 
     def load(self) -> None:
         import diffusers

@@ -22,6 +22,7 @@ Fps = Annotated[int, Field(ge=1, le=120)]
 FrameCount = Annotated[int, Field(ge=1)]
 Area = Annotated[int, Field(ge=64)]
 Strength = Annotated[float, Field(ge=0, le=1)]
+DType = Literal["float32", "float16", "bfloat16"]
 
 
 class CacheOptions(BaseModel):
@@ -60,13 +61,23 @@ class DiffusersOptions(BaseModel):
     frames: FrameCount = Field(121, description="native frame window: frames per generated chunk")
     overlap: FrameCount = Field(9, description="tail frames of a chunk that condition the next one")
     max_area: Area = Field(480 * 832, description="pixels of the native grid (width x height)")
-    dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    dtype: DType | dict[str, DType] = Field(
+        "bfloat16",
+        description="torch dtype of the weights, or a table per component: {default = ..., vae = ..., transformer = ...}",
+    )
+    scheduler: dict[str, Any] = Field(
+        default_factory=dict,
+        description="scheduler config overrides for this mode's calls only (flow_shift, shift, use_dynamic_shifting, ...)",
+    )
     device: str | None = Field(None, description="overrides the worker's device")
     cache: CacheOptions | None = None
     cpu_offload: bool = Field(False, description="enable_model_cpu_offload (small GPUs)")
     vae_tiling: bool = Field(False, description="vae.enable_tiling (small GPUs, large frames)")
     negative_prompt: str = Field("", description="used when a request has none")
     call_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline __call__ arguments")
+
+    # Per-component dtypes of the family, under what the ``dtype`` option names.
+    dtype_defaults: ClassVar[dict[str, str]] = {}
 
     # The field holding a distilled model's own schedule, if the engine takes one: its length
     # is the step count (``steps``, when also given, must agree).
@@ -96,7 +107,12 @@ class WanOptions(DiffusersOptions):
     frames: FrameCount = 81
     overlap: FrameCount = 9
     extend_checkpoint: Path | None = Field(None, description="Wan VACE folder for chunks past the window")
+    extend_scheduler: dict[str, Any] | None = Field(
+        None, description="scheduler config of the extend_checkpoint's calls (default: the scheduler option)"
+    )
     guidance_2: float | None = Field(None, description="guidance_scale_2 (Wan 2.2 low-noise expert)")
+    # diffusers' Wan examples and the model cards decode and encode images in float32.
+    dtype_defaults: ClassVar[dict[str, str]] = {"vae": "float32", "image_encoder": "float32"}
 
 
 class LTXOptions(DiffusersOptions):

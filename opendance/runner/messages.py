@@ -51,6 +51,9 @@ class Checkpointed:
 class ModelLoaded:
     engine: str
     seconds: float
+    model: str = ""  # the model name whose task loaded it
+    error: str | None = None  # the load failed (tasks within retry_in seconds fail at once)
+    retry_in: float | None = None
 
 
 @dataclass

@@ -138,7 +138,12 @@ class Supervisor:
         elif isinstance(msg, Checkpointed):
             self.checkpoint = msg.step
         elif isinstance(msg, ModelLoaded):
-            log.info("engine %s loaded in %.2fs", msg.engine, msg.seconds)
+            if msg.error is None:
+                log.info("engine %s loaded in %.2fs", msg.engine, msg.seconds)
+            else:
+                log.warning(
+                    "engine %s of %s failed to load (next try in %.0f s): %s", msg.engine, msg.model, msg.retry_in or 0, msg.error
+                )
             if self.observe is not None:
                 self.observe(msg)
         if self.progress > self.written and await self.lifecycle.progress(self.task_id, self.progress):

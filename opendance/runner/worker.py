@@ -16,23 +16,22 @@ ranks together (``_Group.any``), so they leave the engine at the same step.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import queue
 import threading
-import time
 import traceback
 from multiprocessing.connection import Connection
 
 from ..config import Settings
-from ..engines.base import Engine, Job, engine_class
+from ..engines.base import Job
 from ..errors import Cancelled, EngineError
 from ..logging import install as install_log_redaction
 from ..storage import make_storage
 from .checkpoints import TaskCheckpoints
 from .execute import follow_job, run_job
-from .messages import CancelJob, Checkpointed, Done, Failed, Idle, ModelLoaded, Progress, Ready, RunJob, Shutdown
+from .engine_cache import EngineCache, is_oom, out_of_memory
+from .messages import CancelJob, Checkpointed, Done, Failed, Idle, Progress, Ready, RunJob, Shutdown
 
 log = logging.getLogger("opendance.worker")
 
@@ -81,13 +80,14 @@ def worker_main(
     install_log_redaction()  # the worker's lines go to the same log as the server's
     storage = make_storage(settings)
     tmp_dir = settings.data_dir / "tmp"
-    engines: dict[str, Engine] = {}
     commands = _Commands(conn)
     send_lock = threading.Lock()
 
     def send(msg) -> None:
         with send_lock:
             conn.send(msg)
+
+    engines = EngineCache(device, settings.device_memory, send if rank == 0 else lambda msg: None)
 
     group = _Group(device, rank, world_size, init_method) if world_size > 1 else None
     send(Ready(device=device, pid=os.getpid(), rank=rank))
@@ -100,8 +100,7 @@ def worker_main(
         else:
             send(Idle(task_id, rank, _follow(cmd, device, settings, storage, engines, together)))
         commands.forget(task_id)
-    for engine in engines.values():
-        engine.close()
+    engines.close()
     if group is not None:
         group.close()
 
@@ -119,7 +118,7 @@ def _lead(cmd: RunJob, device, settings, storage, tmp_dir, engines, send, cancel
         # with a storage_error instead of making every restarted worker die at birth.
         tmp_dir.mkdir(parents=True, exist_ok=True)
         job = Job.from_dict(cmd.job)
-        engine = _engine(engines, job.engine, device, send)
+        engine = engines.get(job.engine, job.model)
         result = run_job(
             job,
             engine,
@@ -144,6 +143,9 @@ def _lead(cmd: RunJob, device, settings, storage, tmp_dir, engines, send, cancel
         log.error("task %s: storage error\n%s", task_id, traceback.format_exc())
         send(Failed(task_id, "storage_error", f"the video could not be stored: {exc.strerror or exc}"))
     except Exception as exc:
+        if is_oom(exc):  # torch.OutOfMemoryError (a RuntimeError): the numbers, and the device cache emptied
+            send(Failed(task_id, "out_of_memory", str(out_of_memory(exc, device, "making this video"))))
+            return
         log.error("task %s failed\n%s", task_id, traceback.format_exc())
         send(Failed(task_id, "engine_error", f"{type(exc).__name__}: {exc}"))
 
@@ -152,7 +154,7 @@ def _follow(cmd: RunJob, device, settings, storage, engines, cancelled) -> str |
     """A rank other than 0: the same engine run, nothing stored or reported. Returns the error."""
     try:
         job = Job.from_dict(cmd.job)
-        engine = _engine(engines, job.engine, device, lambda msg: None)
+        engine = engines.get(job.engine, job.model)
         checkpoints = TaskCheckpoints(storage, cmd.task_id, settings.checkpoint_every, read_only=True)
         follow_job(job, engine, storage, cancelled=cancelled, checkpoints=checkpoints)
     except Cancelled:
@@ -189,15 +191,3 @@ class _Group:
             self.dist.destroy_process_group()
         except Exception:
             pass
-
-
-def _engine(engines: dict[str, Engine], spec: dict, device: str, send) -> Engine:
-    """Build an engine once per distinct spec and keep it (models load once per worker)."""
-    key = json.dumps(spec, sort_keys=True)
-    if key not in engines:
-        t0 = time.perf_counter()
-        engines[key] = engine_class(spec["engine"])(spec, device)
-        seconds = time.perf_counter() - t0
-        log.info("engine %s loaded in %.2fs", spec["engine"], seconds)
-        send(ModelLoaded(engine=spec["engine"], seconds=seconds))
-    return engines[key]
