@@ -58,7 +58,17 @@ def load_pipeline(cls, path: Path, opts: DiffusersOptions, device: str, **compon
     """``cls.from_pretrained(path)``, moved to ``device`` (or CPU-offloaded), VAE tiling and the
     cache hook applied. ``components`` (already-loaded modules to reuse) only matter on a miss."""
     cache = opts.cache.model_dump() if opts.cache else None
-    key = (cls.__name__, str(Path(path).resolve()), opts.dtype, device, opts.cpu_offload, opts.vae_tiling, repr(cache))
+    fused = [one.model_dump(mode="json") for one in opts.loras]  # weights differ with fused LoRAs
+    key = (
+        cls.__name__,
+        str(Path(path).resolve()),
+        opts.dtype,
+        device,
+        opts.cpu_offload,
+        opts.vae_tiling,
+        repr(cache),
+        repr(fused),
+    )
     if key in _LOADED:
         _LOADED[key][1] += 1
         return _LOADED[key][0]
@@ -67,6 +77,10 @@ def load_pipeline(cls, path: Path, opts: DiffusersOptions, device: str, **compon
     t0 = time.perf_counter()
     pipe = cls.from_pretrained(str(path), dtype=DTYPES[opts.dtype], local_files_only=True, **components)
     pipe.set_progress_bar_config(disable=True)
+    if opts.loras:
+        from .lora import fuse_at_load
+
+        fuse_at_load(pipe, opts.loras)
     if opts.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
     else:

@@ -52,6 +52,7 @@ from ..domain import Mode
 from ..errors import EngineError
 from ..media.frames import fit_cover
 from . import _torch_utils as tu
+from . import lora
 from ._torch_utils import Chunk, Timeline
 from .base import Audio, Engine, Inputs, Job, Output, StepContext
 from .diffusers_resume import DenoiseCheckpoints, Merge
@@ -240,5 +241,9 @@ class DiffusersEngine(Engine):
         import torch
 
         tu.reset_cache(pipe)
-        with torch.inference_mode(), plan.resume.into(pipe, merge=self.resume_merge or None, whole_sigmas=self.whole_sigmas):
+        with (
+            lora.applied(pipe, plan.job.loras),
+            torch.inference_mode(),
+            plan.resume.into(pipe, merge=self.resume_merge or None, whole_sigmas=self.whole_sigmas),
+        ):
             return pipe(**plan.call, **kwargs)

@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .lora import FusedLora
+
 
 # The constraints live in the types, so an engine that changes a default keeps them.
 Steps = Annotated[int, Field(ge=1, le=500)]
@@ -67,6 +69,7 @@ class DiffusersOptions(BaseModel):
     vae_tiling: bool = Field(False, description="vae.enable_tiling (small GPUs, large frames)")
     negative_prompt: str = Field("", description="used when a request has none")
     call_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline __call__ arguments")
+    loras: list[FusedLora] = Field(default_factory=list, description="LoRAs fused into the weights at load (engines/lora.py)")
 
     # The field holding a distilled model's own schedule, if the engine takes one: its length
     # is the step count (``steps``, when also given, must agree).
