@@ -118,6 +118,9 @@ def load_models(path: Path | None) -> dict[str, ModelConfig]:
                 check_options(spec.engine, {"engine": spec.engine, **spec.options}, mode.value)
             except ValueError as exc:
                 raise ValueError(f"models.{name} ({mode.value}, engine {spec.engine}): {exc}") from None
+        no_lora = sorted({spec.engine for spec in modes.values() if spec.engine in ("preview", "relay", "scenario")})
+        if raw["allowed_loras"] and no_lora:
+            raise ValueError(f"models.{name}.allowed_loras: the {', '.join(no_lora)} engine applies no LoRA")
         models[name] = ModelConfig(name=name, modes=modes, **raw)
     if not models:
         raise ValueError(f"{path}: no [models.*] tables")

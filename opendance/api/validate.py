@@ -293,10 +293,11 @@ def parse_loras(extra: dict[str, Any], config: ModelConfig) -> list[dict[str, An
         raise _bad("extra_body.loras", f"extra_body.loras must be an array of objects, not {_type_name(items)}", "invalid_type")
     allowed = config.allowed_loras
     out: list[dict[str, Any]] = []
+    if len(items) > MAX_PER_REQUEST:
+        param = f"extra_body.loras[{MAX_PER_REQUEST}]"
+        raise _bad(param, f"{param}: extra_body.loras holds {len(items)} items; at most {MAX_PER_REQUEST} LoRAs per request")
     for i, item in enumerate(items):
         param = f"extra_body.loras[{i}]"
-        if i >= MAX_PER_REQUEST:
-            raise _bad(param, f"extra_body.loras holds {len(items)} items; at most {MAX_PER_REQUEST} LoRAs per request")
         if not isinstance(item, dict):
             raise _bad(param, f'{param} must be an object {{"name": ..., "scale": ...}}, not {_type_name(item)}', "invalid_type")
         unknown = sorted(set(item) - {"name", "scale"})

@@ -1,0 +1,239 @@
+"""LoRA on the tiny real Wan pipeline: an adapter made here (peft ``LoraConfig`` on the tiny
+transformer, saved with ``WanPipeline.save_lora_weights``), applied per task through the engine
+and through HTTP, fused at load, and nothing of it left on the next task (also after a failed or
+cancelled one)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from opendance.domain import Mode
+from opendance.engines.base import Inputs
+from opendance.engines.lora import LoraAdapter, job_lora
+from opendance.errors import Cancelled, EngineError
+from opendance.testing import tiny_pipelines
+from opendance.testing.server import LiveServer, wait_for_task
+
+LORA = "grain"
+
+
+def make_lora(folder: Path, out: Path, *, rank: int = 4, seed: int = 5) -> Path:
+    """A LoRA on every attention projection of the tiny transformer, random (non-zero) A and B."""
+    from diffusers import WanPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = WanPipeline.from_pretrained(str(folder), local_files_only=True)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    pipe.transformer.add_adapter(config)
+    WanPipeline.save_lora_weights(
+        str(out), transformer_lora_layers=get_peft_model_state_dict(pipe.transformer), safe_serialization=True
+    )
+    return out / "pytorch_lora_weights.safetensors"
+
+
+@pytest.fixture(scope="module")
+def lora_file(tiny_folders, tmp_path_factory) -> Path:
+    return make_lora(tiny_folders["wan-t2v"], tmp_path_factory.mktemp("lora"))
+
+
+@pytest.fixture(scope="module")
+def copies(tiny_folders, tmp_path_factory) -> dict[str, Path]:
+    """Copies of the tiny Wan text-to-video folder: each path is its own pipeline in a process
+    (the pipeline cache is keyed by path), so one of them is fresh for a run "alone"."""
+    root = tmp_path_factory.mktemp("wan-copies")
+    out = {}
+    for name in ("alone-lora", "alone-base", "mixed", "fused", "engine"):
+        out[name] = root / name
+        shutil.copytree(tiny_folders["wan-t2v"], out[name])
+    return out
+
+
+def spec_for(tiny_models, folder: Path, **changes) -> dict:
+    t2v = tiny_models["jisudance2.0-480p"]["modes"]["text-to-video"]
+    return {**{k: v for k, v in t2v.items() if k != "extend_checkpoint"}, "checkpoint": str(folder), **changes}
+
+
+def frames_of(run_cls, engine, job, **kw) -> list[np.ndarray]:
+    return run_cls(engine, job, Inputs(), **kw).frames
+
+
+def test_lora_changes_the_video_and_leaves_nothing_behind(tiny_models, copies, lora_file, engines, make_job, run):
+    spec = spec_for(tiny_models, copies["engine"])
+    engine = engines(spec)
+    base_job = make_job("jisudance2.0-480p", Mode.TEXT_TO_VIDEO, **spec)
+    base = frames_of(run, engine, base_job)  # before any adapter was loaded: the base alone
+    lora_job = make_job("jisudance2.0-480p", Mode.TEXT_TO_VIDEO, **spec)
+    lora_job.loras = [job_lora(LORA, 1.0, LoraAdapter(path=lora_file))]
+    with_lora = frames_of(run, engine, lora_job)
+    diff = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(base, with_lora, strict=True))
+    print(f"LoRA at scale 1 changes the frames by up to {diff}/255")
+    assert diff > 0
+    assert all(np.array_equal(a, b) for a, b in zip(base, frames_of(run, engine, base_job), strict=True))
+
+    # A cancelled LoRA task, then a plain one: the base again, exactly.
+    with pytest.raises(Cancelled):
+        run(engine, lora_job, Inputs(), cancel_after=1)
+    assert all(np.array_equal(a, b) for a, b in zip(base, frames_of(run, engine, base_job), strict=True))
+    # An adapter that does not load fails its task with the name; the next tasks are unharmed.
+    broken = make_job("jisudance2.0-480p", Mode.TEXT_TO_VIDEO, **spec)
+    broken.loras = [job_lora("missing", 1.0, LoraAdapter(path=lora_file.parent / "nope.safetensors"))]
+    with pytest.raises(EngineError, match="missing"):
+        run(engine, broken, Inputs())
+    assert all(np.array_equal(a, b) for a, b in zip(base, frames_of(run, engine, base_job), strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(with_lora, frames_of(run, engine, lora_job), strict=True))
+    # Scale 0 is the base; another scale is another video.
+    lora_job.loras = [job_lora(LORA, 0.0, LoraAdapter(path=lora_file))]
+    assert all(np.array_equal(a, b) for a, b in zip(base, frames_of(run, engine, lora_job), strict=True))
+    lora_job.loras = [job_lora(LORA, -2.0, LoraAdapter(path=lora_file))]
+    assert any(not np.array_equal(a, b) for a, b in zip(with_lora, frames_of(run, engine, lora_job), strict=True))
+
+
+def test_two_adapters_at_once_differ_from_each_alone(
+    tiny_models, tiny_folders, copies, lora_file, engines, make_job, run, tmp_path
+):
+    second = make_lora(tiny_folders["wan-t2v"], tmp_path / "second", rank=2, seed=9)
+    spec = spec_for(tiny_models, copies["engine"])
+    engine = engines(spec)
+    videos = {}
+    for names in (("a",), ("b",), ("a", "b")):
+        job = make_job("jisudance2.0-480p", Mode.TEXT_TO_VIDEO, **spec)
+        paths = {"a": lora_file, "b": second}
+        job.loras = [job_lora(n, 1.0, LoraAdapter(path=paths[n])) for n in names]
+        videos[names] = np.stack(frames_of(run, engine, job))
+    assert not np.array_equal(videos[("a",)], videos[("a", "b")])
+    assert not np.array_equal(videos[("b",)], videos[("a", "b")])
+    job = make_job("jisudance2.0-480p", Mode.TEXT_TO_VIDEO, **spec)
+    job.loras = [job_lora("a", 1.0, LoraAdapter(path=lora_file))]
+    assert np.array_equal(videos[("a",)], np.stack(frames_of(run, engine, job)))  # "b" is off again
+
+
+# -- through HTTP: one server, one engine process ---------------------------------------------
+
+MODELS = {"alone-lora": "lora-alone-480p", "alone-base": "base-alone-480p", "mixed": "lora-480p", "fused": "lora-fused-480p"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_folders, tiny_models, copies, lora_file):
+    root = tmp_path_factory.mktemp("lora-e2e")
+    extra = {
+        model: dict(resolution="480p", fps=8, modes={"text-to-video": spec_for(tiny_models, copies[key])})
+        for key, model in MODELS.items()
+        if key != "fused"
+    }
+    fused = spec_for(tiny_models, copies["fused"], loras=[LORA])
+    extra[MODELS["fused"]] = dict(resolution="480p", fps=8, modes={"text-to-video": fused})
+    config = tiny_pipelines.write_models_toml(root / "models.toml", tiny_folders, extra=extra)
+    text = config.read_text()
+    for model in (MODELS["alone-lora"], MODELS["mixed"]):  # the models a request may ask the LoRA for
+        text = text.replace(f'[models."{model}"]\n', f'[models."{model}"]\nallowed_loras = ["{LORA}", "other"]\n')
+    text = f'[loras."{LORA}"]\npath = "{lora_file}"\nscale = 0.75\n\n[loras."other"]\npath = "{lora_file}"\n\n' + text
+    config.write_text(text)
+    env = {"OPENDANCE_LOG_LEVEL": "info", "OPENDANCE_RATE_LIMIT_PER_MINUTE": "0"}
+    with LiveServer(root / "data", config=config, env=env, startup_timeout=120) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with server.client() as c:
+        yield c
+
+
+def generate(client, model: str, loras: list | None = None) -> tuple[dict, bytes]:
+    extra: dict = {"seed": 11}
+    if loras is not None:
+        extra["loras"] = loras
+    r = client.post("/v1/video/generations", json={"model": model, "prompt": "a robot dancing", "extra_body": extra})
+    assert r.status_code == 200, r.text
+    task = wait_for_task(client, r.json()["id"], timeout=300)
+    assert task["status"] == "completed", task
+    return task, client.get(f"/v1/video/generations/{task['id']}/content").content
+
+
+def decoded(mp4: bytes, tmp_path: Path, name: str) -> np.ndarray:
+    path = tmp_path / f"{name}.mp4"
+    path.write_bytes(mp4)
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_alternating_tasks_give_what_each_gives_alone(client, tmp_path):
+    lora = [{"name": LORA, "scale": 1.0}]
+    # Each "alone" model is its own fresh pipeline in the engine process (same weights).
+    task, lora_alone = generate(client, MODELS["alone-lora"], lora)
+    assert task["loras"] == [{"name": LORA, "scale": 1.0}] and task["extra_body"]["loras"] == lora
+    task, base_alone = generate(client, MODELS["alone-base"])
+    assert task["loras"] == []
+    assert lora_alone != base_alone
+    for i in range(2):
+        task, plain = generate(client, MODELS["mixed"])
+        assert plain == base_alone, f"plain task {i} after a LoRA task differs from the plain one alone"
+        task, with_lora = generate(client, MODELS["mixed"], lora)
+        assert with_lora == lora_alone, f"LoRA task {i} differs from the LoRA task alone"
+    # The adapter's configured scale when the request gives none.
+    task, default_scale = generate(client, MODELS["mixed"], [{"name": LORA}])
+    assert task["loras"] == [{"name": LORA, "scale": 0.75}]
+    assert default_scale not in (with_lora, base_alone)
+
+
+def test_fused_at_load_equals_the_request_at_that_scale(client, tmp_path):
+    _, fused = generate(client, MODELS["fused"])
+    _, per_request = generate(client, MODELS["mixed"], [{"name": LORA, "scale": 0.75}])  # the table's scale
+    _, base = generate(client, MODELS["alone-base"])
+    a, b, c = (decoded(m, tmp_path, n) for m, n in ((fused, "fused"), (per_request, "request"), (base, "base")))
+    drift = int(np.abs(a.astype(int) - b.astype(int)).max())
+    print(f"fused vs per-request at scale 0.75: max {drift}/255 in the decoded frames (mp4 bytes equal: {fused == per_request})")
+    assert drift <= 1  # fusing adds the same delta into the weight (float rounding apart)
+    assert int(np.abs(a.astype(int) - c.astype(int)).max()) > drift  # and it is not the base
+
+
+def test_models_card_lists_the_allowed_loras(client):
+    cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+    assert cards[MODELS["mixed"]]["loras"] == [LORA, "other"]
+    assert cards[MODELS["fused"]]["loras"] == []  # fused ones are part of the model, not a choice
+
+
+BAD = [
+    ({"loras": {"name": LORA}}, "extra_body.loras", "invalid_type"),
+    ({"loras": ["grain"]}, "extra_body.loras[0]", "invalid_type"),
+    ({"loras": [{"name": LORA}, None]}, "extra_body.loras[1]", "invalid_type"),
+    ({"loras": [{"name": "nope"}]}, "extra_body.loras[0]", "lora_not_found"),
+    ({"loras": [{"name": 3}]}, "extra_body.loras[0]", "invalid_type"),
+    ({"loras": [{"scale": 1}]}, "extra_body.loras[0]", "invalid_type"),
+    ({"loras": [{"name": LORA, "scale": 4.5}]}, "extra_body.loras[0]", "invalid_value"),
+    ({"loras": [{"name": LORA, "scale": -4.01}]}, "extra_body.loras[0]", "invalid_value"),
+    ({"loras": [{"name": LORA, "scale": "1"}]}, "extra_body.loras[0]", "invalid_type"),
+    ({"loras": [{"name": LORA, "scale": True}]}, "extra_body.loras[0]", "invalid_type"),
+    ({"loras": [{"name": LORA, "weight": 1}]}, "extra_body.loras[0]", "invalid_value"),
+    ({"loras": [{"name": LORA}, {"name": "other"}, {"name": LORA}]}, "extra_body.loras[2]", "duplicate_lora"),
+    (
+        {"loras": [{"name": LORA}, {"name": "other"}] + [{"name": f"x{i}"} for i in range(3)]},
+        "extra_body.loras[4]",
+        "invalid_value",
+    ),
+]
+
+
+@pytest.mark.parametrize("extra, param, code", BAD)
+def test_every_bad_loras_item_is_a_400_naming_it(client, extra, param, code):
+    r = client.post("/v1/video/generations", json={"model": MODELS["mixed"], "prompt": "x", "extra_body": extra})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == (param, code), error
+    assert param in error["message"]
+
+
+def test_a_lora_not_allowed_for_the_model_is_a_400(client):
+    for model in (MODELS["alone-base"], MODELS["fused"]):  # the fused model lists none to ask for
+        r = client.post("/v1/video/generations", json={"model": model, "prompt": "x", "extra_body": {"loras": [{"name": LORA}]}})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "extra_body.loras[0]" and r.json()["error"]["code"] == "lora_not_found"
+    assert client.get("/v1/video/generations", params={"limit": 100}).status_code == 200
