@@ -170,50 +170,87 @@ def disable_all(pipe) -> None:
 
 
 def enable_hotswap(pipe, target_rank: int) -> None:
-    """Before the transformer is compiled: LoRAs will be hot-swapped into fixed slots (ranks padded
-    to ``target_rank``) so that no adapter change recompiles it."""
+    """Before the transformer is compiled: LoRAs will be hot-swapped into ``MAX_PER_REQUEST``
+    fixed slots (ranks padded to ``target_rank``, scales as tensors) so that changing them does
+    not recompile it."""
     pipe.enable_lora_hotswap(target_rank=target_rank)
-    pipe._opendance_lora_slots = {}  # slot name -> adapter name in it
+    pipe._opendance_lora_slots = {}  # slot name -> name of the adapter in it
+    pipe._opendance_lora_base = {}  # slot name -> [(layer, the adapter's own scaling)]
 
 
-def _hotswap_slots(pipe, loras: list[dict[str, Any]]) -> list[str]:
-    """Load this job's adapters into the slots (hot-swapping, after the first fill of a slot);
-    the slots it does not use get the zero adapter (its first adapter with scale 0). Returns the
-    slots to activate."""
-    slots: dict[str, str | None] = pipe._opendance_lora_slots
-    names = []
-    for i in range(MAX_PER_REQUEST):
-        slot = f"slot{i}"
-        one = loras[i] if i < len(loras) else None
-        if one is not None:
-            adapter = LoraAdapter.model_validate(one["adapter"])
-            if slots.get(slot) != one["name"]:
-                _load(pipe, slot, adapter, hotswap=slot in slots)
-                slots[slot] = one["name"]
-            names.append(slot)
-    return names
+def _layers(pipe):
+    from peft.tuners.lora import LoraLayer
+
+    for model in _components(pipe):
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                yield module
+
+
+def _record_base(pipe, slot: str) -> None:
+    """The adapter's own scaling (alpha / rank) in every layer, as just loaded into ``slot``."""
+    pipe._opendance_lora_base[slot] = [(m, float(m.scaling[slot])) for m in _layers(pipe) if slot in m.scaling]
+
+
+def _set_slot_scale(pipe, slot: str, scale: float) -> None:
+    """In place: a tensor scaling keeps the compiled graph (a float would be a guard)."""
+    for module, base in pipe._opendance_lora_base.get(slot, []):
+        value = module.scaling[slot]
+        if hasattr(value, "fill_"):
+            value.fill_(base * scale)
+        else:
+            module.scaling[slot] = base * scale
+
+
+def _hotswap(pipe, loras: list[dict[str, Any]]) -> None:
+    """This job's adapters into the slots, the others at scale 0 (they add exactly nothing).
+    The first time, every slot is filled (with this job's first adapter) and activated, and
+    the scalings become tensors; from then on only weights and scales change in place."""
+    from peft.utils.hotswap import _convert_scalings_to_tensor
+
+    slots: dict[str, str] = pipe._opendance_lora_slots
+    names = [f"slot{i}" for i in range(MAX_PER_REQUEST)]
+    first = not slots
+    for i, slot in enumerate(names):
+        one = loras[i] if i < len(loras) else (loras[0] if first else None)
+        if one is not None and slots.get(slot) != one["name"]:
+            _load(pipe, slot, LoraAdapter.model_validate(one["adapter"]), hotswap=slot in slots)
+            slots[slot] = one["name"]
+            _record_base(pipe, slot)
+    if first:
+        pipe.enable_lora()
+        pipe.set_adapters(names)
+        for model in _components(pipe):
+            _convert_scalings_to_tensor(model)
+    for i, slot in enumerate(names):
+        _set_slot_scale(pipe, slot, loras[i]["scale"] if i < len(loras) else 0.0)
+
+
+def _hotswap_off(pipe) -> None:
+    for slot in pipe._opendance_lora_slots:
+        _set_slot_scale(pipe, slot, 0.0)
 
 
 @contextlib.contextmanager
 def applied(pipe, loras: list[dict[str, Any]]) -> Iterator[None]:
     """This job's adapters active on ``pipe`` for the ``with`` body, and none after it (also when
     the body raised: a failed or cancelled call)."""
-    if not loras:
-        disable_all(pipe)  # nothing a failed earlier call left on is on now
-        yield
-        return
+    hotswap = getattr(pipe, "_opendance_lora_slots", None) is not None
     try:
-        if getattr(pipe, "_opendance_lora_slots", None) is not None:
-            names = _hotswap_slots(pipe, loras)
-            weights = [one["scale"] for one in loras]
-        else:
+        if hotswap and loras:
+            _hotswap(pipe, loras)
+        elif loras:
             present = _loaded(pipe)
             for one in loras:
                 if one["name"] not in present:
                     _load(pipe, one["name"], LoraAdapter.model_validate(one["adapter"]))
-            names, weights = [one["name"] for one in loras], [one["scale"] for one in loras]
-        pipe.enable_lora()
-        pipe.set_adapters(names, adapter_weights=weights)
+            pipe.enable_lora()
+            pipe.set_adapters([one["name"] for one in loras], adapter_weights=[one["scale"] for one in loras])
+        elif not hotswap:
+            disable_all(pipe)  # nothing a failed earlier call left on is on now
         yield
     finally:
-        disable_all(pipe)
+        if hotswap:
+            _hotswap_off(pipe)
+        else:
+            disable_all(pipe)

@@ -5,6 +5,7 @@ cancelled one)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 from opendance.domain import Mode
 from opendance.engines.base import Inputs
+from opendance.engines import lora
 from opendance.engines.lora import LoraAdapter, job_lora
 from opendance.errors import Cancelled, EngineError
 from opendance.testing import tiny_pipelines
@@ -115,6 +117,66 @@ def test_two_adapters_at_once_differ_from_each_alone(
     assert np.array_equal(videos[("a",)], np.stack(frames_of(run, engine, job)))  # "b" is off again
 
 
+# -- hot-swap for a compiled transformer (lora.enable_hotswap before compiling): changing the
+#    adapters, their scales or their number between tasks does not recompile it (dynamo's
+#    error_on_recompile), and each task's video matches the plain per-request path.
+
+
+def pipeline(folder):
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_on(pipe, loras) -> np.ndarray:
+    with lora.applied(pipe, loras), torch.inference_mode():
+        return pipe(
+            prompt="a cat",
+            height=16,
+            width=32,
+            num_frames=5,
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(1),
+            output_type="np",
+        ).frames
+
+
+def test_hotswapped_adapters_do_not_recompile_and_match_the_plain_path(tiny_folders, tmp_path):
+    folder = tiny_folders["wan-t2v"]
+    one, two = make_lora(folder, tmp_path / "a"), make_lora(folder, tmp_path / "b", rank=2, seed=9)
+
+    def a(scale=1.0):
+        return lora.job_lora("a", scale, lora.LoraAdapter(path=one))
+
+    def b(scale=1.0):
+        return lora.job_lora("b", scale, lora.LoraAdapter(path=two))
+
+    cases = [[a()], [], [b()], [a(0.5)], [], [a(), b(-1.0)], [a()]]
+    plain = pipeline(folder)
+    expected = [generate_on(plain, loras) for loras in cases]
+
+    swapped = pipeline(folder)
+    lora.enable_hotswap(swapped, target_rank=8)
+    generate_on(swapped, cases[0])  # the first adapter fills the slots (the LoRA layers are made here)
+    swapped.transformer.compile(backend="eager")
+    generate_on(swapped, cases[0])  # compiled once, with the slots
+    got = []
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for loras in cases:
+            got.append(generate_on(swapped, loras))
+    for loras, want, have in zip(cases, expected, got, strict=True):
+        drift = float(np.abs(want - have).max())
+        print(f"{[(x['name'], x['scale']) for x in loras]}: max drift {drift:.2e} against the plain path")
+        assert drift <= 1e-5  # the padded rank sums in another order
+    assert not np.array_equal(got[0], got[1]) and np.array_equal(got[1], expected[1])  # scale 0 slots add exactly nothing
+    # The guard is really on: a float scale (what set_adapters writes) is a new guard, so a recompile.
+    swapped.transformer.set_adapters(["slot0"], [0.3])
+    with torch._dynamo.config.patch(error_on_recompile=True), pytest.raises(torch._dynamo.exc.RecompileError):
+        generate_on(swapped, [])
+
+
 # -- through HTTP: one server, one engine process ---------------------------------------------
 
 MODELS = {"alone-lora": "lora-alone-480p", "alone-base": "base-alone-480p", "mixed": "lora-480p", "fused": "lora-fused-480p"}
@@ -166,17 +228,17 @@ def decoded(mp4: bytes, tmp_path: Path, name: str) -> np.ndarray:
 
 
 def test_alternating_tasks_give_what_each_gives_alone(client, tmp_path):
-    lora = [{"name": LORA, "scale": 1.0}]
+    asked = [{"name": LORA, "scale": 1.0}]
     # Each "alone" model is its own fresh pipeline in the engine process (same weights).
-    task, lora_alone = generate(client, MODELS["alone-lora"], lora)
-    assert task["loras"] == [{"name": LORA, "scale": 1.0}] and task["extra_body"]["loras"] == lora
+    task, lora_alone = generate(client, MODELS["alone-lora"], asked)
+    assert task["loras"] == [{"name": LORA, "scale": 1.0}] and task["extra_body"]["loras"] == asked
     task, base_alone = generate(client, MODELS["alone-base"])
     assert task["loras"] == []
     assert lora_alone != base_alone
     for i in range(2):
         task, plain = generate(client, MODELS["mixed"])
         assert plain == base_alone, f"plain task {i} after a LoRA task differs from the plain one alone"
-        task, with_lora = generate(client, MODELS["mixed"], lora)
+        task, with_lora = generate(client, MODELS["mixed"], asked)
         assert with_lora == lora_alone, f"LoRA task {i} differs from the LoRA task alone"
     # The adapter's configured scale when the request gives none.
     task, default_scale = generate(client, MODELS["mixed"], [{"name": LORA}])
@@ -237,3 +299,45 @@ def test_a_lora_not_allowed_for_the_model_is_a_400(client):
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == "extra_body.loras[0]" and r.json()["error"]["code"] == "lora_not_found"
     assert client.get("/v1/video/generations", params={"limit": 100}).status_code == 200
+
+
+# -- the models file ---------------------------------------------------------------------------
+
+WAN = 'engine = "wan"\ncheckpoint = "/m/wan"\nframes = 81\noverlap = 9\nnative_fps = 16\n'
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[models.m]\nresolution = "480p"\nallowed_loras = ["nope"]\n[models.m.default]\n' + WAN, "models.m.allowed_loras: no"),
+        ('[models.m]\nresolution = "480p"\n[models.m.default]\n' + WAN + 'loras = ["nope"]\n', "models.m.default.loras[0]"),
+        ('[models.m]\nresolution = "480p"\n[models.m.default]\n' + WAN + 'loras = ["x", "x"]\n', "listed twice"),
+        (
+            '[models.m]\nresolution = "480p"\n[models.m.default]\n' + WAN + 'loras = [{name = "x", scale = 9}]\n',
+            "less than or equal",
+        ),
+        ('[models.m]\nresolution = "480p"\nallowed_loras = ["x"]\n[models.m.default]\nengine = "preview"\n', "applies no LoRA"),
+        ('[models.m]\nresolution = "480p"\n[models.m.default]\n' + WAN + '[loras.y]\npath = "/l"\nscael = 1\n', "loras.y"),
+    ],
+)
+def test_a_bad_loras_setting_stops_the_models_file(tmp_path, text, message):
+    from opendance.config import load_models
+
+    path = tmp_path / "models.toml"
+    path.write_text('[loras.x]\npath = "/l/x.safetensors"\n' + text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_models(path)
+
+
+def test_the_models_file_resolves_loras(tmp_path):
+    from opendance.config import load_models
+
+    path = tmp_path / "models.toml"
+    text = '[loras.x]\npath = "/l/x.safetensors"\nscale = 0.5\n[loras.y]\npath = "/l/high"\npath_2 = "/l/low"\n'
+    text += '[models.m]\nresolution = "480p"\nallowed_loras = ["y"]\n[models.m.default]\n' + WAN + 'loras = ["x"]\n'
+    text += '[models.m.modes."text-to-video"]\nloras = [{name = "x", scale = 1.5}, "y"]\n'
+    path.write_text(text)
+    model = load_models(path)["m"]
+    assert list(model.allowed_loras) == ["y"] and str(model.allowed_loras["y"].path_2) == "/l/low"
+    fused = {mode.value: [(f["name"], f["scale"]) for f in spec.options["loras"]] for mode, spec in model.modes.items()}
+    assert fused["image-to-video"] == [("x", 0.5)] and fused["text-to-video"] == [("x", 1.5), ("y", 1.0)]
