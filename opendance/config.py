@@ -151,9 +151,9 @@ def _fused_loras(default: dict | None, modes: dict, library: dict[str, LoraAdapt
     """A mode's ``loras = [names]`` (fused at load) with each name's table, for the engine."""
 
     def one(table: Any, at: str) -> Any:
-        if isinstance(table, dict) and "loras" in table:
-            return {**table, "loras": resolve_fused(table["loras"], library, at)}
-        return table
+        if not isinstance(table, dict):
+            return table
+        return {k: resolve_fused(v, library, f"{at}.{k}") if k in ("loras", "extend_loras") else v for k, v in table.items()}
 
     return one(default, f"{where}.default"), {m: one(t, f"{where}.modes.{m}") for m, t in modes.items()}
 

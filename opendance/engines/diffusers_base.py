@@ -119,13 +119,15 @@ class DiffusersEngine(Engine):
         """Load the family's pipelines; set ``pipe``, ``temporal`` and ``multiple``."""
         raise NotImplementedError
 
-    def load_pipeline(self, cls, folder, **components):
+    def load_pipeline(self, cls, folder, *, opts: DiffusersOptions | None = None, **components):
         """``cls`` from ``folder``, shared with every engine of the process that loads the same
-        (see ``_torch_utils.load_pipeline``), with the configured cache hook on."""
-        pipe = tu.load_pipeline(cls, folder, self.opts, self.device, **components)
+        (see ``_torch_utils.load_pipeline``), with the configured cache hook on. ``opts``: other
+        load options than the engine's (a pipeline with other fused LoRAs)."""
+        opts = opts or self.opts
+        pipe = tu.load_pipeline(cls, folder, opts, self.device, **components)
         self._loaded.append(pipe)
-        defaults = self.cache_defaults.get(self.opts.cache.type) if self.opts.cache else None
-        tu.enable_cache(pipe, self.opts, defaults)
+        defaults = self.cache_defaults.get(opts.cache.type) if opts.cache else None
+        tu.enable_cache(pipe, opts, defaults)
         return self._adopt(pipe)
 
     def sibling(self, cls):

@@ -79,18 +79,18 @@ def resolve_fused(entries: Any, library: dict[str, LoraAdapter], where: str) -> 
     """A mode's ``loras = ["name", {name = ..., scale = ...}]`` -> ``FusedLora`` dicts (``ValueError``
     naming ``where`` and the entry for an unknown name or a bad entry)."""
     if not isinstance(entries, list):
-        raise ValueError(f"{where}.loras must be a list of LoRA names (from [loras.*])")
+        raise ValueError(f"{where} must be a list of LoRA names (from [loras.*])")
     out, seen = [], set()
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
             entry = {"name": entry}
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - {"name", "scale"}:
-            raise ValueError(f"{where}.loras[{i}]: a LoRA name, or {{name = ..., scale = ...}}")
+            raise ValueError(f"{where}[{i}]: a LoRA name, or {{name = ..., scale = ...}}")
         name = entry["name"]
         if name not in library:
-            raise ValueError(f"{where}.loras[{i}]: no [loras.{name!r}] table; named: {', '.join(library) or 'none'}")
+            raise ValueError(f"{where}[{i}]: no [loras.{name!r}] table; named: {', '.join(library) or 'none'}")
         if name in seen:
-            raise ValueError(f"{where}.loras[{i}]: {name!r} is listed twice")
+            raise ValueError(f"{where}[{i}]: {name!r} is listed twice")
         seen.add(name)
         adapter = library[name]
         out.append(FusedLora(name=name, scale=entry.get("scale", adapter.scale), adapter=adapter).model_dump(mode="json"))

@@ -100,6 +100,9 @@ class WanOptions(DiffusersOptions):
     overlap: FrameCount = 9
     extend_checkpoint: Path | None = Field(None, description="Wan VACE folder for chunks past the window")
     guidance_2: float | None = Field(None, description="guidance_scale_2 (Wan 2.2 low-noise expert)")
+    extend_loras: list[FusedLora] | None = Field(
+        None, description="LoRAs fused into the extend_checkpoint VACE at load; default the mode's loras"
+    )
 
 
 class LTXOptions(DiffusersOptions):

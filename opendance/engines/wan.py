@@ -63,8 +63,10 @@ class WanEngine(DiffusersEngine):
         # The VACE pipeline that makes omni-reference videos and every chunk after the first.
         self.vace = self.pipe if cls_name == "WanVACEPipeline" else None
         if self.vace is None and opts.extend_checkpoint is not None:
+            # Its own fused LoRAs when given (an image-to-video LoRA does not fit a VACE).
+            extend = opts.model_copy(update={"loras": opts.extend_loras}) if opts.extend_loras is not None else None
             self.vace = self.load_pipeline(
-                diffusers.WanVACEPipeline, opts.extend_checkpoint, **self._shared_components(opts.extend_checkpoint)
+                diffusers.WanVACEPipeline, opts.extend_checkpoint, opts=extend, **self._shared_components(opts.extend_checkpoint)
             )
         self.temporal = self.pipe.vae_scale_factor_temporal
         transformer = self.pipe.transformer or self.pipe.transformer_2
