@@ -97,6 +97,20 @@ def resolve_fused(entries: Any, library: dict[str, LoraAdapter], where: str) -> 
     return out
 
 
+def lora_problems(where: str, loras: list[FusedLora]) -> list[str]:
+    """One line per LoRA file that is not there (``engines.preflight``)."""
+    found = []
+    for one in loras:
+        adapter = one.adapter
+        for key, path, weight in (("path", adapter.path, adapter.weight_name), ("path_2", adapter.path_2, adapter.weight_name_2)):
+            if path is None:
+                continue
+            file = path.expanduser() / weight if weight else path.expanduser()
+            if not (file.is_file() or (file.is_dir() and any(file.glob("*.safetensors")))):
+                found.append(f"{where}: the {key} of LoRA {one.name!r}, {file.resolve()}, does not exist")
+    return found
+
+
 def job_lora(name: str, scale: float, adapter: LoraAdapter) -> dict[str, Any]:
     """What a job carries for one requested adapter (plain JSON: it is stored with the task)."""
     return {"name": name, "scale": scale, "adapter": adapter.model_dump(mode="json")}

@@ -341,3 +341,20 @@ def test_the_models_file_resolves_loras(tmp_path):
     assert list(model.allowed_loras) == ["y"] and str(model.allowed_loras["y"].path_2) == "/l/low"
     fused = {mode.value: [(f["name"], f["scale"]) for f in spec.options["loras"]] for mode, spec in model.modes.items()}
     assert fused["image-to-video"] == [("x", 0.5)] and fused["text-to-video"] == [("x", 1.5), ("y", 1.0)]
+
+
+def test_preflight_names_a_missing_lora_file(tmp_path, tiny_folders, lora_file):
+    from opendance.config import load_models
+    from opendance.engines.preflight import problems
+
+    path = tmp_path / "models.toml"
+    folder = tiny_folders["wan-t2v"]
+    table = f'engine = "wan"\ncheckpoint = "{folder}"\nframes = 41\noverlap = 5\nnative_fps = 16\n'
+    text = f'[loras.here]\npath = "{lora_file}"\n[loras.gone]\npath = "{tmp_path}/gone.safetensors"\n'
+    text += f'[loras.low]\npath = "{lora_file}"\npath_2 = "{tmp_path}/low"\n'
+    text += '[models.m]\nresolution = "480p"\nfps = 16\nallowed_loras = ["gone"]\n[models.m.default]\n' + table
+    text += 'loras = ["here", "low"]\n'
+    path.write_text(text)
+    found = problems(load_models(path))
+    assert len(found) == 2, found
+    assert "path of LoRA 'gone'" in found[1] and "path_2 of LoRA 'low'" in found[0]
