@@ -166,6 +166,8 @@ def fuse_at_load(pipe, fused: list[Any]) -> None:
 
 
 def _loaded(pipe) -> set[str]:
+    if not hasattr(pipe, "get_list_adapters"):  # a pipeline class without diffusers' LoRA loader
+        return set()
     try:
         lists = pipe.get_list_adapters()
     except ValueError:  # no peft layers yet

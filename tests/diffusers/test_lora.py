@@ -25,19 +25,19 @@ from opendance.testing.server import LiveServer, wait_for_task
 LORA = "grain"
 
 
-def make_lora(folder: Path, out: Path, *, rank: int = 4, seed: int = 5) -> Path:
-    """A LoRA on every attention projection of the tiny transformer, random (non-zero) A and B."""
-    from diffusers import WanPipeline
+def make_lora(folder: Path, out: Path, *, rank: int = 4, seed: int = 5, pipeline: str = "WanPipeline") -> Path:
+    """A LoRA on every attention projection of the tiny transformer, random (non-zero) A and B,
+    saved with the pipeline class's ``save_lora_weights``."""
+    import diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    pipe = WanPipeline.from_pretrained(str(folder), local_files_only=True)
+    cls = getattr(diffusers, pipeline)
+    pipe = cls.from_pretrained(str(folder), local_files_only=True)
     torch.manual_seed(seed)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
     pipe.transformer.add_adapter(config)
-    WanPipeline.save_lora_weights(
-        str(out), transformer_lora_layers=get_peft_model_state_dict(pipe.transformer), safe_serialization=True
-    )
+    cls.save_lora_weights(str(out), transformer_lora_layers=get_peft_model_state_dict(pipe.transformer), safe_serialization=True)
     return out / "pytorch_lora_weights.safetensors"
 
 
@@ -115,6 +115,21 @@ def test_two_adapters_at_once_differ_from_each_alone(
     job = make_job("jisudance2.0-480p", Mode.TEXT_TO_VIDEO, **spec)
     job.loras = [job_lora("a", 1.0, LoraAdapter(path=lora_file))]
     assert np.array_equal(videos[("a",)], np.stack(frames_of(run, engine, job)))  # "b" is off again
+
+
+@pytest.mark.parametrize(
+    "model, pipeline", [("ltx-video-480p", "LTXConditionPipeline"), ("jisudance2.0-fast-720p", "LTX2Pipeline")]
+)
+def test_ltx_families_take_a_lora_too(model, pipeline, tiny_models, tiny_folders, engines, make_job, run, tmp_path):
+    folder = tiny_folders["ltx" if pipeline.startswith("LTXC") else "ltx2"]
+    path = make_lora(folder, tmp_path / "lora", pipeline=pipeline)
+    job = make_job(model, Mode.TEXT_TO_VIDEO)
+    engine = engines(job.engine)
+    base = np.stack(frames_of(run, engine, job))
+    job.loras = [job_lora(LORA, 1.0, LoraAdapter(path=path))]
+    assert not np.array_equal(base, np.stack(frames_of(run, engine, job)))
+    job.loras = []
+    assert np.array_equal(base, np.stack(frames_of(run, engine, job)))
 
 
 # -- hot-swap for a compiled transformer (lora.enable_hotswap before compiling): changing the
