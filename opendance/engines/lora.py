@@ -133,11 +133,11 @@ def _files(adapter: LoraAdapter, pipe) -> list[tuple[str, Path, str | None]]:
     return [(where, path, weight) for where, path, weight in out if getattr(pipe, where, None) is not None]
 
 
-def _load(pipe, name: str, adapter: LoraAdapter, *, hotswap: bool = False, source: LoraAdapter | None = None) -> None:
+def _load(pipe, name: str, adapter: LoraAdapter, *, hotswap: bool = False) -> None:
     """``load_lora_weights`` of every file of ``adapter`` under ``adapter_name=name``."""
     from ..errors import EngineError
 
-    files = _files(source or adapter, pipe)
+    files = _files(adapter, pipe)
     if not files:
         raise EngineError(f"LoRA {name!r}: this pipeline has no {adapter.transformer} to load it into")
     for where, path, weight in files:
