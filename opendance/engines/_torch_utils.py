@@ -58,7 +58,7 @@ def load_pipeline(cls, path: Path, opts: DiffusersOptions, device: str, **compon
     """``cls.from_pretrained(path)``, moved to ``device`` (or CPU-offloaded), VAE tiling and the
     cache hook applied. ``components`` (already-loaded modules to reuse) only matter on a miss."""
     cache = opts.cache.model_dump() if opts.cache else None
-    fused = [one.model_dump(mode="json") for one in opts.loras]  # weights differ with fused LoRAs
+    fused = [one.model_dump(mode="json") for one in opts.loras], opts.lora_hotswap_rank  # weights differ with fused LoRAs
     key = (
         cls.__name__,
         str(Path(path).resolve()),
@@ -81,6 +81,10 @@ def load_pipeline(cls, path: Path, opts: DiffusersOptions, device: str, **compon
         from .lora import fuse_at_load
 
         fuse_at_load(pipe, opts.loras)
+    if opts.lora_hotswap_rank:  # before anything compiles the transformer
+        from .lora import enable_hotswap
+
+        enable_hotswap(pipe, opts.lora_hotswap_rank)
     if opts.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
     else:

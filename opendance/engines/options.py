@@ -70,6 +70,9 @@ class DiffusersOptions(BaseModel):
     negative_prompt: str = Field("", description="used when a request has none")
     call_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline __call__ arguments")
     loras: list[FusedLora] = Field(default_factory=list, description="LoRAs fused into the weights at load (engines/lora.py)")
+    lora_hotswap_rank: int | None = Field(
+        None, ge=1, le=1024, description="per-request LoRAs hot-swapped into fixed slots of this rank (set with compile)"
+    )
 
     # The field holding a distilled model's own schedule, if the engine takes one: its length
     # is the step count (``steps``, when also given, must agree).

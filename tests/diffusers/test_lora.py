@@ -192,6 +192,17 @@ def test_hotswapped_adapters_do_not_recompile_and_match_the_plain_path(tiny_fold
         generate_on(swapped, [])
 
 
+def test_an_engine_with_lora_hotswap_rank_gives_the_plain_videos(tiny_models, copies, lora_file, engines, make_job, run):
+    plain_spec = spec_for(tiny_models, copies["engine"])
+    swap_spec = spec_for(tiny_models, copies["engine"], lora_hotswap_rank=8)
+    plain, swapped = engines(plain_spec), engines(swap_spec)
+    assert swapped.pipe is not plain.pipe and swapped.pipe._opendance_lora_slots == {}
+    for loras in ([job_lora(LORA, 1.0, LoraAdapter(path=lora_file))], [], [job_lora(LORA, -1.5, LoraAdapter(path=lora_file))]):
+        want, have = (make_job("jisudance2.0-480p", Mode.TEXT_TO_VIDEO, **spec) for spec in (plain_spec, swap_spec))
+        want.loras = have.loras = loras
+        assert np.array_equal(np.stack(frames_of(run, plain, want)), np.stack(frames_of(run, swapped, have)))
+
+
 # -- through HTTP: one server, one engine process ---------------------------------------------
 
 MODELS = {"alone-lora": "lora-alone-480p", "alone-base": "base-alone-480p", "mixed": "lora-480p", "fused": "lora-fused-480p"}
