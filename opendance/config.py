@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .domain import OUTPUT_SIZES, Mode
+from .engines.lora import LoraAdapter, resolve_fused
 from .engines.options import check_options
 
 MiB = 1024 * 1024
@@ -51,6 +52,9 @@ class ModelConfig(BaseModel):
         1, ge=1, le=64, description="devices one task takes: a device group of this many ranks (torch.distributed)"
     )
     owned_by: str = "opendance"
+    # LoRAs a request may ask for (extra_body.loras): the [loras.*] tables of the names the
+    # file's ``allowed_loras`` lists.
+    allowed_loras: dict[str, LoraAdapter] = Field(default_factory=dict)
 
     def size(self, aspect_ratio: str) -> tuple[int, int]:
         return OUTPUT_SIZES[self.resolution][aspect_ratio]
@@ -90,11 +94,14 @@ def load_models(path: Path | None) -> dict[str, ModelConfig]:
         return default_models()
     with open(path, "rb") as f:
         data = tomllib.load(f)
+    library = load_loras(data.get("loras") or {})
     models: dict[str, ModelConfig] = {}
     for name, raw in (data.get("models") or {}).items():
         raw = dict(raw)
         default = raw.pop("default", None)
         modes_raw = raw.pop("modes", {}) or {}
+        raw["allowed_loras"] = _allowed_loras(raw.get("allowed_loras", []), library, f"models.{name}")
+        default, modes_raw = _fused_loras(default, modes_raw, library, f"models.{name}")
         modes: dict[Mode, EngineSpec] = {}
         if default is not None:
             modes = {m: EngineSpec(**default) for m in Mode}
@@ -111,10 +118,44 @@ def load_models(path: Path | None) -> dict[str, ModelConfig]:
                 check_options(spec.engine, {"engine": spec.engine, **spec.options}, mode.value)
             except ValueError as exc:
                 raise ValueError(f"models.{name} ({mode.value}, engine {spec.engine}): {exc}") from None
+        no_lora = sorted({spec.engine for spec in modes.values() if spec.engine in ("preview", "relay", "scenario")})
+        if raw["allowed_loras"] and no_lora:
+            raise ValueError(f"models.{name}.allowed_loras: the {', '.join(no_lora)} engine applies no LoRA")
         models[name] = ModelConfig(name=name, modes=modes, **raw)
     if not models:
         raise ValueError(f"{path}: no [models.*] tables")
     return models
+
+
+def load_loras(raw: dict[str, Any]) -> dict[str, LoraAdapter]:
+    """The ``[loras."name"]`` tables (``engines.lora.LoraAdapter``)."""
+    out = {}
+    for name, table in raw.items():
+        try:
+            out[name] = LoraAdapter.model_validate(table)
+        except ValueError as exc:
+            raise ValueError(f"loras.{name}: {exc}") from None
+    return out
+
+
+def _allowed_loras(names: Any, library: dict[str, LoraAdapter], where: str) -> dict[str, LoraAdapter]:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{where}.allowed_loras must be a list of LoRA names (from [loras.*])")
+    unknown = [n for n in names if n not in library]
+    if unknown:
+        raise ValueError(f"{where}.allowed_loras: no [loras.*] table for {', '.join(unknown)}")
+    return {n: library[n] for n in names}
+
+
+def _fused_loras(default: dict | None, modes: dict, library: dict[str, LoraAdapter], where: str) -> tuple[dict | None, dict]:
+    """A mode's ``loras = [names]`` (fused at load) with each name's table, for the engine."""
+
+    def one(table: Any, at: str) -> Any:
+        if not isinstance(table, dict):
+            return table
+        return {k: resolve_fused(v, library, f"{at}.{k}") if k in ("loras", "extend_loras") else v for k, v in table.items()}
+
+    return one(default, f"{where}.default"), {m: one(t, f"{where}.modes.{m}") for m, t in modes.items()}
 
 
 class Settings(BaseSettings):

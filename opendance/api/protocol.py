@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ..domain import MAX_DURATION, MIN_DURATION
+from ..engines.lora import reported
 from ..store import Task
 from .validate import LIMITS, MAX_PROMPT, MAX_SEED
 
@@ -61,6 +62,27 @@ EXTRA_BODY = WithJsonSchema(
                 "camera_fixed": _maybe({"type": "boolean"}),
                 "return_last_frame": _maybe({"type": "boolean", "description": "also store the last frame as a PNG"}),
                 "callback_url": _maybe({"type": "string", "description": "http(s) URL: a POST of the task object per change"}),
+                "loras": _maybe(
+                    {
+                        "type": "array",
+                        "maxItems": 4,
+                        "description": "up to 4 of the model's LoRAs (its card's loras), applied to this task only",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "scale": {
+                                    "type": "number",
+                                    "minimum": -4,
+                                    "maximum": 4,
+                                    "description": "default: the adapter's own",
+                                },
+                            },
+                        },
+                    }
+                ),
             },
         }
     )
@@ -89,7 +111,7 @@ class CreateVideoRequest(BaseModel):
     )
     extra_body: Annotated[dict[str, Any] | None, EXTRA_BODY] = Field(
         None,
-        description="seed, negative_prompt, generate_audio, watermark, camera_fixed, return_last_frame, callback_url",
+        description="seed, negative_prompt, generate_audio, watermark, camera_fixed, return_last_frame, callback_url, loras",
     )
 
 
@@ -103,6 +125,11 @@ class TaskResult(BaseModel):
     outputs: list[str]
     video_url: str
     last_frame_url: str | None = None
+
+
+class AppliedLora(BaseModel):
+    name: str
+    scale: float
 
 
 class TaskObject(BaseModel):
@@ -127,6 +154,7 @@ class TaskObject(BaseModel):
     started_at: int | None
     completed_at: int | None
     extra_body: dict[str, Any]
+    loras: list[AppliedLora] = Field(description="the LoRAs applied to this task (extra_body.loras), with the scale used")
     ignored_fields: list[str] = Field(description="top-level fields of the create request that are not part of the API (ignored)")
 
 
@@ -145,6 +173,7 @@ class ModelCard(BaseModel):
     owned_by: str
     resolution: str
     modes: list[str]
+    loras: list[str] = Field(description="LoRA names a request may ask for with extra_body.loras")
 
 
 class ModelList(BaseModel):
@@ -204,6 +233,7 @@ def task_object(task: Task, video_url: str | None, last_frame_url: str | None) -
         "started_at": _ts(task.started_at),
         "completed_at": _ts(task.completed_at),
         "extra_body": task.extra_body,
+        "loras": reported(task.job.get("loras") or []),
         # Unknown top-level fields of the create request: ignored, as the spec says, and said.
         "ignored_fields": list(task.ignored_fields),
     }

@@ -234,6 +234,7 @@ async def list_models(service: Service, caller: CallerDep) -> JSONResponse:
             "owned_by": m.owned_by,
             "resolution": m.resolution,
             "modes": [mode.value for mode in m.modes],
+            "loras": list(m.allowed_loras),
         }
         for m in service.models_for(caller).values()
     ]

@@ -193,6 +193,7 @@ class TaskService:
                 audios=media.audios,
                 options=dict(req.options),
                 input_bytes=media.input_bytes,
+                loras=req.loras,
             )
             row = {
                 "check": quotas.store_check(caller, task_id, req.duration) if quotas else None,

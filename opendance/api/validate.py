@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ModelConfig
+from ..engines.lora import MAX_PER_REQUEST, MAX_SCALE, MIN_SCALE, job_lora
 from ..domain import ASPECT_RATIOS, DEFAULT_DURATION, MAX_DURATION, MIN_DURATION, Mode
 from ..errors import InvalidRequest
 
@@ -55,6 +56,7 @@ class CreateRequest:
     ignored_fields: list[str] = field(default_factory=list)  # unknown top-level fields (ignored, as the spec says)
     service_tier: str = "default"
     expires_after: int | None = None  # seconds from creation after which an unfinished task is EXPIRED
+    loras: list[dict[str, Any]] = field(default_factory=list)  # extra_body.loras resolved (engines.lora.job_lora)
 
 
 def _type_name(value: Any) -> str:
@@ -280,6 +282,47 @@ def _tier(extra: dict[str, Any]) -> tuple[str, int | None]:
     return tier, after
 
 
+def parse_loras(extra: dict[str, Any], config: ModelConfig) -> list[dict[str, Any]]:
+    """``extra_body.loras = [{"name": ..., "scale": ...}]``: up to ``MAX_PER_REQUEST`` of the
+    model's ``allowed_loras``, each once, scale in [-4, 4] (default the adapter's own). Each bad
+    item is a 400 naming ``extra_body.loras[i]``."""
+    items = extra.get("loras")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise _bad("extra_body.loras", f"extra_body.loras must be an array of objects, not {_type_name(items)}", "invalid_type")
+    allowed = config.allowed_loras
+    out: list[dict[str, Any]] = []
+    if len(items) > MAX_PER_REQUEST:
+        param = f"extra_body.loras[{MAX_PER_REQUEST}]"
+        raise _bad(param, f"{param}: extra_body.loras holds {len(items)} items; at most {MAX_PER_REQUEST} LoRAs per request")
+    for i, item in enumerate(items):
+        param = f"extra_body.loras[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(param, f'{param} must be an object {{"name": ..., "scale": ...}}, not {_type_name(item)}', "invalid_type")
+        unknown = sorted(set(item) - {"name", "scale"})
+        if unknown:
+            raise _bad(param, f"{param} has unknown keys ({', '.join(_shown_key(k) for k in unknown)}); it takes name and scale")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise _bad(param, f"{param}.name must be a string, not {_type_name(name)}", "invalid_type")
+        if name not in allowed:
+            can = ", ".join(allowed) if allowed else "none"
+            message = f"{param}: the model {config.name!r} has no LoRA named {_shown_key(name)!r}; its LoRAs: {can}"
+            raise _bad(param, message, "lora_not_found")
+        if any(one["name"] == name for one in out):
+            raise _bad(param, f"{param}: the LoRA {name!r} is already asked for; give each LoRA once", "duplicate_lora")
+        scale = item.get("scale")
+        if scale is None:
+            scale = allowed[name].scale
+        elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise _bad(param, f"{param}.scale must be a number, not {_type_name(scale)}", "invalid_type")
+        elif not MIN_SCALE <= scale <= MAX_SCALE:
+            raise _bad(param, f"{param}.scale must be between {MIN_SCALE:g} and {MAX_SCALE:g}; got {scale}")
+        out.append(job_lora(name, float(scale), allowed[name]))
+    return out
+
+
 def choose_mode(image: str | None, last_image: str | None, images: list, videos: list, audios: list) -> Mode:
     """The mode from the input form (the seed's overview table); conflicts are errors."""
     if last_image is not None and image is None:
@@ -339,6 +382,7 @@ def parse_create(body: Any, models: dict[str, ModelConfig]) -> CreateRequest:
     aspect_ratio = parse_aspect_ratio(body.get("aspect_ratio"))
     extra, seed, negative, callback, options = _extra_body(body)
     tier, expires_after = _tier(extra)
+    loras = parse_loras(extra, config)
     return CreateRequest(
         model=model,
         mode=mode,
@@ -358,4 +402,5 @@ def parse_create(body: Any, models: dict[str, ModelConfig]) -> CreateRequest:
         ignored_fields=ignored_fields(body),
         service_tier=tier,
         expires_after=expires_after,
+        loras=loras,
     )

@@ -64,6 +64,7 @@ def load_pipeline(
     (already-loaded modules to reuse) only matter on a miss."""
     cache = opts.cache.model_dump() if opts.cache else None
     dtypes = component_dtypes(path, opts.dtype, dtype_defaults)
+    fused = [one.model_dump(mode="json") for one in opts.loras], opts.lora_hotswap_rank  # weights differ with fused LoRAs
     key = (
         cls.__name__,
         str(Path(path).resolve()),
@@ -72,6 +73,7 @@ def load_pipeline(
         opts.cpu_offload,
         opts.vae_tiling,
         repr(cache),
+        repr(fused),
     )
     if key in _LOADED:
         _LOADED[key][1] += 1
@@ -83,6 +85,14 @@ def load_pipeline(
     components = {**shared, **components}
     pipe = cls.from_pretrained(str(path), dtype={"default": DTYPES["float32"], **by_name}, local_files_only=True, **components)
     pipe.set_progress_bar_config(disable=True)
+    if opts.loras:
+        from .lora import fuse_at_load
+
+        fuse_at_load(pipe, opts.loras)
+    if opts.lora_hotswap_rank:  # before anything compiles the transformer
+        from .lora import enable_hotswap
+
+        enable_hotswap(pipe, opts.lora_hotswap_rank)
     if opts.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
     else:

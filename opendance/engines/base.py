@@ -61,6 +61,7 @@ class Job:
     audios: list[MediaRef] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # generate_audio, watermark, camera_fixed ...
     input_bytes: int = 0  # bytes of the stored inputs (counted for the per-key cap on stored inputs)
+    loras: list[dict[str, Any]] = field(default_factory=list)  # extra_body.loras resolved (engines/lora.py job_lora)
 
     @property
     def num_frames(self) -> int:

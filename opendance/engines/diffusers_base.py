@@ -53,6 +53,7 @@ from ..domain import Mode
 from ..errors import EngineError
 from ..media.frames import fit_cover
 from . import _torch_utils as tu
+from . import lora
 from ._torch_utils import Chunk, Timeline
 from .base import Audio, Engine, Inputs, Job, Output, StepContext
 from .diffusers_resume import DenoiseCheckpoints, Merge
@@ -124,13 +125,15 @@ class DiffusersEngine(Engine):
         """Load the family's pipelines; set ``pipe``, ``temporal`` and ``multiple``."""
         raise NotImplementedError
 
-    def load_pipeline(self, cls, folder, **components):
+    def load_pipeline(self, cls, folder, *, opts: DiffusersOptions | None = None, **components):
         """``cls`` from ``folder``, shared with every engine of the process that loads the same
-        (see ``_torch_utils.load_pipeline``), with the configured cache hook on."""
-        pipe = tu.load_pipeline(cls, folder, self.opts, self.device, self.opts.dtype_defaults, **components)
+        (see ``_torch_utils.load_pipeline``), with the configured cache hook on. ``opts``: other
+        load options than the engine's (a pipeline with other fused LoRAs)."""
+        opts = opts or self.opts
+        pipe = tu.load_pipeline(cls, folder, opts, self.device, opts.dtype_defaults, **components)
         self._loaded.append(pipe)
-        defaults = self.cache_defaults.get(self.opts.cache.type) if self.opts.cache else None
-        tu.enable_cache(pipe, self.opts, defaults)
+        defaults = self.cache_defaults.get(opts.cache.type) if opts.cache else None
+        tu.enable_cache(pipe, opts, defaults)
         return self._adopt(pipe)
 
     def sibling(self, cls):
@@ -259,7 +262,7 @@ class DiffusersEngine(Engine):
             pipe, merge=self.resume_merge or None, whole_sigmas=self.whole_sigmas, loop_sigmas=self.loop_sigmas
         )
         try:
-            with self.schedulers_for(pipe).on(pipe), torch.inference_mode(), resume:
+            with lora.applied(pipe, plan.job.loras), self.schedulers_for(pipe).on(pipe), torch.inference_mode(), resume:
                 return pipe(**plan.call, **kwargs)
         finally:
             # A cancelled or failed call never reaches the end of ``__call__``, where the offload

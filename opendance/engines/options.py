@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .lora import FusedLora
+
 
 # The constraints live in the types, so an engine that changes a default keeps them.
 Steps = Annotated[int, Field(ge=1, le=500)]
@@ -75,6 +77,10 @@ class DiffusersOptions(BaseModel):
     vae_tiling: bool = Field(False, description="vae.enable_tiling (small GPUs, large frames)")
     negative_prompt: str = Field("", description="used when a request has none")
     call_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline __call__ arguments")
+    loras: list[FusedLora] = Field(default_factory=list, description="LoRAs fused into the weights at load (engines/lora.py)")
+    lora_hotswap_rank: int | None = Field(
+        None, ge=1, le=1024, description="per-request LoRAs hot-swapped into fixed slots of this rank (set with compile)"
+    )
 
     # Per-component dtypes of the family, under what the ``dtype`` option names.
     dtype_defaults: ClassVar[dict[str, str]] = {}
@@ -111,6 +117,9 @@ class WanOptions(DiffusersOptions):
         None, description="scheduler config of the extend_checkpoint's calls (default: the scheduler option)"
     )
     guidance_2: float | None = Field(None, description="guidance_scale_2 (Wan 2.2 low-noise expert)")
+    extend_loras: list[FusedLora] | None = Field(
+        None, description="LoRAs fused into the extend_checkpoint VACE at load; default the mode's loras"
+    )
     # diffusers' Wan examples and the model cards decode and encode images in float32.
     dtype_defaults: ClassVar[dict[str, str]] = {"vae": "float32", "image_encoder": "float32"}
 

@@ -13,6 +13,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .lora import FusedLora, lora_problems
 from .options import OPTIONS, DiffusersOptions
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ def problems(models: dict[str, ModelConfig], only: Collection[str] | None = None
             for key, value in options:
                 if isinstance(value, Path):
                     found += _folder_problems(where, key, value)
+            found += lora_problems(where, [*options.loras, *(getattr(options, "extend_loras", None) or [])])
+            found += lora_problems(where, [FusedLora(name=n, scale=a.scale, adapter=a) for n, a in model.allowed_loras.items()])
     return list(dict.fromkeys(found))  # a model with one default table says it once, not per mode
 
 

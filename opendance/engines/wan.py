@@ -134,7 +134,10 @@ class WanEngine(DiffusersEngine):
 
             from ._torch_utils import check_call_kwargs
 
-            vace = self.load_pipeline(diffusers.WanVACEPipeline, self.opts.extend_checkpoint)
+            # Its own fused LoRAs when given (an image-to-video LoRA does not fit a VACE).
+            opts = self.opts
+            extend = opts.model_copy(update={"loras": opts.extend_loras}) if opts.extend_loras is not None else None
+            vace = self.load_pipeline(diffusers.WanVACEPipeline, opts.extend_checkpoint, opts=extend)
             check_call_kwargs(vace, self.opts.call_kwargs)
             self.schedulers_for(vace).own(vace)
             self._vace = vace
