@@ -168,9 +168,9 @@ def quantize(model, kind: str, device: str) -> None:
             Int8WeightOnlyConfig,
             quantize_,
         )
-    except ImportError as exc:
+    except ImportError:
         raise ValueError(
-            f'quantization = "{kind}" needs torchao, which is not installed here ({exc}); '
+            f'quantization = "{kind}" needs torchao, which is not installed here; '
             f'pip install {TORCHAO_PIN} (tested with torch 2.13.0), or use quantization = "fp8_layerwise"'
         ) from None
     if kind == "fp8_dynamic":

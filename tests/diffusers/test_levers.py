@@ -25,7 +25,11 @@ LEVERS = {
     "lever-int8": {"quantization": "int8_weight_only"},
     "lever-fp8-weight": {"quantization": "fp8_weight_only"},
 }
-EXACT = ("lever-native", "lever-regional", "lever-full")  # within 1/255 of the plain video
+EXACT = ("lever-native",)  # the same frames, so the same MP4
+# Compile: the engine's frames are within 1/255 of the plain engine's (checked in-process below);
+# in the MP4 a 1/255 change at a few pixels can move the H.264 encoder's choices and show as up to
+# ~10/255 there (measured: regional 10/255 at 53 dB, full identical), so through HTTP: >= 45 dB.
+COMPILED = ("lever-regional", "lever-full")
 TORCHAO = importlib.util.find_spec("torchao") is not None
 BODY = {"prompt": "a robot dancing in the rain", "duration": 5, "extra_body": {"seed": 11}}
 
@@ -94,6 +98,8 @@ def test_each_lever_through_http_drifts_within_its_bound(name, videos):
     print(f"\n{name} ({LEVERS[name]}): largest difference {largest}/255, PSNR {psnr:.1f} dB against the plain video")
     if name in EXACT:
         assert largest <= 1
+    elif name in COMPILED:
+        assert psnr >= 45
     else:
         assert psnr >= 30
 
@@ -127,25 +133,36 @@ def test_without_torchao_int8_is_a_clear_load_error(tiny_models, tmp_path):
     assert last.startswith('ValueError: quantization = "int8_weight_only" needs torchao') and "torchao==0.18.0" in last
 
 
-def test_compiled_engine_compiles_at_load_and_its_first_task_compiles_nothing(tiny_models, make_job, inputs_for, run):
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("how", ["regional", "full"])
+def test_compiled_engine_compiles_at_load_and_its_first_task_compiles_nothing(how, tiny_models, make_job, inputs_for, run):
+    """In the engine (no encoder): the compiled engine's frames are within 1/255 of the plain one's."""
     import torch._dynamo
 
     from opendance.engines.wan import WanEngine
 
+    plain_engine = WanEngine(plain_spec(tiny_models), "cpu")
+    job = make_job("jisudance2.0-480p", Mode.TEXT_TO_VIDEO, seed=11)
+    try:
+        plain = np.stack(run(plain_engine, job, inputs_for(Mode.TEXT_TO_VIDEO)).frames)
+    finally:
+        plain_engine.close()
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
-    spec = dict(plain_spec(tiny_models), compile="regional")
+    spec = dict(plain_spec(tiny_models), compile=how)
     engine = WanEngine(spec, "cpu")
     try:
         compiled_at_load = counters["stats"]["unique_graphs"]
-        job = make_job("jisudance2.0-480p", Mode.TEXT_TO_VIDEO, **{"compile": "regional"})
         job.engine = spec
-        run(engine, job, inputs_for(Mode.TEXT_TO_VIDEO))
+        frames = np.stack(run(engine, job, inputs_for(Mode.TEXT_TO_VIDEO)).frames)
+        during = counters["stats"]["unique_graphs"] - compiled_at_load
+        largest, psnr = drift(frames, plain)
         print(
-            f"\ngraphs compiled at load: {compiled_at_load}; during the first task: {counters['stats']['unique_graphs'] - compiled_at_load}"
+            f"\ncompile = {how!r}: graphs compiled at load {compiled_at_load}, in the first task {during}; "
+            f"frames against the plain engine's: largest difference {largest}/255, PSNR {psnr:.1f} dB"
         )
-        assert compiled_at_load >= 1
-        assert counters["stats"]["unique_graphs"] == compiled_at_load
+        assert compiled_at_load >= 1 and during == 0
+        assert largest <= 1
     finally:
         engine.close()
         torch._dynamo.reset()
