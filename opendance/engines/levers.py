@@ -337,6 +337,7 @@ def enable_context_parallel(model, cp: ContextParallelOptions, device: str, back
         model.enable_parallelism(config=config)
     else:
         _enable_on_cpu(model, config)
+    log.info("context parallel on: %s split over rank %d of %d (%s)", name, dist.get_rank(), world, cp)
 
 
 def _enable_on_cpu(model, config) -> None:
