@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import sys
@@ -65,19 +66,21 @@ def lever_table(device: str, dtype) -> dict[str, dict]:
     cuda = device.startswith("cuda")
     fp8_matmul = cuda and torch.cuda.get_device_capability(device) >= (8, 9)
     attention = best_attention(device, dtype)
+    # In the order they run: what the goal needs first, the slowest compile late (--deadline).
     table: dict[str, dict] = {
         "bare": {},
         f"attention {attention}": {"attention_backend": attention},
         "compile regional": {"compile": "regional"},
-        "compile full": {"compile": "full"},
+        "combined": {"attention_backend": attention, "compile": "regional"},
+        "fp8_dynamic": {"quantization": "fp8_dynamic"} if fp8_matmul else {"skip": "needs a CUDA GPU with fp8 matmuls (sm89+)"},
         "fp8_layerwise": {"quantization": "fp8_layerwise"},
         "int8_weight_only": {"quantization": "int8_weight_only"},
         "fp8_weight_only": {"quantization": "fp8_weight_only"},
-        "fp8_dynamic": {"quantization": "fp8_dynamic"} if fp8_matmul else {"skip": "needs a CUDA GPU with fp8 matmuls (sm89+)"},
+        "compile full": {"compile": "full"},
         "offload group": {"offload": "group"} if cuda else {"skip": "needs an accelerator"},
     }
-    quant = "fp8_dynamic" if fp8_matmul else "fp8_layerwise"
-    table["combined"] = {"attention_backend": attention, "compile": "regional", "quantization": quant}
+    if fp8_matmul and importlib.util.find_spec("torchao") is not None:
+        table["combined"]["quantization"] = "fp8_dynamic"  # fp8 matmuls: the quantization that is faster
     return table
 
 
