@@ -106,6 +106,7 @@ def apply(pipe, opts: Any, device: str) -> None:
     """Quantize, place (move or offload), set the attention backend, split for context
     parallelism and compile: the transformers of ``pipe`` as ``opts`` says."""
     models = transformers_of(pipe)
+    dtype = models[0].dtype if models else None  # the compute dtype (fp8_layerwise stores weights in fp8)
     offload = opts.offload or ("model" if getattr(opts, "cpu_offload", False) else None)
     if offload is None:
         pipe.to(device)
@@ -120,7 +121,7 @@ def apply(pipe, opts: Any, device: str) -> None:
         _need_accelerator(device, "offload", offload)
         group_offload(pipe, device)
     if opts.attention_backend is not None:
-        check_attention_backend(opts.attention_backend, device, models[0].dtype if models else None)
+        check_attention_backend(opts.attention_backend, device, dtype)
         for model in models:
             set_attention_backend(model, opts.attention_backend)
     if opts.context_parallel is not None:
