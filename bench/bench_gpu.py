@@ -114,6 +114,7 @@ def prepare(model, opts: Opts, device: str) -> None:
         levers.quantize(model, opts.quantization, device)
     if opts.offload == "group":
         model.to("cpu")
+        reset_peak(device)
         levers.group_offload(model, device)
     if opts.attention_backend:
         levers.check_attention_backend(opts.attention_backend, device, torch.bfloat16)
@@ -145,13 +146,18 @@ def sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_one(name: str, options: dict, config: dict, inputs, steps: int, warmup: int, device: str) -> dict:
-    cuda = device.startswith("cuda")
-    if cuda:
+def reset_peak(device: str) -> None:
+    """Peak memory from here: the bf16 weights as loaded, not the fp32 init they were cast from."""
+    if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def run_one(name: str, options: dict, config: dict, inputs, steps: int, warmup: int, device: str) -> dict:
+    cuda = device.startswith("cuda")
     t0 = time.perf_counter()
     model = build(config, device, torch.bfloat16)
+    reset_peak(device)
     prepare(model, Opts(**options), device)
     denoise(model, *inputs, warmup, device)  # compiles what is compiled, fills the caches
     sync(device)

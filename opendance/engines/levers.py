@@ -257,9 +257,10 @@ def compile_model(model, how: str) -> None:
 
 def warm_up(engine) -> float:
     """Two denoising steps of a job at the native window (the largest one-chunk duration) and
-    the grid of a 480p 16:9 request,
-    stopped before the VAE: the compiled transformers are compiled now, not in the first task.
-    Text-to-video first, then the image modes for image-only models. Returns the seconds taken."""
+    the grid of a 480p 16:9 request, stopped before the VAE: the compiled transformers are
+    compiled now, not in the first task. Two experts (Wan 2.2 A14B: ``transformer_2`` takes the
+    low-noise steps) run every step, so both are compiled. Text-to-video first, then the image
+    modes for image-only models. Returns the seconds taken."""
     from PIL import Image
 
     from ..domain import OUTPUT_SIZES, Mode
@@ -278,11 +279,13 @@ def warm_up(engine) -> float:
     width, height = OUTPUT_SIZES["480p"]["16:9"]
     grey = Image.new("RGB", (width, height), (127, 127, 127))
     inputs = Inputs(image=grey, last_image=grey)
+    two_experts = getattr(engine.pipe, "transformer_2", None) is not None
+    stop_after = opts.steps if two_experts else 2
     refused = []
     for mode in (Mode.TEXT_TO_VIDEO, Mode.IMAGE_TO_VIDEO, Mode.FIRST_AND_LAST_FRAME):
         steps: list[int] = []
         ctx = StepContext(
-            progress=lambda done, total, steps=steps: steps.append(done), cancelled=lambda steps=steps: len(steps) >= 2
+            progress=lambda done, total, steps=steps: steps.append(done), cancelled=lambda steps=steps: len(steps) >= stop_after
         )
         job = Job("warm-up", "warm-up", mode, "warm-up", width, height, opts.native_fps, duration, 0, engine.spec)
         try:
