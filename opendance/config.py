@@ -122,6 +122,7 @@ def load_models(path: Path | None) -> dict[str, ModelConfig]:
         if raw["allowed_loras"] and no_lora:
             raise ValueError(f"models.{name}.allowed_loras: the {', '.join(no_lora)} engine applies no LoRA")
         models[name] = ModelConfig(name=name, modes=modes, **raw)
+        _check_context_parallel(models[name])
     if not models:
         raise ValueError(f"{path}: no [models.*] tables")
     return models
@@ -156,6 +157,19 @@ def _fused_loras(default: dict | None, modes: dict, library: dict[str, LoraAdapt
         return {k: resolve_fused(v, library, f"{at}.{k}") if k in ("loras", "extend_loras") else v for k, v in table.items()}
 
     return one(default, f"{where}.default"), {m: one(t, f"{where}.modes.{m}") for m, t in modes.items()}
+
+
+def _check_context_parallel(model: ModelConfig) -> None:
+    """``context_parallel`` splits one task over the model's device group: its degree is the group's size."""
+    from .engines.levers import ContextParallelOptions
+
+    for mode, spec in model.modes.items():
+        cp = spec.options.get("context_parallel")
+        if cp is not None and (degree := ContextParallelOptions(**cp).degree) != model.devices_per_task:
+            raise ValueError(
+                f"models.{model.name} ({mode.value}, engine {spec.engine}): context_parallel = {cp} splits a task over "
+                f"{degree} ranks, but devices_per_task = {model.devices_per_task} (set devices_per_task = {degree})"
+            )
 
 
 class Settings(BaseSettings):

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ..errors import Cancelled
 from ..media.frames import fit_cover, to_array
+from . import levers
 from .base import Audio, Inputs, Job, StepContext
 from . import components as cached_components
 from .memory_plan import component_dtypes
@@ -75,13 +76,14 @@ def load_pipeline(
         repr(cache),
         repr(fused),
     )
+    key += levers.load_key(opts)
     if key in _LOADED:
         _LOADED[key][1] += 1
         return _LOADED[key][0]
     t0 = time.perf_counter()
     by_name = {name: DTYPES[d] for name, d in dtypes.items()}
     # Components with the same weights as one already loaded (in another folder too) are that one.
-    shared = {} if opts.cpu_offload else cached_components.lookup(path, dtypes, device, opts.vae_tiling)
+    shared = {} if opts.cpu_offload or opts.offload else cached_components.lookup(path, dtypes, device, opts.vae_tiling)
     components = {**shared, **components}
     pipe = cls.from_pretrained(str(path), dtype={"default": DTYPES["float32"], **by_name}, local_files_only=True, **components)
     pipe.set_progress_bar_config(disable=True)
@@ -93,13 +95,10 @@ def load_pipeline(
         from .lora import enable_hotswap
 
         enable_hotswap(pipe, opts.lora_hotswap_rank)
-    if opts.cpu_offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
+    levers.apply(pipe, opts, device)  # moved to the device or offloaded; quantized, compiled ... as configured
     if opts.vae_tiling:
         pipe.vae.enable_tiling()
-    held = [] if opts.cpu_offload else cached_components.adopt(pipe, path, dtypes, device, opts.vae_tiling)
+    held = [] if opts.cpu_offload or opts.offload else cached_components.adopt(pipe, path, dtypes, device, opts.vae_tiling)
     log.info(
         "loaded %s from %s in %.2fs (%s shared)", cls.__name__, path, time.perf_counter() - t0, ", ".join(shared) or "nothing"
     )

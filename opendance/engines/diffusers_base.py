@@ -54,6 +54,7 @@ from ..errors import EngineError
 from ..media.frames import fit_cover
 from . import _torch_utils as tu
 from . import lora
+from . import levers
 from ._torch_utils import Chunk, Timeline
 from .base import Audio, Engine, Inputs, Job, Output, StepContext
 from .diffusers_resume import DenoiseCheckpoints, Merge
@@ -113,6 +114,8 @@ class DiffusersEngine(Engine):
                 tu.check_call_kwargs(pipe, self.opts.call_kwargs)
                 self.schedulers.own(pipe)  # made now: a key the scheduler does not have fails the load
             tu.check_window(self.opts, self.temporal)
+            if self.opts.compile:
+                levers.warm_up(self)  # compiled now: the first task pays nothing
         except BaseException:
             self.close()  # nothing half-loaded stays in the process's pipeline cache
             raise

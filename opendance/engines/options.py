@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .lora import FusedLora
+from .levers import LeverOptions
 
 
 # The constraints live in the types, so an engine that changes a default keeps them.
@@ -49,8 +50,9 @@ class CacheOptions(BaseModel):
         return TaylorSeerCacheConfig(**params)
 
 
-class DiffusersOptions(BaseModel):
-    """Options every diffusers engine takes from its mode's TOML table (unknown keys are refused)."""
+class DiffusersOptions(LeverOptions):
+    """Options every diffusers engine takes from its mode's TOML table (unknown keys are refused;
+    the speed and memory levers are ``levers.LeverOptions``)."""
 
     model_config = ConfigDict(extra="forbid")
 
