@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .lora import FusedLora
 from .levers import LeverOptions
@@ -69,6 +69,22 @@ class DiffusersOptions(LeverOptions):
         "bfloat16",
         description="torch dtype of the weights, or a table per component: {default = ..., vae = ..., transformer = ...}",
     )
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _one_dtype_or_a_table(cls, value: Any) -> Any:
+        """One clear message instead of pydantic's two, one per member of the union."""
+        choices = DType.__args__
+        named = "'float32', 'float16' or 'bfloat16'"
+        if isinstance(value, dict):
+            for component, one in value.items():
+                if one not in choices:
+                    raise ValueError(f"dtype.{component} is {one!r}; it must be {named}")
+            return value
+        if value not in choices:
+            raise ValueError(f"dtype is {value!r}; it must be {named}, or a table per component ({{default = ..., vae = ...}})")
+        return value
+
     scheduler: dict[str, Any] = Field(
         default_factory=dict,
         description="scheduler config overrides for this mode's calls only (flow_shift, shift, use_dynamic_shifting, ...)",

@@ -40,7 +40,7 @@ def test_valid_options_load(tmp_path):
     [
         ("stpes = 30", "models.m (text-to-video, engine wan): stpes: Extra inputs are not permitted"),
         ("guidance = -1", "guidance: Input should be greater than or equal to 0"),
-        ('dtype = "fp8"', "dtype: Input should be 'float32', 'float16' or 'bfloat16'"),
+        ('dtype = "fp8"', "dtype is 'fp8'; it must be 'float32', 'float16' or 'bfloat16'"),
         ('cache = {type = "FastCache"}', "cache.type: Input should be 'FirstBlockCache', 'MagCache' or 'TaylorSeer'"),
         ("frames = 9\noverlap = 9", "overlap (9) must be smaller than frames (9)"),
     ],
