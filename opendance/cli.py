@@ -100,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
         # h11 with request-head and body deadlines and a connection cap (api/connections.py)
         http=protocol_class(settings.header_timeout, settings.max_connections, body_timeout=settings.body_timeout),
-        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works: it goes to call_later
+        timeout_keep_alive=settings.keep_alive_timeout,  # a float works: it goes to call_later
     )
     return 0
 

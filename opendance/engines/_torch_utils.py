@@ -66,7 +66,7 @@ def load_pipeline(
     cache = opts.cache.model_dump() if opts.cache else None
     dtypes = component_dtypes(path, opts.dtype, dtype_defaults)
     fused = [one.model_dump(mode="json") for one in opts.loras], opts.lora_hotswap_rank  # weights differ with fused LoRAs
-    key = (
+    key: tuple[Any, ...] = (
         cls.__name__,
         str(Path(path).resolve()),
         repr(sorted(dtypes.items())),

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..domain import Mode
 from ..errors import Cancelled
+from ..media.yuv import Yuv420
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Audio:
 
 @dataclass
 class Output:
-    frames: Iterable[np.ndarray]  # exactly job.num_frames frames, uint8 H x W x 3 (or Yuv420, see above)
+    frames: Iterable[np.ndarray | Yuv420]  # exactly job.num_frames frames, uint8 H x W x 3 (or Yuv420, see above)
     fps: int
     audio: Audio | None = None
     # Flat computer graphics (colour fields, text), not pictures of the world: the encoder

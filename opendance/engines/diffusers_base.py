@@ -192,7 +192,8 @@ class DiffusersEngine(Engine):
         # 2. Inputs on the grid: images cover-cropped, references in the family's form.
         image = fit_cover(inputs.image, width, height) if inputs.image is not None else None
         last_image = fit_cover(inputs.last_image, width, height) if inputs.last_image is not None else None
-        control, references = [], None
+        control: list[np.ndarray] = []
+        references: Any = None
         if job.mode == Mode.OMNI_REFERENCE:
             control, references = self.references(job, inputs, width, height, total)
 

@@ -223,7 +223,7 @@ class DenoiseCheckpoints:
             return
         name = f"chunk-{chunk:03d}"
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub takes allow_pickle for the first
         self.parts.append(name)
         self._save(chunk + 1, 0, {}, {}, (chunk + 1) * self.steps, {name: buf.getvalue()})
 

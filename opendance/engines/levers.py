@@ -284,9 +284,14 @@ def warm_up(engine) -> float:
     refused = []
     for mode in (Mode.TEXT_TO_VIDEO, Mode.IMAGE_TO_VIDEO, Mode.FIRST_AND_LAST_FRAME):
         steps: list[int] = []
-        ctx = StepContext(
-            progress=lambda done, total, steps=steps: steps.append(done), cancelled=lambda steps=steps: len(steps) >= stop_after
-        )
+
+        def progress(done: int, total: int, steps: list[int] = steps) -> None:
+            steps.append(done)
+
+        def cancelled(steps: list[int] = steps) -> bool:
+            return len(steps) >= stop_after
+
+        ctx = StepContext(progress=progress, cancelled=cancelled)
         job = Job("warm-up", "warm-up", mode, "warm-up", width, height, opts.native_fps, duration, 0, engine.spec)
         try:
             engine.generate(job, inputs, ctx)

@@ -50,6 +50,7 @@ def _keep_hard_conditions(prepared, saved):
 class LTXEngine(DiffusersEngine):
     name = "ltx"
     options = LTXOptions
+    opts: LTXOptions
     resume_merge = {"latents": _keep_hard_conditions}
     # Its per-token steps look the next sigma up in the whole schedule, not by the loop's index.
     whole_sigmas = True

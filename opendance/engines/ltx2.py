@@ -47,6 +47,7 @@ PIPELINES = ("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"
 class LTX2Engine(DiffusersEngine):
     name = "ltx2"
     options = LTX2Options
+    opts: LTX2Options
     denoised = ("latents", "audio_latents")  # every LTX-2 call denoises both (a checkpoint saves both)
     # Its guidance steps read ``scheduler.sigmas[i]`` by the loop's index: a resumed call cuts them.
     loop_sigmas = True
@@ -124,7 +125,8 @@ class LTX2Engine(DiffusersEngine):
         plan.sound = self._add_sound(sound, chunk, arrays["audio"])
 
     def audio(self, plan: Plan, inputs: Inputs) -> Audio | None:
-        return self._sound_track(plan.job, inputs, plan.sound)
+        sound = plan.sound if plan.sound is not None else np.zeros((2, 0), np.float32)  # no chunk made sound
+        return self._sound_track(plan.job, inputs, sound)
 
     def _add_sound(self, sound: np.ndarray, chunk: Chunk, audio: np.ndarray) -> np.ndarray:
         """Place a chunk's audio at its start time, cross-fading where it overlaps the previous one.

@@ -13,6 +13,7 @@ frames of the chunk, keyframes on multiples of ``temporal`` (one latent frame ea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +31,9 @@ class Condition:
     image: Any = None  # a PIL image
 
 
-def _whole(frames: list[np.ndarray], temporal: int) -> list[np.ndarray]:
+def _whole(frames: Sequence[np.ndarray], temporal: int) -> list[np.ndarray]:
     """The longest ``k * temporal + 1`` frames from the start."""
-    return frames[: (len(frames) - 1) // temporal * temporal + 1]
+    return list(frames[: (len(frames) - 1) // temporal * temporal + 1])
 
 
 def plan_conditions(
@@ -44,8 +45,8 @@ def plan_conditions(
     temporal: int,
     image=None,
     last_image=None,
-    control: list[np.ndarray] = (),
-    references: list = (),
+    control: Sequence[np.ndarray] = (),
+    references: Sequence[Any] = (),
     strength: float = 0.5,
 ) -> list[Condition]:
     """The conditions of ``chunk`` (``last``: the job's last chunk), in the order the pipeline gets them."""

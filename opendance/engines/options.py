@@ -9,6 +9,7 @@ when a worker loads the engine.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -74,7 +75,7 @@ class DiffusersOptions(LeverOptions):
     @classmethod
     def _one_dtype_or_a_table(cls, value: Any) -> Any:
         """One clear message instead of pydantic's two, one per member of the union."""
-        choices = DType.__args__
+        choices = typing.get_args(DType)
         named = "'float32', 'float16' or 'bfloat16'"
         if isinstance(value, dict):
             for component, one in value.items():

@@ -179,9 +179,9 @@ def _montage_frames(job: Job, inputs: Inputs, rng: np.random.Generator, moving: 
         if kind == "image":
             yield from _zoom_frames(Picture.of(fit_cover(inputs.images[index], w, h), yuv), count, rng, moving)
         else:
-            frames: Iterator[Frame] = read_video_frames(inputs.videos[index], fps, w, h, max_frames=count)
-            if yuv:  # decoded frames come as RGB: converted here, as the encoder would (a held frame once)
-                frames = _converted(frames)
+            decoded = read_video_frames(inputs.videos[index], fps, w, h, max_frames=count)
+            # Decoded frames come as RGB: converted here, as the encoder would (a held frame once).
+            frames: Iterator[Frame] = _converted(decoded) if yuv else decoded
             yield from _exactly(frames, count, index)
 
 
@@ -218,14 +218,16 @@ def _video_frames(path: Path, fps: int) -> int:
 
     with av.open(str(path)) as container:
         v = container.streams.video[0]
-        seconds = float(v.duration * v.time_base) if v.duration else (container.duration or 0) / av.time_base
+        seconds = float(v.duration * v.time_base) if v.duration and v.time_base else (container.duration or 0) / av.time_base
     return max(1, round(seconds * fps))
 
 
 def _converted(frames: Iterator[np.ndarray]) -> Iterator[Frame]:
-    convert, last, out = RgbToYuv420(), None, None
+    convert = RgbToYuv420()
+    last: np.ndarray | None = None
+    out: Frame | None = None
     for frame in frames:
-        if frame is not last:  # read_video_frames repeats one array for a held source frame
+        if frame is not last or out is None:  # read_video_frames repeats one array for a held source frame
             last, out = frame, convert(frame)
         yield out
 

@@ -99,6 +99,7 @@ def whole_latent_masks(pipe):
 class WanEngine(DiffusersEngine):
     name = "wan"
     options = WanOptions
+    opts: WanOptions
     # TaylorSeer's default module patterns match nothing in a Wan transformer: cache whole blocks.
     cache_defaults = {"TaylorSeer": {"cache_identifiers": [r"^blocks\.\d+$"]}}
 

@@ -285,6 +285,7 @@ class TemporalRunner(Runner):
         )
 
     async def _start_workflow(self, task_id: str, model: str) -> bool:
+        assert self.client is not None, "start() connects the client"
         try:
             await self.client.start_workflow(
                 WORKFLOW,
@@ -302,6 +303,7 @@ class TemporalRunner(Runner):
         return True
 
     async def _cancel_workflow(self, task_id: str) -> bool:
+        assert self.client is not None, "start() connects the client"
         handle: WorkflowHandle = self.client.get_workflow_handle(task_id)
         try:
             await handle.cancel()

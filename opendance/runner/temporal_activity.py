@@ -76,7 +76,7 @@ class GenerateActivity:
         if started.gave_up:
             return FAILED
         task = started.task
-        if started.first_run:
+        if started.first_run and info.workflow_id is not None:
             self._signal_started(info.workflow_id)
         log.info(
             "task %s (%s): taken by worker %s (%s), attempt %d, run %d",
@@ -110,7 +110,7 @@ class GenerateActivity:
         if result.outcome is Outcome.DIED:
             raise ApplicationError(f"the {slot} running the task died while making the video", type="WorkerDied")
         if result.outcome is Outcome.RETRY:  # storage briefly away: retry (from the checkpoint)
-            raise ApplicationError(result.failed.message, type="StorageError")
+            raise ApplicationError(result.failed.message if result.failed else "storage is away", type="StorageError")
         return OUTCOMES[result.outcome]
 
     def _ticker(self):

@@ -170,7 +170,7 @@ class Group(Slot):
             p.kill()
         if self.execution is not None:
             self.execution.died()
-        await asyncio.to_thread(lambda: [p.join(5.0) for p in ranks])
+        await asyncio.to_thread(_join_all, ranks, 5.0)
         log.error(
             "%s: rank %d (pid %s) exited with code %s%s",
             self,
@@ -231,3 +231,8 @@ class Group(Slot):
         if self.size > 1:
             described["stray_events"] = self.stray_events
         return described
+
+
+def _join_all(processes, timeout: float) -> None:
+    for p in processes:
+        p.join(timeout)

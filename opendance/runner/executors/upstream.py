@@ -87,6 +87,8 @@ class UpstreamExecutor(Executor):
 
 
 class UpstreamSlot(Slot):
+    executor: UpstreamExecutor
+
     def __init__(self, executor: UpstreamExecutor) -> None:
         self.executor = executor
 
