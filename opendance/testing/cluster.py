@@ -77,6 +77,7 @@ class WorkerProcess(ServerProcess):
             cmd += ["--config", str(self.config)]
         start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._spawn(cmd, env=opendance_env({**os.environ, "HF_HUB_OFFLINE": "1", **self.env}))
+        assert self.process is not None, "started"
         deadline = time.monotonic() + timeout
         while b"serving" not in self.log_path.read_bytes()[start_at:]:
             if self.process.poll() is not None:
@@ -89,6 +90,7 @@ class WorkerProcess(ServerProcess):
 
     def kill(self) -> None:
         """SIGKILL the worker and its device processes at once (its whole process group)."""
+        assert self.process is not None, "started"
         if self.running():
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)

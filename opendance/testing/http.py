@@ -166,7 +166,7 @@ class HostileHost:
             def remember_sni(sock: ssl.SSLSocket, name: str | None, ctx: ssl.SSLContext) -> None:
                 owner.sni.append(name)
 
-            tls.sni_callback = remember_sni
+            tls.sni_callback = remember_sni  # type: ignore[assignment]  # the callback gets the socket
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.host, self.port = host, self.server.server_address[1]
         self.scheme = "https" if tls is not None else "http"
@@ -211,7 +211,7 @@ class HostileHost:
 
     def hang(self, path: str) -> str:
         """No answer at all until the test ends."""
-        self.routes[path] = lambda h, stop: stop.wait(120)
+        self.routes[path] = lambda h, stop: None if stop.wait(120) else None
         return self.url(path)
 
     def endless(self, path: str) -> str:

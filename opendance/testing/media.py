@@ -91,7 +91,7 @@ def audio_bytes(duration: float, fmt: str = "wav", sample_rate: int = 48000, fre
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=container) as out:
         st = out.add_stream(codec, rate=sample_rate)
-        st.layout = "stereo"
+        st.layout = "stereo"  # type: ignore[union-attr]  # an audio codec gives an audio stream
         _write_audio(out, st, tone(duration, sample_rate, freq), sample_rate)
     return buf.getvalue()
 

@@ -64,7 +64,7 @@ class ScenarioEngine(Engine):
             raise EngineError("the scenario engine was told to fail", code="scenario_failure")
         marker = self.marker_dir / f"{job.task_id}.crashed"
         saved = ctx.load_checkpoint()
-        start = min(int(saved[0]["step"]), self.steps) if saved else 0
+        start = min(int(saved[0]["step"]), self.steps) if saved else 0  # type: ignore[call-overload]  # the checkpoint's JSON meta
         self._record(job, "start", start)
         for step in range(start, self.steps):
             if step == self.steps // 2:

@@ -66,6 +66,7 @@ class LiveServer:
         return self
 
     def _wait_ready(self) -> None:
+        assert self.process is not None, "started"
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -86,6 +87,7 @@ class LiveServer:
             return ""
 
     def _signal_group(self, sig: int) -> None:
+        assert self.process is not None, "started"
         try:
             os.killpg(self.process.pid, sig)
         except ProcessLookupError:

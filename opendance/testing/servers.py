@@ -121,6 +121,7 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, sig: int | None = None) -> None:
+        assert self.process is not None, "started"
         if not self.running():
             return
         self.process.send_signal(sig or self.stop_signal)
@@ -213,6 +214,7 @@ class PostgresServer(ServerProcess):
         return self
 
     def _wait_ready(self, timeout: float) -> None:
+        assert self.process is not None, "started"
         import psycopg
 
         deadline = time.monotonic() + timeout
@@ -289,6 +291,7 @@ class TemporalServer(ServerProcess):
 
     def _wait_ready(self, timeout: float) -> None:
         """Ready when the HTTP API lists the default namespace (the gRPC port opens earlier)."""
+        assert self.process is not None, "started"
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -386,6 +389,7 @@ class SeaweedS3(ServerProcess):
 
     def _create_bucket(self, timeout: float) -> None:
         """The gateway answers before the filer is ready: retry until the bucket exists."""
+        assert self.process is not None, "started"
         from botocore.exceptions import BotoCoreError, ClientError
 
         wait_port(self.ports["s3"], timeout, self.process, "seaweedfs")

@@ -88,7 +88,7 @@ def _t5(vocab_size: int):
 
     _seed()
     return T5EncoderModel(
-        T5Config(
+        T5Config(  # type: ignore[call-arg]  # decoder_start_token_id: a PretrainedConfig kwarg the stub omits
             vocab_size=vocab_size,
             d_model=32,
             d_kv=8,

@@ -189,7 +189,7 @@ class FakeUpstream:
 
             message = BytesParser(policy=default).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + raw)
             return {
-                part.get_param("name", header="content-disposition"): part.get_content()
+                str(part.get_param("name", header="content-disposition")): part.get_content()
                 for part in message.iter_parts()
                 if not part.get_filename()
             }
