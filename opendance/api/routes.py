@@ -24,12 +24,30 @@ router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 429, 500, 503)}
 
 
-def get_service(request: Request) -> TaskService:
+async def get_service(request: Request) -> TaskService:
     return request.app.state.service
 
 
+# The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread
+# (a hand-off and a loop wake-up each, the largest cost of a GET before issue 14). Telling a
+# key of OPENDANCE_API_KEYS needs no store read, so it is done on the loop; a store key (or an
+# open server, which asks the store whether a key exists yet) is read in a thread, as before.
+async def caller_dep(request: Request) -> Caller:
+    """``get_caller`` without a thread where no store read is needed."""
+    caller = request.app.state.auth.known(request.headers.get("authorization"))
+    if caller is None:
+        return await asyncio.to_thread(get_caller, request)
+    rate_limit(request, caller.owner)
+    return caller
+
+
+async def owner_dep(request: Request) -> str:
+    return (await caller_dep(request)).owner
+
+
 def get_caller(request: Request) -> Caller:
-    """Who is calling (401 without a valid key), after taking a request from its rate limit."""
+    """Who is calling (401 without a valid key), after taking a request from its rate limit.
+    Blocking (it may read the store): the routes use ``caller_dep``."""
     try:
         caller = request.app.state.auth.caller(request.headers.get("authorization"))
     except AuthenticationError:
@@ -52,8 +70,8 @@ def rate_limit(request: Request, owner: str) -> None:
 
 
 Service = Annotated[TaskService, Depends(get_service)]
-Owner = Annotated[str, Depends(get_owner)]
-CallerDep = Annotated[Caller, Depends(get_caller)]
+Owner = Annotated[str, Depends(owner_dep)]
+CallerDep = Annotated[Caller, Depends(caller_dep)]
 
 
 def base_url(request: Request) -> str:

@@ -286,7 +286,7 @@ class TaskService:
     # -- read ----------------------------------------------------------------------------
 
     async def get(self, task_id: str, owner: str) -> Task:
-        task = await asyncio.to_thread(self.store.get, task_id, owner)
+        task = await self.store.aget(task_id, owner)
         if task is None:
             raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")
         return task
@@ -305,8 +305,8 @@ class TaskService:
                 ) from None
         if order not in ("asc", "desc"):
             raise InvalidRequest(f"order must be asc or desc; got {order!r}", param="order")
-        return await asyncio.to_thread(
-            self.store.list, owner, limit=limit_n, after=after, status=status_v, model=model, newest_first=order == "desc"
+        return await self.store.alist(
+            owner, limit=limit_n, after=after, status=status_v, model=model, newest_first=order == "desc"
         )
 
     # -- cancel / delete -----------------------------------------------------------------
@@ -404,7 +404,7 @@ class TaskService:
         if variant not in VARIANTS:
             raise InvalidRequest(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}", param="variant")
         if owner is None:
-            task = await asyncio.to_thread(self.store.get, task_id)
+            task = await self.store.aget(task_id)
             # Tokens are ASCII (base64url); anything else is no token of ours (and no input for hmac).
             if task is None or token is None or not token.isascii() or not self.signer.verify(task_id, variant, token):
                 raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")

@@ -7,9 +7,11 @@ backwards, and ``progress`` only ever grows.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from collections.abc import Callable, Collection, Sequence
@@ -22,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..domain import TRANSITIONS, IllegalTransition, RawStatus, Status
 from . import jsoncol
+from .inline import GET, GET_OWNED, InlineReader, list_sql
 from .keys import roll_up
 from .models import MetaRow, TaskRow
 
@@ -74,7 +77,8 @@ class Task:
 
     @classmethod
     def from_row(cls, row: TaskRow) -> Task:
-        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls) if f.name != "ignored_fields"}
+        """From an ORM row, or anything with the same attributes (``inline`` rows)."""
+        values = {name: getattr(row, name) for name in _ROW_FIELDS}
         values["status"] = Status(values["status"])
         values["raw_status"] = RawStatus(values["raw_status"])
         if isinstance(values["job"], dict) and IGNORED_FIELDS_KEY in values["job"]:
@@ -82,6 +86,9 @@ class Task:
             ignored = values["job"].pop(IGNORED_FIELDS_KEY)
             values["ignored_fields"] = tuple(str(name) for name in ignored) if isinstance(ignored, list) else ()
         return cls(**values)
+
+
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Task) if f.name != "ignored_fields")
 
 
 def _readable(rows: Sequence[TaskRow]) -> list[Task]:
@@ -130,12 +137,16 @@ class TaskStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
+        # SQLite files: GET task and unfiltered list pages read on the event loop (store/inline.py).
+        self.inline = InlineReader.for_url(str(engine.url))
 
     @classmethod
     def from_url(cls, url: str) -> TaskStore:
         return cls(make_engine(url))
 
     def close(self) -> None:
+        if self.inline is not None:
+            self.inline.close()
         self.engine.dispose()
 
     def ping(self) -> None:
@@ -224,6 +235,58 @@ class TaskStore:
                     break
                 last = rows[-1].seq  # some rows were unreadable: read on past them
                 q = q.where(TaskRow.seq < last if newest_first else TaskRow.seq > last)
+        return tasks[:limit], len(tasks) > limit
+
+    # -- the API's hot reads (async: inline on SQLite, else in a thread) --------------------
+
+    async def aget(self, task_id: str, owner: str | None = None) -> Task | None:
+        """``get``, read on the calling event loop where the database allows it (store/inline.py)."""
+        if self.inline is not None:
+            try:
+                rows = self.inline.rows(GET if owner is None else GET_OWNED, (task_id,) if owner is None else (task_id, owner))
+            except sqlite3.Error:
+                pass  # busy, locked, or a schema the statement does not fit: the usual way decides
+            else:
+                return Task.from_row(rows[0]) if rows else None
+        return await asyncio.to_thread(self.get, task_id, owner)
+
+    async def alist(
+        self,
+        owner: str,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        status: Status | None = None,
+        model: str | None = None,
+        newest_first: bool = True,
+    ) -> tuple[list[Task], bool]:
+        """``list``, read on the calling event loop for pages without filters where the
+        database allows it (store/inline.py); the same rows, order, cursor and skipping."""
+        if self.inline is not None and status is None and model is None:
+            try:
+                return self._inline_list(owner, limit, after, newest_first)
+            except sqlite3.Error:
+                pass
+        return await asyncio.to_thread(
+            self.list, owner, limit=limit, after=after, status=status, model=model, newest_first=newest_first
+        )
+
+    def _inline_list(self, owner: str, limit: int, after: str | None, newest_first: bool) -> tuple[list[Task], bool]:
+        assert self.inline is not None
+        tasks: list[Task] = []
+        past: int | None = None
+        while True:
+            wanted = limit + 1 - len(tasks)
+            params: list[Any] = [owner]
+            if after is not None:
+                params += [after, owner]
+            if past is not None:
+                params.append(past)
+            rows = self.inline.rows(list_sql(newest_first, after is not None, past is not None), [*params, wanted])
+            tasks += _readable(rows)
+            if len(rows) < wanted or len(tasks) > limit:
+                break
+            past = rows[-1].seq  # some rows were unreadable: read on past them
         return tasks[:limit], len(tasks) > limit
 
     def search(
