@@ -146,9 +146,8 @@ async def list_tasks(
     model: str | None = None,
     order: Order = "desc",
 ) -> JSONResponse:
-    tasks, has_more = await service.list(owner, limit=limit, after=after, status=status, model=model, order=order)
-    base = base_url(request)
-    return JSONResponse(page(service.render_each(tasks, lambda t: service.render(t, base)), tasks, has_more))
+    body = await service.list_body(owner, base_url(request), limit=limit, after=after, status=status, model=model, order=order)
+    return Response(body, media_type="application/json")
 
 
 def page(data: list[dict[str, Any]], tasks: list, has_more: bool) -> dict[str, Any]:
@@ -166,7 +165,7 @@ def page(data: list[dict[str, Any]], tasks: list, has_more: bool) -> dict[str, A
 @router.get("/v1/video/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS})
 @router.get("/v1/videos/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS}, include_in_schema=False)
 async def get_task(task_id: str, request: Request, service: Service, owner: Owner) -> JSONResponse:
-    return JSONResponse(service.render(await service.get(task_id, owner), base_url(request)))
+    return Response(await service.get_body(task_id, owner, base_url(request)), media_type="application/json")
 
 
 @router.post("/v1/video/generations/{task_id}/cancel", responses={200: {"model": TaskObject}, **ERRORS})

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON
 from sqlalchemy.engine import make_url
@@ -30,6 +30,7 @@ from . import jsoncol
 from .models import TaskRow
 
 COLUMNS = tuple(c.name for c in TaskRow.__table__.columns)
+SEQ, ID = COLUMNS.index("seq"), COLUMNS.index("id")
 JSON_COLUMNS = tuple(c.name for c in TaskRow.__table__.columns if isinstance(c.type, JSON))
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM tasks"
 GET = _SELECT + " WHERE id = ?"
@@ -37,6 +38,7 @@ GET_OWNED = _SELECT + " WHERE id = ? AND owner = ?"
 # ``after`` is a cursor: the seq of that task of the owner (no such task: no rows, as in TaskStore.list).
 _AFTER = " AND seq {op} (SELECT seq FROM tasks WHERE id = ? AND owner = ?)"
 _PAST = " AND seq {op} ?"
+T = TypeVar("T")
 BUSY_MS = 200  # a read that waits longer than this (a WAL being recovered) goes to a thread instead
 
 
@@ -69,22 +71,51 @@ class InlineReader:
             self._local.conn = conn
         return conn
 
-    def rows(self, sql: str, params: Sequence[Any]) -> list[SimpleNamespace]:
-        """Raises ``sqlite3.Error`` for the caller to fall back on."""
-        out = []
-        for values in self._conn().execute(sql, params).fetchall():
-            row = dict(zip(COLUMNS, values, strict=True))
-            for name in JSON_COLUMNS:
-                if row[name] is not None:
-                    row[name] = jsoncol.loads(row[name])
-            out.append(SimpleNamespace(**row))
-        return out
+    def raw(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+        """The rows as the database gives them (``COLUMNS`` in order). Raises ``sqlite3.Error``
+        for the caller to fall back on."""
+        return self._conn().execute(sql, params).fetchall()
+
+    def get(self, task_id: str, owner: str | None) -> list[tuple]:
+        """The task's row (or none), raw."""
+        return self.raw(GET, (task_id,)) if owner is None else self.raw(GET_OWNED, (task_id, owner))
+
+    def page(
+        self, owner: str, limit: int, after: str | None, newest_first: bool, convert: Callable[[tuple], T | None]
+    ) -> tuple[list[T], bool]:
+        """One list page of ``convert``-ed rows and whether more follow, as ``TaskStore.list``:
+        a row ``convert`` cannot read (None) is left out without shortening the page."""
+        items: list[T] = []
+        past: int | None = None
+        while True:
+            wanted = limit + 1 - len(items)
+            params: list[Any] = [owner]
+            if after is not None:
+                params += [after, owner]
+            if past is not None:
+                params.append(past)
+            rows = self.raw(list_sql(newest_first, after is not None, past is not None), [*params, wanted])
+            items += [item for item in map(convert, rows) if item is not None]
+            if len(rows) < wanted or len(items) > limit:
+                break
+            past = rows[-1][SEQ]  # some rows were unreadable: read on past them
+        return items[:limit], len(items) > limit
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def decoded(values: tuple) -> SimpleNamespace:
+    """A raw row with attributes named as ``TaskRow``'s, its JSON columns read as the ORM reads
+    them (``jsoncol.loads``; NULL stays None): what ``Task.from_row`` takes."""
+    row = dict(zip(COLUMNS, values, strict=True))
+    for name in JSON_COLUMNS:
+        if row[name] is not None:
+            row[name] = jsoncol.loads(row[name])
+    return SimpleNamespace(**row)
 
 
 def list_sql(newest_first: bool, after: bool, past: bool) -> str:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..domain import TRANSITIONS, IllegalTransition, RawStatus, Status
 from . import jsoncol
-from .inline import GET, GET_OWNED, InlineReader, list_sql
+from .inline import ID, InlineReader, decoded
 from .keys import roll_up
 from .models import MetaRow, TaskRow
 
@@ -89,6 +89,15 @@ class Task:
 
 
 _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Task) if f.name != "ignored_fields")
+
+
+def readable(values: tuple) -> Task | None:
+    """A raw row of ``store.inline`` as a task; None (logged) when it cannot be read."""
+    try:
+        return Task.from_row(decoded(values))
+    except Exception:
+        log.exception("task %s cannot be read; left out of the list", values[ID])
+        return None
 
 
 def _readable(rows: Sequence[TaskRow]) -> list[Task]:
@@ -243,11 +252,11 @@ class TaskStore:
         """``get``, read on the calling event loop where the database allows it (store/inline.py)."""
         if self.inline is not None:
             try:
-                rows = self.inline.rows(GET if owner is None else GET_OWNED, (task_id,) if owner is None else (task_id, owner))
+                rows = self.inline.get(task_id, owner)
             except sqlite3.Error:
                 pass  # busy, locked, or a schema the statement does not fit: the usual way decides
             else:
-                return Task.from_row(rows[0]) if rows else None
+                return Task.from_row(decoded(rows[0])) if rows else None
         return await asyncio.to_thread(self.get, task_id, owner)
 
     async def alist(
@@ -264,30 +273,12 @@ class TaskStore:
         database allows it (store/inline.py); the same rows, order, cursor and skipping."""
         if self.inline is not None and status is None and model is None:
             try:
-                return self._inline_list(owner, limit, after, newest_first)
+                return self.inline.page(owner, limit, after, newest_first, readable)
             except sqlite3.Error:
                 pass
         return await asyncio.to_thread(
             self.list, owner, limit=limit, after=after, status=status, model=model, newest_first=newest_first
         )
-
-    def _inline_list(self, owner: str, limit: int, after: str | None, newest_first: bool) -> tuple[list[Task], bool]:
-        assert self.inline is not None
-        tasks: list[Task] = []
-        past: int | None = None
-        while True:
-            wanted = limit + 1 - len(tasks)
-            params: list[Any] = [owner]
-            if after is not None:
-                params += [after, owner]
-            if past is not None:
-                params.append(past)
-            rows = self.inline.rows(list_sql(newest_first, after is not None, past is not None), [*params, wanted])
-            tasks += _readable(rows)
-            if len(rows) < wanted or len(tasks) > limit:
-                break
-            past = rows[-1].seq  # some rows were unreadable: read on past them
-        return tasks[:limit], len(tasks) > limit
 
     def search(
         self,
