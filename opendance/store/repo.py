@@ -15,9 +15,10 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from collections.abc import Callable, Collection, Sequence
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import BigInteger, case, cast, create_engine, delete, event, func, select, update
+from sqlalchemy import BigInteger, case, cast, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -89,6 +90,16 @@ class Task:
 
 
 _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Task) if f.name != "ignored_fields")
+
+
+# What a task row holds for a column an INSERT does not name (the models' defaults, else NULL).
+_CREATE_DEFAULTS: dict[str, Any] = {
+    **{c.name: None for c in TaskRow.__table__.columns},
+    "owner": "",
+    "base_url": "",
+    "progress": 0,
+    "attempts": 0,
+}
 
 
 def readable(values: tuple) -> Task | None:
@@ -172,21 +183,25 @@ class TaskStore:
         now = time.time()
         if ignored_fields:
             fields["job"] = {**fields["job"], IGNORED_FIELDS_KEY: list(ignored_fields)}
-        row = TaskRow(
-            status=Status.QUEUED.value,
-            raw_status=RawStatus.QUEUED.value,
-            callback_pending=RawStatus.QUEUED.value if fields.get("callback_url") else None,
-            progress=0,
-            attempts=0,
-            created_at=now,
-            updated_at=now,
+        values = {
+            "status": Status.QUEUED.value,
+            "raw_status": RawStatus.QUEUED.value,
+            "callback_pending": RawStatus.QUEUED.value if fields.get("callback_url") else None,
+            "progress": 0,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
             **fields,
-        )
+        }
+        # A Core INSERT (the ORM's unit of work, identity map and instance state cost more than
+        # the INSERT itself); the snapshot is the values written, the columns not given at their
+        # defaults, as the ORM object was.
+        row = SimpleNamespace(**{**_CREATE_DEFAULTS, "extra_body": {}, **values})
         with self._session() as s:
             if check is not None:
                 check(s)
-            s.add(row)
             try:
+                s.execute(insert(TaskRow), values)
                 s.commit()
             except IntegrityError as exc:
                 if fields.get("idempotency_key"):
