@@ -74,8 +74,27 @@ Owner = Annotated[str, Depends(owner_dep)]
 CallerDep = Annotated[Caller, Depends(caller_dep)]
 
 
+_BASES: dict[tuple, str] = {}  # what base_url computed, by the parts of the scope it reads
+_BASES_KEPT = 256  # distinct Host headers are the client's to choose: a bounded memo
+
+
 def base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    """The request's base URL without the trailing slash (Starlette's ``request.base_url``,
+    which parses a URL on every call, memoised by what it reads: scheme, server, root path and
+    the Host header)."""
+    scope = request.scope
+    key = (
+        scope.get("scheme"),
+        scope.get("server"),
+        scope.get("app_root_path", scope.get("root_path", "")),
+        request.headers.get("host"),
+    )
+    base = _BASES.get(key)
+    if base is None:
+        if len(_BASES) >= _BASES_KEPT:
+            _BASES.clear()
+        base = _BASES[key] = str(request.base_url).rstrip("/")
+    return base
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -138,14 +157,16 @@ async def create_task(
 @router.get("/v1/video/generations", responses={200: {"model": TaskList}, **ERRORS})
 async def list_tasks(
     request: Request,
-    service: Service,
-    owner: Owner,
     limit: Limit = None,
     after: str | None = None,
     status: StatusFilter = None,
     model: str | None = None,
     order: Order = "desc",
 ) -> JSONResponse:
+    # The service and the caller read here, not as FastAPI dependencies: on the two hottest
+    # routes their resolution cost more than the read (the same checks in the same order).
+    service: TaskService = request.app.state.service
+    owner = await owner_dep(request)
     body = await service.list_body(owner, base_url(request), limit=limit, after=after, status=status, model=model, order=order)
     return Response(body, media_type="application/json")
 
@@ -164,7 +185,9 @@ def page(data: list[dict[str, Any]], tasks: list, has_more: bool) -> dict[str, A
 
 @router.get("/v1/video/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS})
 @router.get("/v1/videos/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS}, include_in_schema=False)
-async def get_task(task_id: str, request: Request, service: Service, owner: Owner) -> JSONResponse:
+async def get_task(task_id: str, request: Request) -> JSONResponse:
+    service: TaskService = request.app.state.service
+    owner = await owner_dep(request)  # as in list_tasks
     return Response(await service.get_body(task_id, owner, base_url(request)), media_type="application/json")
 
 
