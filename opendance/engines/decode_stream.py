@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -78,7 +79,7 @@ class FrameFeed:
     def finish(self, frames: list[np.ndarray]) -> None:
         with self._cond:
             self._check(frames, min(len(frames), len(self._frames)))
-            if len(self._frames) != len(frames):
+            if len(self._frames) > len(frames):
                 log.error("the VAE streamed %d frames, the pipeline made %d", len(self._frames), len(frames))
             self._frames = list(frames)
             self._done = True
@@ -151,46 +152,96 @@ class VaeTap:
         self.feed.add([np.round(np.clip(f, 0.0, 1.0) * 255).astype(np.uint8) for f in video])
 
 
-def streamed(
-    make: Callable[[FrameFeed], list[np.ndarray]],
-    native: int,
-    num_frames: int,
-    width: int,
-    height: int,
-    taps: list[Any] | tuple[Any, ...] = (),
-) -> Iterator[np.ndarray]:
-    """``_torch_utils.output_frames`` of the ``native`` frames ``make(feed)`` makes in a thread,
-    each output frame as soon as its native frame is in ``feed``. ``make`` returns the final
-    native frames; the VAEs of the pipelines in ``taps`` (a one-chunk job's) stream each
-    latent frame's frames while it runs, those that ``tappable`` allows. The thread starts at the first frame pulled
-    and is joined when the iterator ends, however it ends."""
-    feed = FrameFeed()
+# engine -> its stream still running: one job at a time per engine (its pipelines, the VAE's
+# feature cache); ``settle`` waits for it before the engine starts another job or closes.
+_RUNNING: weakref.WeakKeyDictionary[Any, Streamed] = weakref.WeakKeyDictionary()
 
-    def run() -> None:
+
+def settle(engine: Any) -> None:
+    """Wait until ``engine``'s last stream has made all its frames (they stay for its reader)."""
+    stream = _RUNNING.pop(engine, None)
+    if stream is not None:
+        stream.wait()
+
+
+class Streamed:
+    """``_torch_utils.output_frames`` of the ``native`` frames ``make(feed)`` makes in a thread,
+    each output frame as soon as its native frame is in the feed. ``make`` returns the final
+    native frames; the VAEs of the pipelines in ``taps`` (a one-chunk job's) stream each latent
+    frame's frames while it runs, those that ``tappable`` allows.
+
+    Made, it blocks until the first frame is there (the denoising done) and raises what the
+    thread raised before that (a cancel, an engine error), as a pipeline call in the caller's
+    thread would; later errors come at the next frame. ``close`` (also at the end, and when the
+    iterator is dropped) stops the decode at its next latent frame and joins the thread."""
+
+    def __init__(
+        self,
+        engine: Any,
+        make: Callable[[FrameFeed], list[np.ndarray]],
+        native: int,
+        num_frames: int,
+        width: int,
+        height: int,
+        taps: list[Any] | tuple[Any, ...] = (),
+    ) -> None:
+        self._feed = FrameFeed()
+        self._native, self._num_frames, self._size = native, num_frames, (width, height)
+        self._taps = taps
+        self._make = make
+        self._i, self._last_k, self._last = 0, -1, None
+        self._thread = threading.Thread(target=self._run, name="decode-stream", daemon=True)
+        self._thread.start()
+        _RUNNING[engine] = self
+        try:
+            self._feed.get(0)
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self) -> None:
+        feed = self._feed
         try:
             with contextlib.ExitStack() as stack:
                 tapped: set[int] = set()
-                for pipe in taps:
+                for pipe in self._taps:
                     vae = getattr(pipe, "vae", None)
                     if tappable(vae) and id(vae) not in tapped:  # pipelines may share one VAE
                         tapped.add(id(vae))
                         processor = getattr(pipe, "video_processor", None)
                         denormalize = bool(getattr(getattr(processor, "config", None), "do_normalize", True))
                         stack.enter_context(VaeTap(vae, feed, denormalize))
-                frames = make(feed)
+                frames = self._make(feed)
             feed.finish(frames)
         except BaseException as exc:  # handed to the encoder's thread
             feed.fail(exc)
 
-    thread = threading.Thread(target=run, name="decode-stream", daemon=True)
-    thread.start()
-    try:
-        last_k, last = -1, None
-        for i in range(num_frames):
-            k = round(i * (native - 1) / (num_frames - 1)) if num_frames > 1 else 0
-            if k != last_k:
-                last_k, last = k, to_array(fit_cover(Image.fromarray(feed.get(k)), width, height))
-            yield last
-    finally:
-        feed.close()
-        thread.join()
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._i >= self._num_frames:
+            self.close()
+            raise StopIteration
+        i, n = self._i, self._num_frames
+        k = round(i * (self._native - 1) / (n - 1)) if n > 1 else 0
+        if k != self._last_k:
+            try:
+                frame = self._feed.get(k)
+            except BaseException:
+                self.close()
+                raise
+            self._last_k, self._last = k, to_array(fit_cover(Image.fromarray(frame), *self._size))
+        self._i += 1
+        return self._last
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def close(self) -> None:
+        self._feed.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __del__(self) -> None:
+        self.close()

@@ -148,6 +148,7 @@ class DiffusersEngine(Engine):
         return pipe
 
     def close(self) -> None:
+        decode_stream.settle(self)
         for pipe in self._loaded:
             tu.release_pipeline(pipe)
         self._loaded, self._pipelines = [], []
@@ -162,6 +163,7 @@ class DiffusersEngine(Engine):
             raise EngineError("first-and-last-frame needs a last image")
 
     def generate(self, job: Job, inputs: Inputs, ctx: StepContext) -> Output:
+        decode_stream.settle(self)  # the last job's frames are all made (one job at a time)
         opts = self.opts
         # 1. Plan: the native grid, how many native frames, in which chunks.
         width, height = tu.grid_size(job.width, job.height, opts.max_area, self.multiple)
@@ -217,8 +219,8 @@ class DiffusersEngine(Engine):
         #    (decode_stream: the chunk loop in a thread, the same frames).
         if self.stream_frames and type(self).audio is DiffusersEngine.audio:
             taps = self._loaded if len(chunks) == 1 else []  # the pipelines whose VAE may stream a chunk's decode
-            frames = decode_stream.streamed(
-                make, chunks[-1].start + chunks[-1].length, job.num_frames, job.width, job.height, taps
+            frames = decode_stream.Streamed(
+                self, make, chunks[-1].start + chunks[-1].length, job.num_frames, job.width, job.height, taps
             )
             return Output(frames=frames, fps=job.fps, audio=self.audio(plan, inputs))
         make()
