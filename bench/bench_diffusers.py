@@ -146,6 +146,8 @@ def overhead(args) -> None:
         MediaHost() as hook,
     ):
         for name, (p, steps, area) in CASES.items():
+            if args.cases and name not in args.cases.split(","):
+                continue
             pipe = WanPipeline.from_pretrained(str(folders[p]), dtype=torch.float32, local_files_only=True)
             pipe.set_progress_bar_config(disable=True)
             engine = WanEngine(_spec(folders[p], steps, area), "cpu")
@@ -299,6 +301,7 @@ def main() -> None:
     o = sub.add_parser("overhead", help="task through the API vs a bare pipeline call")
     o.add_argument("--repeats", type=int, default=3)
     o.add_argument("--dir", default=None, help="work folder (default: a temp folder)")
+    o.add_argument("--cases", default="", help=f"comma-separated cases (default all: {', '.join(CASES)})")
     f = sub.add_parser("fast-tier", help="cache hooks vs none on a small random Wan transformer")
     f.add_argument("--steps", type=int, default=20)
     f.add_argument("--repeats", type=int, default=3, help="runs per hook, round robin (the fastest counts)")

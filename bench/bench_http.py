@@ -25,6 +25,7 @@ issue's yardstick. The machine is shared: take ratios, not absolute figures, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -98,9 +99,21 @@ class Run:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` and its threads so far (Linux)."""
+    """User + system CPU time of process ``pid``, its threads and its child processes (the API
+    processes of ``serve --workers``; the local runner's worker sleeps) so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        children = []
+    total = own
+    for child in children:
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            pass  # ended meanwhile
+    return total
 
 
 def measured(pid: int, url: str, script: Path, seconds: int, connections: int) -> Run:
@@ -174,6 +187,28 @@ def setup_tasks(client: httpx.Client) -> list[str]:
     return ids
 
 
+def temporal_env(stack: contextlib.ExitStack, folder: Path) -> dict[str, str]:
+    """A Temporal dev server for this run; the variables that put opendance (API and worker) on
+    it, with one SQLite file and the local storage of the API's data directory shared."""
+    from opendance.testing.servers import TemporalServer
+
+    from opendance.store import TaskStore
+    from opendance.store.migrate import upgrade
+
+    temporal = TemporalServer(folder / "temporal").start()
+    stack.callback(temporal.stop)
+    (folder / "opendance").mkdir(parents=True, exist_ok=True)
+    store = TaskStore.from_url(f"sqlite:///{folder / 'opendance' / 'opendance.db'}")
+    upgrade(store.engine)  # before the worker starts: it reads the tasks of the API's database
+    store.close()
+    return {
+        "OPENDANCE_RUNNER": "temporal",
+        "OPENDANCE_TEMPORAL_ADDRESS": temporal.address,
+        "OPENDANCE_DATABASE_URL": f"sqlite:///{folder / 'opendance' / 'opendance.db'}",
+        "OPENDANCE_DATA_DIR": str(folder / "opendance"),
+    }
+
+
 def fill_floor(db_path: Path, client: httpx.Client, ids: list[str]) -> None:
     """The floor's rows: exactly the bodies opendance returns, in creation order."""
     from floor_app import connect
@@ -210,6 +245,13 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="afterwards, record py-spy profiles of opendance under each load into this folder"
     )
+    parser.add_argument(
+        "--runner",
+        choices=["local", "temporal"],
+        default="local",
+        help="temporal: a Temporal dev server and one `opendance worker` for the fast model are started too",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="opendance serve --workers (API processes; Temporal mode)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench_http needs wrk: apt-get install -y wrk")
@@ -219,10 +261,18 @@ def main() -> None:
         folder = Path(tmp)
         (folder / "models.toml").write_text(MODELS)
         caps = {"OPENDANCE_MAX_QUEUED_PER_KEY": str(args.queue_caps), "OPENDANCE_MAX_QUEUED_TOTAL": str(args.queue_caps)}
-        with (
-            LiveServer(folder / "opendance", config=folder / "models.toml", env={**ENV, **caps}) as server,
-            server.client(KEY) as client,
-        ):
+        env = {**ENV, **caps}
+        with contextlib.ExitStack() as stack:
+            if args.runner == "temporal":
+                from opendance.testing.cluster import WorkerProcess
+
+                env.update(temporal_env(stack, folder))
+                worker = WorkerProcess(folder / "worker", ["fast"], env=env, config=folder / "models.toml").start()
+                stack.callback(worker.stop)
+            server = stack.enter_context(
+                LiveServer(folder / "opendance", config=folder / "models.toml", env=env, args=["--workers", str(args.workers)])
+            )
+            client = stack.enter_context(server.client(KEY))
             ids = setup_tasks(client)
             fill_floor(folder / "floor.db", client, ids)
             floor_port = free_port()

@@ -67,7 +67,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .api.connections import protocol_class
     from .logging import uvicorn_log_config
 
+    from .api.workers import refusal
+
     settings = _settings(args)
+    if (why := refusal(settings.runner, 1 if args.workers is None else args.workers)) is not None:
+        print(f"opendance serve: {why}", file=sys.stderr)
+        return 2
     if settings.runner == "local":  # one local server per data dir, before anything touches it
         from .runner.datadir_lock import DataDirBusy, hold
 
@@ -90,16 +95,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"opendance serve: {settings.config}: {exc}", file=sys.stderr)
         return 2
     _raise_open_files_limit(settings.max_connections)
+    workers = 1 if args.workers is None else args.workers
+    if workers > 1:  # several API processes on one port (api/workers.py): apps built in each
+        from .api import workers as api_workers
+
+        api_workers.export({k: v for k, v in vars(args).items() if k in type(settings).model_fields and v is not None})
+        app, http = api_workers.APP, api_workers.PROTOCOL
+    else:
+        # h11 with request-head and body deadlines and a connection cap (api/connections.py)
+        http = protocol_class(settings.header_timeout, settings.max_connections, body_timeout=settings.body_timeout)
     uvicorn.run(
         app,
+        factory=workers > 1,
+        workers=workers if workers > 1 else None,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         log_config=uvicorn_log_config(settings.log_level),  # keys, tokens and data: URIs redacted
         proxy_headers=True,
         timeout_graceful_shutdown=10,
-        # h11 with request-head and body deadlines and a connection cap (api/connections.py)
-        http=protocol_class(settings.header_timeout, settings.max_connections, body_timeout=settings.body_timeout),
+        http=http,
         timeout_keep_alive=settings.keep_alive_timeout,  # a float works: it goes to call_later
     )
     return 0
@@ -162,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated hosts, IPs or CIDR networks that media URLs may reach although private (e.g. 127.0.0.1)",
     )
     serve.add_argument("--device-memory", dest="device_memory", help="memory of each device for the memory plan, e.g. 80GiB")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="API processes on the port (default 1; more only with --runner temporal, see docs/scale-out.md)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database commands")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import secrets
-import string
 
 
 class Mode(str, enum.Enum):
@@ -77,12 +76,12 @@ OUTPUT_SIZES: dict[str, dict[str, tuple[int, int]]] = {
 
 MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 5, 15, 5
 
-_ID_ALPHABET = string.ascii_letters + string.digits + "-_"
-
 
 def new_task_id() -> str:
     """``task_`` + 32 random URL-safe characters (192 bits)."""
-    return "task_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(32))
+    # 24 random bytes in base64url: 32 characters of A-Z, a-z, 0-9, "-" and "_", uniformly (one
+    # getrandom call; 32 calls of secrets.choice were an eighth of a create's time).
+    return "task_" + secrets.token_urlsafe(24)
 
 
 def nearest_aspect_ratio(width: int, height: int) -> str:

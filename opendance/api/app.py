@@ -351,6 +351,9 @@ class MetricsMiddleware:
     def __init__(self, app, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (method, route, status) -> its counter and histogram children: ``labels()`` takes a
+        # lock and builds the series key on every call; the label sets are bounded (see above).
+        self._series: dict[tuple[str, str, int], tuple] = {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -370,5 +373,11 @@ class MetricsMiddleware:
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-            self.metrics.requests.labels(method, path, str(status)).inc()
-            self.metrics.latency.labels(method, path).observe(time.perf_counter() - t0)
+            series = self._series.get((method, path, status))
+            if series is None:
+                series = self._series[method, path, status] = (
+                    self.metrics.requests.labels(method, path, str(status)),
+                    self.metrics.latency.labels(method, path),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - t0)

@@ -18,7 +18,7 @@ router = APIRouter(tags=["Ark content generation"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ArkErrorResponse} for code in (400, 401, 404, 409, 413, 429, 500, 503)}
 
 
-def get_ark(service: Service) -> ArkService:
+async def get_ark(service: Service) -> ArkService:
     return ArkService(service)
 
 

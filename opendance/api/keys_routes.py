@@ -26,11 +26,11 @@ router = APIRouter(tags=["keys and usage"])
 ERRORS = {**TASK_ERRORS, 403: {"model": ErrorResponse}}  # a key without admin rights
 
 
-def get_keys(request: Request) -> KeyService:
+async def get_keys(request: Request) -> KeyService:
     return request.app.state.keys
 
 
-def require_admin(caller: CallerDep) -> Caller:
+async def require_admin(caller: CallerDep) -> Caller:
     if not caller.admin:
         raise PermissionDenied("the admin API needs an admin key (opendance keys create --admin)", code="admin_required")
     return caller

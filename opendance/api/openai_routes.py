@@ -44,7 +44,7 @@ VARIANTS = ("video", "thumbnail", "last_frame")
 Shape = Annotated[str | None, documented_as({"type": "string", "enum": list(SHAPES)})]
 
 
-def get_videos(service: Service) -> VideoService:
+async def get_videos(service: Service) -> VideoService:
     return VideoService(service)
 
 

@@ -24,12 +24,30 @@ router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 429, 500, 503)}
 
 
-def get_service(request: Request) -> TaskService:
+async def get_service(request: Request) -> TaskService:
     return request.app.state.service
 
 
+# The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread
+# (a hand-off and a loop wake-up each, the largest cost of a GET before issue 14). Telling a
+# key of OPENDANCE_API_KEYS needs no store read, so it is done on the loop; a store key (or an
+# open server, which asks the store whether a key exists yet) is read in a thread, as before.
+async def caller_dep(request: Request) -> Caller:
+    """``get_caller`` without a thread where no store read is needed."""
+    caller = request.app.state.auth.known(request.headers.get("authorization"))
+    if caller is None:
+        return await asyncio.to_thread(get_caller, request)
+    rate_limit(request, caller.owner)
+    return caller
+
+
+async def owner_dep(request: Request) -> str:
+    return (await caller_dep(request)).owner
+
+
 def get_caller(request: Request) -> Caller:
-    """Who is calling (401 without a valid key), after taking a request from its rate limit."""
+    """Who is calling (401 without a valid key), after taking a request from its rate limit.
+    Blocking (it may read the store): the routes use ``caller_dep``."""
     try:
         caller = request.app.state.auth.caller(request.headers.get("authorization"))
     except AuthenticationError:
@@ -52,12 +70,31 @@ def rate_limit(request: Request, owner: str) -> None:
 
 
 Service = Annotated[TaskService, Depends(get_service)]
-Owner = Annotated[str, Depends(get_owner)]
-CallerDep = Annotated[Caller, Depends(get_caller)]
+Owner = Annotated[str, Depends(owner_dep)]
+CallerDep = Annotated[Caller, Depends(caller_dep)]
+
+
+_BASES: dict[tuple, str] = {}  # what base_url computed, by the parts of the scope it reads
+_BASES_KEPT = 256  # distinct Host headers are the client's to choose: a bounded memo
 
 
 def base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    """The request's base URL without the trailing slash (Starlette's ``request.base_url``,
+    which parses a URL on every call, memoised by what it reads: scheme, server, root path and
+    the Host header)."""
+    scope = request.scope
+    key = (
+        scope.get("scheme"),
+        scope.get("server"),
+        scope.get("app_root_path", scope.get("root_path", "")),
+        request.headers.get("host"),
+    )
+    base = _BASES.get(key)
+    if base is None:
+        if len(_BASES) >= _BASES_KEPT:
+            _BASES.clear()
+        base = _BASES[key] = str(request.base_url).rstrip("/")
+    return base
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -120,17 +157,18 @@ async def create_task(
 @router.get("/v1/video/generations", responses={200: {"model": TaskList}, **ERRORS})
 async def list_tasks(
     request: Request,
-    service: Service,
-    owner: Owner,
     limit: Limit = None,
     after: str | None = None,
     status: StatusFilter = None,
     model: str | None = None,
     order: Order = "desc",
 ) -> JSONResponse:
-    tasks, has_more = await service.list(owner, limit=limit, after=after, status=status, model=model, order=order)
-    base = base_url(request)
-    return JSONResponse(page(service.render_each(tasks, lambda t: service.render(t, base)), tasks, has_more))
+    # The service and the caller read here, not as FastAPI dependencies: on the two hottest
+    # routes their resolution cost more than the read (the same checks in the same order).
+    service: TaskService = request.app.state.service
+    owner = await owner_dep(request)
+    body = await service.list_body(owner, base_url(request), limit=limit, after=after, status=status, model=model, order=order)
+    return Response(body, media_type="application/json")
 
 
 def page(data: list[dict[str, Any]], tasks: list, has_more: bool) -> dict[str, Any]:
@@ -147,8 +185,10 @@ def page(data: list[dict[str, Any]], tasks: list, has_more: bool) -> dict[str, A
 
 @router.get("/v1/video/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS})
 @router.get("/v1/videos/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS}, include_in_schema=False)
-async def get_task(task_id: str, request: Request, service: Service, owner: Owner) -> JSONResponse:
-    return JSONResponse(service.render(await service.get(task_id, owner), base_url(request)))
+async def get_task(task_id: str, request: Request) -> JSONResponse:
+    service: TaskService = request.app.state.service
+    owner = await owner_dep(request)  # as in list_tasks
+    return Response(await service.get_body(task_id, owner, base_url(request)), media_type="application/json")
 
 
 @router.post("/v1/video/generations/{task_id}/cancel", responses={200: {"model": TaskObject}, **ERRORS})

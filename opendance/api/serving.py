@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -33,6 +34,7 @@ from ..runner.execute import input_prefix
 from ..storage import LocalFile, Redirect, Storage
 from ..store import DuplicateIdempotencyKey, StoreWriteFailed, Task, TaskStore
 from .auth import UrlSigner
+from .bodies import Bodies, encode, page_body
 from .limits import QueueAdmission
 from .quotas import KeyQuotas
 from .protocol import task_object
@@ -78,6 +80,7 @@ class TaskService:
         self.quotas = quotas
         # tasks.api -> the task object its callbacks carry (the Ark route adds "ark")
         self.callback_shapes: dict[str, Callable[[Task], dict[str, Any]]] = {}
+        self.bodies = Bodies(self.render, signed_urls)  # rendered task objects of the hot reads
         runner.add_listener(self.task_changed)
 
     def models_for(self, caller: Caller) -> dict[str, ModelConfig]:
@@ -287,14 +290,44 @@ class TaskService:
     # -- read ----------------------------------------------------------------------------
 
     async def get(self, task_id: str, owner: str) -> Task:
-        task = await asyncio.to_thread(self.store.get, task_id, owner)
+        task = await self.store.aget(task_id, owner)
         if task is None:
             raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")
         return task
 
-    async def list(
-        self, owner: str, *, limit: Any, after: str | None, status: str | None, model: str | None, order: str = "desc"
-    ):
+    async def get_body(self, task_id: str, owner: str, base_url: str) -> bytes:
+        """``render(get(...))`` as response bytes; from the memo of bodies (api/bodies.py) where
+        the store reads inline, byte for byte the same."""
+        if self.store.inline is not None:
+            try:
+                rows = self.store.inline.get(task_id, owner)
+            except sqlite3.Error:
+                pass  # the usual way decides
+            else:
+                if not rows:
+                    raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")
+                return self.bodies.body(rows[0], base_url)
+        return encode(self.render(await self.get(task_id, owner), base_url))
+
+    async def list_body(
+        self, owner: str, base_url: str, *, limit: Any, after: str | None, status: str | None, model: str | None, order: str
+    ) -> bytes:
+        """The legacy list page as response bytes (``routes.page`` of the rendered tasks); from
+        the memo of bodies where the store reads inline, byte for byte the same."""
+        limit_n, status_v = self._list_params(limit, status, order)
+        if self.store.inline is not None and status_v is None and model is None:
+            try:
+                items, has_more = self.store.inline.page(owner, limit_n, after, order == "desc", self.bodies.listed(base_url))
+            except sqlite3.Error:
+                pass
+            else:
+                ids = (items[0][0], items[-1][0]) if items else (None, None)
+                return page_body([body for _, body in items if body is not None], *ids, has_more)
+        tasks, has_more = await self.list(owner, limit=limit, after=after, status=status, model=model, order=order)
+        bodies = [encode(obj) for obj in self.render_each(tasks, lambda t: self.render(t, base_url))]
+        return page_body(bodies, tasks[0].id if tasks else None, tasks[-1].id if tasks else None, has_more)
+
+    def _list_params(self, limit: Any, status: str | None, order: str) -> tuple[int, Status | None]:
         limit_n = _int_param("limit", limit, 20, 1, 100)
         status_v = None
         if status is not None:
@@ -306,8 +339,14 @@ class TaskService:
                 ) from None
         if order not in ("asc", "desc"):
             raise InvalidRequest(f"order must be asc or desc; got {order!r}", param="order")
-        return await asyncio.to_thread(
-            self.store.list, owner, limit=limit_n, after=after, status=status_v, model=model, newest_first=order == "desc"
+        return limit_n, status_v
+
+    async def list(
+        self, owner: str, *, limit: Any, after: str | None, status: str | None, model: str | None, order: str = "desc"
+    ):
+        limit_n, status_v = self._list_params(limit, status, order)
+        return await self.store.alist(
+            owner, limit=limit_n, after=after, status=status_v, model=model, newest_first=order == "desc"
         )
 
     # -- cancel / delete -----------------------------------------------------------------
@@ -403,7 +442,7 @@ class TaskService:
         if variant not in VARIANTS:
             raise InvalidRequest(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}", param="variant")
         if owner is None:
-            task = await asyncio.to_thread(self.store.get, task_id)
+            task = await self.store.aget(task_id)
             # Tokens are ASCII (base64url); anything else is no token of ours (and no input for hmac).
             if task is None or token is None or not token.isascii() or not self.signer.verify(task_id, variant, token):
                 raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")

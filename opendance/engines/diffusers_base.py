@@ -53,8 +53,7 @@ from ..domain import Mode
 from ..errors import EngineError
 from ..media.frames import fit_cover
 from . import _torch_utils as tu
-from . import lora
-from . import levers
+from . import decode_stream, levers, lora
 from ._torch_utils import Chunk, Timeline
 from .base import Audio, Engine, Inputs, Job, Output, StepContext
 from .diffusers_resume import DenoiseCheckpoints, Merge
@@ -93,6 +92,7 @@ class DiffusersEngine(Engine):
     resume_merge: ClassVar[Mapping[str, Merge]] = {}
     whole_sigmas: ClassVar[bool] = False
     loop_sigmas: ClassVar[bool] = False
+    stream_frames: ClassVar[bool] = True  # frames to the encoder as they are decoded (decode_stream)
 
     pipe: Any  # the main pipeline (set by ``load``)
     temporal: int  # native frames per latent frame
@@ -159,6 +159,7 @@ class DiffusersEngine(Engine):
         return pipe
 
     def close(self) -> None:
+        decode_stream.settle(self)
         for pipe in self._loaded:
             tu.release_pipeline(pipe)
         self._loaded, self._pipelines = [], []
@@ -182,6 +183,7 @@ class DiffusersEngine(Engine):
             raise EngineError("first-and-last-frame needs a last image")
 
     def generate(self, job: Job, inputs: Inputs, ctx: StepContext) -> Output:
+        decode_stream.settle(self)  # the last job's frames are all made (one job at a time)
         opts = self.opts
         # 1. Plan: the native grid, how many native frames, in which chunks.
         width, height = tu.grid_size(job.width, job.height, opts.max_area, self.multiple)
@@ -219,16 +221,30 @@ class DiffusersEngine(Engine):
         # 4. Denoise chunk by chunk; each one after the first continues the tail of the last.
         resume.bind(call["generator"])
         timeline = Timeline()
-        for chunk in chunks:
-            ctx.check_cancelled()
-            arrays = resume.finished_chunk(chunk.index)
-            if arrays is None:
-                arrays = self.denoise_chunk(plan, chunk, timeline)
-                resume.chunk_done(chunk.index, **arrays)
-            timeline.add(chunk, list(arrays["frames"]))
-            self.chunk_finished(plan, chunk, arrays)
 
-        # 5. Exactly the requested frames and size, and the sound track.
+        def make(feed: decode_stream.FrameFeed | None = None) -> list[np.ndarray]:
+            for chunk in chunks:
+                ctx.check_cancelled()
+                arrays = resume.finished_chunk(chunk.index)
+                if arrays is None:
+                    arrays = self.denoise_chunk(plan, chunk, timeline)
+                    resume.chunk_done(chunk.index, **arrays)
+                timeline.add(chunk, list(arrays["frames"]))
+                self.chunk_finished(plan, chunk, arrays)
+                if feed is not None and chunk.index < plan.last:  # final up to the next chunk's seam
+                    feed.final(timeline.frames, chunks[chunk.index + 1].start)
+            return timeline.frames
+
+        # 5. Exactly the requested frames and size, and the sound track. Where the sound does not
+        #    come from the chunks, the frames stream to the encoder as they are decoded
+        #    (decode_stream: the chunk loop in a thread, the same frames).
+        if self.stream_frames and type(self).audio is DiffusersEngine.audio:
+            taps = self._loaded if len(chunks) == 1 else []  # the pipelines whose VAE may stream a chunk's decode
+            frames = decode_stream.Streamed(
+                self, make, chunks[-1].start + chunks[-1].length, job.num_frames, job.width, job.height, taps
+            )
+            return Output(frames=frames, fps=job.fps, audio=self.audio(plan, inputs))
+        make()
         return Output(
             frames=tu.output_frames(timeline.frames, job.num_frames, job.width, job.height),
             fps=job.fps,

@@ -7,21 +7,25 @@ backwards, and ``progress`` only ever grows.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from collections.abc import Callable, Collection, Sequence
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import BigInteger, case, cast, create_engine, delete, event, func, select, update
+from sqlalchemy import BigInteger, case, cast, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..domain import TRANSITIONS, IllegalTransition, RawStatus, Status
 from . import jsoncol
+from .inline import ID, InlineReader, decoded
 from .keys import roll_up
 from .models import MetaRow, TaskRow, UsageRollupRow
 
@@ -75,7 +79,8 @@ class Task:
 
     @classmethod
     def from_row(cls, row: TaskRow) -> Task:
-        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls) if f.name != "ignored_fields"}
+        """From an ORM row, or anything with the same attributes (``inline`` rows)."""
+        values = {name: getattr(row, name) for name in _ROW_FIELDS}
         values["status"] = Status(values["status"])
         values["raw_status"] = RawStatus(values["raw_status"])
         if isinstance(values["job"], dict) and IGNORED_FIELDS_KEY in values["job"]:
@@ -83,6 +88,28 @@ class Task:
             ignored = values["job"].pop(IGNORED_FIELDS_KEY)
             values["ignored_fields"] = tuple(str(name) for name in ignored) if isinstance(ignored, list) else ()
         return cls(**values)
+
+
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Task) if f.name != "ignored_fields")
+
+
+# What a task row holds for a column an INSERT does not name (the models' defaults, else NULL).
+_CREATE_DEFAULTS: dict[str, Any] = {
+    **{c.name: None for c in TaskRow.__table__.columns},
+    "owner": "",
+    "base_url": "",
+    "progress": 0,
+    "attempts": 0,
+}
+
+
+def readable(values: tuple) -> Task | None:
+    """A raw row of ``store.inline`` as a task; None (logged) when it cannot be read."""
+    try:
+        return Task.from_row(decoded(values))
+    except Exception:
+        log.exception("task %s cannot be read; left out of the list", values[ID])
+        return None
 
 
 def _readable(rows: Sequence[TaskRow]) -> list[Task]:
@@ -134,12 +161,16 @@ class TaskStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
+        # SQLite files: GET task and unfiltered list pages read on the event loop (store/inline.py).
+        self.inline = InlineReader.for_url(str(engine.url))
 
     @classmethod
     def from_url(cls, url: str) -> TaskStore:
         return cls(make_engine(url))
 
     def close(self) -> None:
+        if self.inline is not None:
+            self.inline.close()
         self.engine.dispose()
 
     def ping(self) -> None:
@@ -170,21 +201,25 @@ class TaskStore:
         now = time.time()
         if ignored_fields:
             fields["job"] = {**fields["job"], IGNORED_FIELDS_KEY: list(ignored_fields)}
-        row = TaskRow(
-            status=Status.QUEUED.value,
-            raw_status=RawStatus.QUEUED.value,
-            callback_pending=RawStatus.QUEUED.value if fields.get("callback_url") else None,
-            progress=0,
-            attempts=0,
-            created_at=now,
-            updated_at=now,
+        values = {
+            "status": Status.QUEUED.value,
+            "raw_status": RawStatus.QUEUED.value,
+            "callback_pending": RawStatus.QUEUED.value if fields.get("callback_url") else None,
+            "progress": 0,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
             **fields,
-        )
+        }
+        # A Core INSERT (the ORM's unit of work, identity map and instance state cost more than
+        # the INSERT itself); the snapshot is the values written, the columns not given at their
+        # defaults, as the ORM object was.
+        row = SimpleNamespace(**{**_CREATE_DEFAULTS, "extra_body": {}, **values})
         with self._session() as s:
             if check is not None:
                 check(s)
-            s.add(row)
             try:
+                s.execute(insert(TaskRow), values)
                 s.commit()
             except IntegrityError as exc:
                 if fields.get("idempotency_key"):
@@ -243,6 +278,40 @@ class TaskStore:
                 last = rows[-1].seq  # some rows were unreadable: read on past them
                 q = q.where(TaskRow.seq < last if newest_first else TaskRow.seq > last)
         return tasks[:limit], len(tasks) > limit
+
+    # -- the API's hot reads (async: inline on SQLite, else in a thread) --------------------
+
+    async def aget(self, task_id: str, owner: str | None = None) -> Task | None:
+        """``get``, read on the calling event loop where the database allows it (store/inline.py)."""
+        if self.inline is not None:
+            try:
+                rows = self.inline.get(task_id, owner)
+            except sqlite3.Error:
+                pass  # busy, locked, or a schema the statement does not fit: the usual way decides
+            else:
+                return Task.from_row(decoded(rows[0])) if rows else None
+        return await asyncio.to_thread(self.get, task_id, owner)
+
+    async def alist(
+        self,
+        owner: str,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        status: Status | None = None,
+        model: str | None = None,
+        newest_first: bool = True,
+    ) -> tuple[list[Task], bool]:
+        """``list``, read on the calling event loop for pages without filters where the
+        database allows it (store/inline.py); the same rows, order, cursor and skipping."""
+        if self.inline is not None and status is None and model is None:
+            try:
+                return self.inline.page(owner, limit, after, newest_first, readable)
+            except sqlite3.Error:
+                pass
+        return await asyncio.to_thread(
+            self.list, owner, limit=limit, after=after, status=status, model=model, newest_first=newest_first
+        )
 
     def search(
         self,

@@ -1,0 +1,128 @@
+"""Task reads on the event loop itself, for the API's hot paths on a SQLite file.
+
+GET task and list are one indexed read each (the primary key; ``owner, seq``). On SQLite in
+WAL mode such a read takes microseconds and never waits for a writer, so handing it to a thread
+(a queue, a wake-up, a future, a self-pipe write to wake the loop) costs several times the read
+itself, and SQLAlchemy's session, statement and ORM layers cost more again. ``InlineReader``
+reads the same columns with the ``sqlite3`` module on a connection of its own (one per thread,
+``query_only``), through a statement text built once from ``TaskRow``'s columns, and turns each
+row into a ``Task`` exactly as the ORM path does (the same JSON repair of ``jsoncol``, the same
+``Task.from_mapping``).
+
+Only what is cheap and indexed is read inline: a task by id, and a list page without status or
+model filters. Anything else, any other database, and any ``sqlite3`` error (a busy or locked
+file, a schema the statement does not fit) go the usual way: ``TaskStore``'s methods in a
+thread, which then answer or fail exactly as before.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+from sqlalchemy import JSON
+from sqlalchemy.engine import make_url
+
+from . import jsoncol
+from .models import TaskRow
+
+COLUMNS = tuple(c.name for c in TaskRow.__table__.columns)
+SEQ, ID = COLUMNS.index("seq"), COLUMNS.index("id")
+JSON_COLUMNS = tuple(c.name for c in TaskRow.__table__.columns if isinstance(c.type, JSON))
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM tasks"
+GET = _SELECT + " WHERE id = ?"
+GET_OWNED = _SELECT + " WHERE id = ? AND owner = ?"
+# ``after`` is a cursor: the seq of that task of the owner (no such task: no rows, as in TaskStore.list).
+_AFTER = " AND seq {op} (SELECT seq FROM tasks WHERE id = ? AND owner = ?)"
+_PAST = " AND seq {op} ?"
+T = TypeVar("T")
+BUSY_MS = 200  # a read that waits longer than this (a WAL being recovered) goes to a thread instead
+
+
+class InlineReader:
+    """Reads tasks from one SQLite file on the calling thread (see the module docstring)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    @classmethod
+    def for_url(cls, url: str) -> InlineReader | None:
+        """A reader for a SQLite file URL; None for anything else (PostgreSQL, ``:memory:``,
+        URLs with options this reader would not apply)."""
+        parsed = make_url(url)
+        if not parsed.drivername.startswith("sqlite") or parsed.query:
+            return None
+        database = parsed.database or ""
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return cls(database)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # autocommit (isolation_level None): each SELECT is its own read transaction, ended
+            # as soon as its rows are fetched (fetchall), so no reader holds a WAL snapshot.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_MS / 1000)
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+        return conn
+
+    def raw(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+        """The rows as the database gives them (``COLUMNS`` in order). Raises ``sqlite3.Error``
+        for the caller to fall back on."""
+        return self._conn().execute(sql, params).fetchall()
+
+    def get(self, task_id: str, owner: str | None) -> list[tuple]:
+        """The task's row (or none), raw."""
+        return self.raw(GET, (task_id,)) if owner is None else self.raw(GET_OWNED, (task_id, owner))
+
+    def page(
+        self, owner: str, limit: int, after: str | None, newest_first: bool, convert: Callable[[tuple], T | None]
+    ) -> tuple[list[T], bool]:
+        """One list page of ``convert``-ed rows and whether more follow, as ``TaskStore.list``:
+        a row ``convert`` cannot read (None) is left out without shortening the page."""
+        items: list[T] = []
+        past: int | None = None
+        while True:
+            wanted = limit + 1 - len(items)
+            params: list[Any] = [owner]
+            if after is not None:
+                params += [after, owner]
+            if past is not None:
+                params.append(past)
+            rows = self.raw(list_sql(newest_first, after is not None, past is not None), [*params, wanted])
+            items += [item for item in map(convert, rows) if item is not None]
+            if len(rows) < wanted or len(items) > limit:
+                break
+            past = rows[-1][SEQ]  # some rows were unreadable: read on past them
+        return items[:limit], len(items) > limit
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def decoded(values: tuple) -> SimpleNamespace:
+    """A raw row with attributes named as ``TaskRow``'s, its JSON columns read as the ORM reads
+    them (``jsoncol.loads``; NULL stays None): what ``Task.from_row`` takes."""
+    row = dict(zip(COLUMNS, values, strict=True))
+    for name in JSON_COLUMNS:
+        if row[name] is not None:
+            row[name] = jsoncol.loads(row[name])
+    return SimpleNamespace(**row)
+
+
+def list_sql(newest_first: bool, after: bool, past: bool) -> str:
+    op = "<" if newest_first else ">"
+    sql = _SELECT + " WHERE owner = ?"
+    if after:
+        sql += _AFTER.format(op=op)
+    if past:
+        sql += _PAST.format(op=op)
+    return sql + f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"

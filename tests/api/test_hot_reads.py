@@ -1,0 +1,123 @@
+"""The hot reads of issue 14, against the paths they replace, on a real SQLite file:
+
+- ``TaskStore.aget`` / ``alist`` (store/inline.py: sqlite3 on the event loop) give the same
+  tasks as ``get`` / ``list`` (the ORM in a thread): every field, the cursor, both orders, a row
+  that cannot be read left out without shortening the page, other owners' tasks invisible;
+- ``create`` (a Core INSERT) returns the snapshot a read of its row gives;
+- the response bytes of api/bodies.py are JSONResponse's, and a memoised body follows its row;
+- task ids: 32 characters of the URL-safe alphabet;
+- ``Auth.known`` tells keys of OPENDANCE_API_KEYS without the store, and only those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+
+import pytest
+from starlette.responses import JSONResponse
+
+from opendance.api.auth import Auth
+from opendance.api.bodies import Bodies, encode, page_body
+from opendance.api.routes import page
+from opendance.domain import RawStatus, new_task_id
+from opendance.keys import owner_of
+from opendance.store.migrate import upgrade
+from opendance.store.repo import TaskStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = TaskStore.from_url(f"sqlite:///{tmp_path / 'tasks.db'}")
+    upgrade(store.engine)
+    assert store.inline is not None
+    yield store
+    store.close()
+
+
+def make(store: TaskStore, owner: str, n: int, **fields):
+    return store.create(
+        id=new_task_id(),
+        owner=owner,
+        model="m",
+        mode="text-to-video",
+        duration=5,
+        aspect_ratio="16:9",
+        width=864,
+        height=480,
+        fps=8,
+        seed=n,
+        engine="scenario",
+        job={"prompt": f"task {n} ✓"},
+        extra_body={"n": n, "text": "ünïcödé"},
+        base_url="http://h",
+        **fields,
+    )
+
+
+def test_inline_reads_are_the_orm_reads(store):
+    made = [make(store, "a", i) for i in range(7)] + [make(store, "b", 99)]
+    made.append(make(store, "a", 7, ignored_fields=["colour"]))
+    store.transition(made[2].id, RawStatus.RUNNING)
+    store.set_progress(made[2].id, 40)
+    for task in made:
+        assert asyncio.run(store.aget(task.id)) == store.get(task.id)
+        assert asyncio.run(store.aget(task.id, "a")) == store.get(task.id, "a")
+    assert asyncio.run(store.aget(made[7].id, "a")) is None  # b's task
+    assert asyncio.run(store.aget("task_nope")) is None
+    assert asyncio.run(store.aget(made[-1].id)).ignored_fields == ("colour",)
+    for newest_first in (True, False):
+        for after in (None, made[3].id, made[7].id, "task_nope"):
+            for limit in (1, 3, 20):
+                args = dict(limit=limit, after=after, newest_first=newest_first)
+                assert asyncio.run(store.alist("a", **args)) == store.list("a", **args)
+
+
+def test_a_created_task_reads_back_as_its_snapshot(store):
+    task = make(store, "a", 1, callback_url="http://cb")
+    assert store.get(task.id) == task
+    assert task.extra_body == {"n": 1, "text": "ünïcödé"} and task.callback_url == "http://cb"
+
+
+def test_an_unreadable_row_is_left_out_without_shortening_the_page(store, tmp_path):
+    made = [make(store, "a", i) for i in range(5)]
+    with sqlite3.connect(tmp_path / "tasks.db") as conn:
+        conn.execute("update tasks set status = 'no-such-status' where id = ?", (made[3].id,))
+    page_of = asyncio.run(store.alist("a", limit=2))
+    assert page_of == store.list("a", limit=2)
+    assert [t.id for t in page_of[0]] == [made[4].id, made[2].id] and page_of[1]
+
+
+def test_bodies_are_the_bytes_of_json_response_and_follow_their_row(store):
+    task = make(store, "a", 1)
+    rendered = {"id": task.id, "extra_body": task.extra_body, "ok": True, "n": None, "x": 1.5}
+    assert encode(rendered) == JSONResponse(rendered).body
+    objs = [{"id": "a", "v": "é"}, {"id": "b", "v": [1, 2]}]
+    tasks = [task, task]
+    assert page_body([encode(o) for o in objs], task.id, task.id, True) == JSONResponse(page(objs, tasks, True)).body
+    assert page_body([], None, None, False) == JSONResponse(page([], [], False)).body
+    seen = []
+    bodies = Bodies(lambda t, base: seen.append(t.progress) or {"id": t.id, "progress": t.progress, "base": base}, lambda: False)
+    (row,) = store.inline.get(task.id, None)
+    assert bodies.body(row, "http://x") == bodies.body(row, "http://x") and seen == [0]  # the second from the memo
+    store.set_progress(task.id, 30)
+    (changed,) = store.inline.get(task.id, None)
+    assert b'"progress":30' in bodies.body(changed, "http://x") and seen == [0, 30]
+    assert b'"base":"http://y"' in bodies.body(changed, "http://y")
+
+
+def test_task_ids_are_32_url_safe_characters():
+    ids = {new_task_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(re.fullmatch(r"task_[A-Za-z0-9_-]{32}", i) for i in ids)
+    assert set("".join(i[5:] for i in ids)) == set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def test_known_tells_environment_keys_only():
+    auth = Auth(["k1", "k2"])
+    assert auth.known("Bearer k2").owner == owner_of("k2")
+    assert auth.known("bearer  k1 ").owner == owner_of("k1")
+    for header in (None, "", "Bearer", "Bearer k3", "Basic k1", "k1"):
+        assert auth.known(header) is None  # the full check (caller) decides these
+    assert Auth([]).known("Bearer k1") is None
