@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 from pathlib import Path
 
 from .cli_models import plan_fits
@@ -96,16 +97,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     _raise_open_files_limit(settings.max_connections)
     workers = 1 if args.workers is None else args.workers
+    served: Any = app  # the app, or (several workers) its import string
+    http: Any
     if workers > 1:  # several API processes on one port (api/workers.py): apps built in each
         from .api import workers as api_workers
 
         api_workers.export({k: v for k, v in vars(args).items() if k in type(settings).model_fields and v is not None})
-        app, http = api_workers.APP, api_workers.PROTOCOL
+        served, http = api_workers.APP, api_workers.PROTOCOL
     else:
         # h11 with request-head and body deadlines and a connection cap (api/connections.py)
         http = protocol_class(settings.header_timeout, settings.max_connections, body_timeout=settings.body_timeout)
     uvicorn.run(
-        app,
+        served,
         factory=workers > 1,
         workers=workers if workers > 1 else None,
         host=settings.host,

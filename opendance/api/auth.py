@@ -103,7 +103,7 @@ class Auth:
         """Record the key's use, at most once a minute per server (a write per request would
         make every GET a write)."""
         now = time.time()
-        if now - self._touched.get(owner, 0.0) >= TOUCH_EVERY:
+        if self.store is not None and now - self._touched.get(owner, 0.0) >= TOUCH_EVERY:
             self._touched[owner] = now
             self.store.touch(owner, now)
 

@@ -151,6 +151,7 @@ class VideoService:
     def _make_thumbnail(self, task: Task) -> bytes:
         import av  # media decoding only; never a model in the API process
 
+        assert task.video_key is not None  # only a completed task has a thumbnail
         with self.tasks.storage.local_path(task.video_key) as path, av.open(str(path)) as container:
             image = next(container.decode(video=0)).to_image()
         buf = io.BytesIO()
@@ -200,7 +201,7 @@ def _form_seed(value: Any) -> Any:
 def _renamed(exc: InvalidRequest) -> InvalidRequest:
     """The same error, naming the OpenAI field the caller sent instead of its legacy twin."""
     new = _RENAMES.get(exc.param or "")
-    if new is None:
+    if new is None or exc.param is None:
         return exc
     message = re.sub(rf"^{re.escape(exc.param)}\b", new, exc.message)
     return type(exc)(message, param=new, code=exc.code, retry_after=exc.retry_after)

@@ -148,7 +148,7 @@ async def create_task(
     service: Service,
     caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
-) -> JSONResponse:
+) -> Response:
     body = await read_json(request, service.settings.max_body_bytes)
     task = await service.create(body, caller=caller, base_url=base_url(request), idempotency_key=idempotency_key)
     return JSONResponse(service.render(task, base_url(request)))
@@ -162,7 +162,7 @@ async def list_tasks(
     status: StatusFilter = None,
     model: str | None = None,
     order: Order = "desc",
-) -> JSONResponse:
+) -> Response:
     # The service and the caller read here, not as FastAPI dependencies: on the two hottest
     # routes their resolution cost more than the read (the same checks in the same order).
     service: TaskService = request.app.state.service
@@ -185,7 +185,7 @@ def page(data: list[dict[str, Any]], tasks: list, has_more: bool) -> dict[str, A
 
 @router.get("/v1/video/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS})
 @router.get("/v1/videos/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS}, include_in_schema=False)
-async def get_task(task_id: str, request: Request) -> JSONResponse:
+async def get_task(task_id: str, request: Request) -> Response:
     service: TaskService = request.app.state.service
     owner = await owner_dep(request)  # as in list_tasks
     return Response(await service.get_body(task_id, owner, base_url(request)), media_type="application/json")

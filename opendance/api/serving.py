@@ -31,7 +31,7 @@ from ..media.intake import MediaRequest, intake_media
 from ..metrics import Metrics
 from ..runner.base import Runner
 from ..runner.execute import input_prefix
-from ..storage import LocalFile, Redirect, Storage
+from ..storage import LocalFile, Redirect, Storage, Stream
 from ..store import DuplicateIdempotencyKey, StoreWriteFailed, Task, TaskStore
 from .auth import UrlSigner
 from .bodies import Bodies, encode, page_body
@@ -220,7 +220,11 @@ class TaskService:
                 raise ServiceUnavailable(message, code="storage_error", retry_after=30) from None
             except DuplicateIdempotencyKey:
                 # Two requests with the same key raced; the other one made the task.
+                assert idempotency_key is not None  # only a keyed create can collide
                 earlier = await asyncio.to_thread(self.store.get_by_idempotency_key, owner, idempotency_key)
+                if earlier is None:  # the other one made it and it was deleted since
+                    message = "a task with this Idempotency-Key was made and deleted while this request ran; retry"
+                    raise Conflict(message, param="Idempotency-Key", code="idempotency_key_reused") from None
                 return self._same_request(earlier, request_hash)
         if req.ignored_fields:
             log.info("task %s: ignored the unknown fields %s (misspelt?)", task.id, ", ".join(req.ignored_fields))
@@ -321,8 +325,8 @@ class TaskService:
             except sqlite3.Error:
                 pass
             else:
-                ids = (items[0][0], items[-1][0]) if items else (None, None)
-                return page_body([body for _, body in items if body is not None], *ids, has_more)
+                first, last = (items[0][0], items[-1][0]) if items else (None, None)
+                return page_body([body for _, body in items if body is not None], first, last, has_more)
         tasks, has_more = await self.list(owner, limit=limit, after=after, status=status, model=model, order=order)
         bodies = [encode(obj) for obj in self.render_each(tasks, lambda t: self.render(t, base_url))]
         return page_body(bodies, tasks[0].id if tasks else None, tasks[-1].id if tasks else None, has_more)
@@ -437,7 +441,7 @@ class TaskService:
 
     async def content(
         self, task_id: str, owner: str | None, variant: str, token: str | None
-    ) -> tuple[Task, LocalFile | Redirect]:
+    ) -> tuple[Task, LocalFile | Redirect | Stream]:
         """Where the file is. ``owner`` None means: authorised by ``token`` instead of a key."""
         if variant not in VARIANTS:
             raise InvalidRequest(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}", param="variant")

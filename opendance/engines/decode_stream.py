@@ -189,7 +189,8 @@ class Streamed:
         self._native, self._num_frames, self._size = native, num_frames, (width, height)
         self._taps = taps
         self._make = make
-        self._i, self._last_k, self._last = 0, -1, None
+        self._i, self._last_k = 0, -1
+        self._last: np.ndarray | None = None
         self._thread = threading.Thread(target=self._run, name="decode-stream", daemon=True)
         self._thread.start()
         _RUNNING[engine] = self
@@ -233,6 +234,7 @@ class Streamed:
                 raise
             self._last_k, self._last = k, to_array(fit_cover(Image.fromarray(frame), *self._size))
         self._i += 1
+        assert self._last is not None  # k == 0 on the first frame: never -1
         return self._last
 
     def wait(self) -> None:

@@ -39,7 +39,7 @@ GET_OWNED = _SELECT + " WHERE id = ? AND owner = ?"
 _AFTER = " AND seq {op} (SELECT seq FROM tasks WHERE id = ? AND owner = ?)"
 _PAST = " AND seq {op} ?"
 T = TypeVar("T")
-BUSY_MS = 200  # a read that waits longer than this (a WAL being recovered) goes to a thread instead
+BUSY_MS = 0  # a read that would wait at all (a WAL being recovered) goes to a thread: the loop never waits on a lock
 
 
 class InlineReader:

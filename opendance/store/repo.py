@@ -7,6 +7,8 @@ backwards, and ``progress`` only ever grows.
 
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import dataclasses
 import logging
@@ -78,7 +80,7 @@ class Task:
     callback_pending: str | None = None  # the raw status whose callback is not yet delivered
 
     @classmethod
-    def from_row(cls, row: TaskRow) -> Task:
+    def from_row(cls, row: TaskRow | SimpleNamespace) -> Task:
         """From an ORM row, or anything with the same attributes (``inline`` rows)."""
         values = {name: getattr(row, name) for name in _ROW_FIELDS}
         values["status"] = Status(values["status"])
@@ -301,7 +303,7 @@ class TaskStore:
         status: Status | None = None,
         model: str | None = None,
         newest_first: bool = True,
-    ) -> tuple[list[Task], bool]:
+    ) -> tuple[builtins.list[Task], bool]:
         """``list``, read on the calling event loop for pages without filters where the
         database allows it (store/inline.py); the same rows, order, cursor and skipping."""
         if self.inline is not None and status is None and model is None:
@@ -323,7 +325,7 @@ class TaskStore:
         ids: Collection[str] = (),
         model: str | None = None,
         service_tier: str | None = None,
-    ) -> tuple[list[Task], int]:
+    ) -> tuple[builtins.list[Task], int]:
         """One page of the owner's tasks, newest first, by offset, and how many match in all
         (Ark's list). ``service_tier`` is read from ``extra_body`` ("default" when absent)."""
         q = select(TaskRow).where(TaskRow.owner == owner)
@@ -340,7 +342,7 @@ class TaskStore:
             rows = s.scalars(q.order_by(TaskRow.seq.desc()).offset(offset).limit(limit)).all()
         return _readable(rows), total
 
-    def expiring(self, now: float, limit: int = 500) -> list[Task]:
+    def expiring(self, now: float, limit: int = 500) -> builtins.list[Task]:
         """Queued or running tasks whose ``expires_at`` has passed."""
         q = (
             select(TaskRow)
@@ -355,7 +357,7 @@ class TaskStore:
         with self._session() as s:
             return [Task.from_row(r) for r in s.scalars(q).all()]
 
-    def unfinished(self) -> list[Task]:
+    def unfinished(self) -> builtins.list[Task]:
         """Tasks queued or running, oldest first (what a runner must take up again on start)."""
         q = select(TaskRow).where(TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value])).order_by(TaskRow.seq)
         with self._session() as s:
@@ -438,7 +440,7 @@ class TaskStore:
                 .execution_options(synchronize_session=False)
             )
             s.commit()
-            if result.rowcount == 0:
+            if result.rowcount == 0:  # type: ignore[attr-defined]  # an UPDATE's CursorResult
                 current = s.scalars(select(TaskRow.raw_status).where(TaskRow.id == task_id)).first()
                 if current is None:
                     raise KeyError(task_id)
@@ -479,7 +481,7 @@ class TaskStore:
             )
             s.commit()
 
-    def callbacks_due(self, changed_before: float, after_seq: int = 0, limit: int = 200) -> list[tuple[int, Task]]:
+    def callbacks_due(self, changed_before: float, after_seq: int = 0, limit: int = 200) -> builtins.list[tuple[int, Task]]:
         """Tasks whose last status change, made before ``changed_before``, still has its
         callback pending (the server that was sending it stopped), in creation order after
         ``after_seq``, with their ``seq`` (the next page starts after the last one)."""
@@ -492,7 +494,7 @@ class TaskStore:
         with self._session() as s:
             return [(r.seq, Task.from_row(r)) for r in s.scalars(q).all()]
 
-    def finished_before(self, ts: float, limit: int = 500) -> list[str]:
+    def finished_before(self, ts: float, limit: int = 500) -> builtins.list[str]:
         """Ids of tasks that reached a final state before ``ts`` (for retention)."""
         q = (
             select(TaskRow.id)
@@ -505,7 +507,7 @@ class TaskStore:
 
     def existing(self, task_ids: Collection[str]) -> set[str]:
         """Which of ``task_ids`` have a row."""
-        ids, found = list(task_ids), set()
+        ids, found = list(task_ids), set[str]()
         with self._session() as s:
             for start in range(0, len(ids), 500):  # well below every database's parameter limit
                 found.update(s.scalars(select(TaskRow.id).where(TaskRow.id.in_(ids[start : start + 500]))).all())
@@ -537,4 +539,6 @@ class TaskStore:
                 s.commit()
             except IntegrityError:
                 s.rollback()
-            return s.get(MetaRow, key).value
+            row = s.get(MetaRow, key)
+            assert row is not None  # written or found just above
+            return row.value

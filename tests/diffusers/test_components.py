@@ -73,6 +73,7 @@ def test_the_extend_pipeline_is_loaded_by_the_first_job_that_needs_it(tiny_folde
     engine.generate(job(engine, 5), Inputs(), StepContext())  # 21 frames at 4 fps: one window
     assert engine._vace is None and len(engine._loaded) == 1
     steps = []
-    engine.generate(job(engine, 15), Inputs(), StepContext(progress=lambda d, t: steps.append(t)))  # 61 frames
+    out = engine.generate(job(engine, 15), Inputs(), StepContext(progress=lambda d, t: steps.append(t)))  # 61 frames
+    list(out.frames)  # later chunks are made as the encoder pulls their frames (decode_stream)
     assert engine._vace is not None and len(engine._loaded) == 2 and steps[-1] == 2 * len(plan_chunks(61, 21, 5, 4))
     assert engine.vace.text_encoder is engine.pipe.text_encoder  # the same weights: one object

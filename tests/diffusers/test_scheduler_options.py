@@ -91,7 +91,7 @@ def test_a_configured_flow_shift_is_used_in_that_engine_s_calls_only(unipc_folde
         for engine, shift in ((plain, 3.0), (shifted, 5.0), (plain, 3.0)):
             spy = Timesteps(engine.pipe.transformer, engine.vace.transformer)
             try:
-                engine.generate(job(engine.spec), Inputs(), StepContext())
+                list(engine.generate(job(engine.spec), Inputs(), StepContext()).frames)
             finally:
                 spy.close()
             assert spy.seen == unipc_timesteps(shift) * 2  # two chunks, 3 steps each
@@ -108,7 +108,7 @@ def test_the_extend_pipeline_takes_its_own_scheduler_settings(unipc_folders):
     try:
         spy = Timesteps(engine.pipe.transformer, engine.vace.transformer)
         try:
-            engine.generate(job(engine.spec), Inputs(), StepContext())
+            list(engine.generate(job(engine.spec), Inputs(), StepContext()).frames)
         finally:
             spy.close()
         assert spy.seen == unipc_timesteps(12.0) + unipc_timesteps(5.0)
@@ -154,7 +154,7 @@ def test_a_cancelled_call_frees_the_offload_hooks(tiny_folders):
         steps: list[int] = []
         ctx = StepContext(progress=lambda d, t: steps.append(d), cancelled=lambda: len(steps) >= 1)
         with pytest.raises(Cancelled):
-            engine.generate(job(engine.spec, duration=2), Inputs(), ctx)
+            list(engine.generate(job(engine.spec, duration=2), Inputs(), ctx).frames)
         after = engine.pipe._all_hooks
         assert after and all(h is not old for h in after for old in hooks)  # offloaded, hooks made again
         assert all(getattr(m, "_hf_hook", None) is not None for m in (engine.pipe.transformer, engine.pipe.vae))
@@ -174,7 +174,9 @@ def test_every_fully_known_latent_frame_is_kept_in_a_vace_extension(tiny_folders
 
     handle = engine.vace.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        engine.generate(job(engine.spec, duration=12), Inputs(), StepContext())  # 49 frames: 29, then 29 from frame 20
+        list(
+            engine.generate(job(engine.spec, duration=12), Inputs(), StepContext()).frames
+        )  # 49 frames: 29, then 29 from frame 20
     finally:
         handle.remove()
         engine.close()
@@ -223,7 +225,7 @@ def test_ltx2_distilled_sigmas_are_used_as_given(tiny_folders, tmp_path):
         engine = LTX2Engine({**base, **extra})
         spy = Timesteps(engine.pipe.transformer)
         try:
-            engine.generate(job(engine.spec, duration=2), Inputs(), StepContext())
+            list(engine.generate(job(engine.spec, duration=2), Inputs(), StepContext()).frames)
         finally:
             spy.close()
             engine.close()
@@ -242,6 +244,10 @@ def test_first_and_last_frame_is_refused_by_a_pipeline_that_would_drop_the_last_
     engine = WanEngine(wan_spec({"wan-t2v": folder, "wan-vace": tiny_folders["wan-vace"]}, max_area=32 * 16, frames=21))
     try:
         with pytest.raises(EngineError, match="would drop the last image"):
-            engine.generate(job(engine.spec, Mode.FIRST_AND_LAST_FRAME), inputs_for(Mode.FIRST_AND_LAST_FRAME), StepContext())
+            list(
+                engine.generate(
+                    job(engine.spec, Mode.FIRST_AND_LAST_FRAME), inputs_for(Mode.FIRST_AND_LAST_FRAME), StepContext()
+                ).frames
+            )
     finally:
         engine.close()
