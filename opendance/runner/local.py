@@ -117,10 +117,10 @@ class LocalRunner(Runner):
     # -- dispatch ------------------------------------------------------------------------
 
     def _enqueue(self, task: Task, front: bool = False) -> None:
+        if task.id in self._placement:  # queued already (``_placement`` holds exactly the queued tasks)
+            return
         placement = self._placement[task.id] = placement_of(self.models, task.model, task.job)
         queue = self._queues[placement.kind]
-        if task.id in queue:
-            return
         queue.appendleft(task.id) if front else queue.append(task.id)
         if self._stopping:
             return

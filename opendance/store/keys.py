@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..domain import RawStatus
+from .writes import writing
 from .models import ApiKeyRow, TaskRow, UsageRollupRow
 
 # Tasks that end this way delivered no video: they do not count against seconds_per_day.
@@ -155,7 +156,7 @@ class KeyStore:
             models=models,
             created_at=time.time(),
         )
-        with self._session() as s:
+        with writing(self.engine, self._session) as s:
             s.add(row)
             try:
                 s.commit()
@@ -179,7 +180,7 @@ class KeyStore:
 
     def revoke(self, name: str) -> ApiKey | None:
         """Revoke a live key; None if there is no such key. Revoking twice keeps the first time."""
-        with self._session() as s:
+        with writing(self.engine, self._session) as s:
             s.execute(
                 update(ApiKeyRow)
                 .where(ApiKeyRow.name == name, ApiKeyRow.revoked_at.is_(None))
@@ -190,7 +191,7 @@ class KeyStore:
         return self.by_name(name)
 
     def touch(self, owner: str, when: float) -> None:
-        with self._session() as s:
+        with writing(self.engine, self._session) as s:
             s.execute(
                 update(ApiKeyRow)
                 .where(ApiKeyRow.owner == owner)

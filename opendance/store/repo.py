@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -30,6 +31,7 @@ from . import jsoncol
 from .inline import ID, InlineReader, decoded
 from .keys import roll_up
 from .models import MetaRow, TaskRow, UsageRollupRow
+from .writes import writing
 
 log = logging.getLogger("opendance.store")
 
@@ -166,6 +168,10 @@ class TaskStore:
         # SQLite files: GET task and unfiltered list pages read on the event loop (store/inline.py).
         self.inline = InlineReader.for_url(str(engine.url))
 
+    def _writing(self) -> contextlib.AbstractContextManager[Session]:
+        """A session for a writing transaction (store/writes.py: one at a time per SQLite file)."""
+        return writing(self.engine, self._session)
+
     @classmethod
     def from_url(cls, url: str) -> TaskStore:
         return cls(make_engine(url))
@@ -182,7 +188,7 @@ class TaskStore:
     def check_writable(self) -> None:
         """Raise if the database cannot take a write now (a full disk under SQLite): one tiny
         committed write to ``meta`` (/readyz; a read alone succeeds on a full disk)."""
-        with self._session() as s:
+        with self._writing() as s:
             row = s.get(MetaRow, WRITE_PROBE_KEY)
             if row is None:
                 s.add(MetaRow(key=WRITE_PROBE_KEY, value=repr(time.time())))
@@ -217,7 +223,7 @@ class TaskStore:
         # the INSERT itself); the snapshot is the values written, the columns not given at their
         # defaults, as the ORM object was.
         row = SimpleNamespace(**{**_CREATE_DEFAULTS, "extra_body": {}, **values})
-        with self._session() as s:
+        with self._writing() as s:
             if check is not None:
                 check(s)
             try:
@@ -432,7 +438,7 @@ class TaskStore:
             values["completed_at"] = now
         if to is RawStatus.COMPLETED:
             values["progress"] = 100
-        with self._session() as s:
+        with self._writing() as s:
             result = s.execute(
                 update(TaskRow)
                 .where(TaskRow.id == task_id, TaskRow.raw_status.in_(allowed_from))
@@ -455,7 +461,7 @@ class TaskStore:
     def set_progress(self, task_id: str, progress: int) -> None:
         """Raise progress (never lower it; 99 at most while not completed)."""
         p = max(0, min(99, int(progress)))
-        with self._session() as s:
+        with self._writing() as s:
             s.execute(
                 update(TaskRow)
                 .where(
@@ -472,7 +478,7 @@ class TaskStore:
     def callback_settled(self, task_id: str, raw_status: str) -> None:
         """The callback of ``raw_status`` was delivered or given up: nothing is pending, unless
         the task has moved on since (then the newer status stays pending)."""
-        with self._session() as s:
+        with self._writing() as s:
             s.execute(
                 update(TaskRow)
                 .where(TaskRow.id == task_id, TaskRow.callback_pending == raw_status)
@@ -516,7 +522,7 @@ class TaskStore:
     def delete(self, task_id: str) -> None:
         """Delete the row; what it counts for in usage and quotas is rolled up in the same
         transaction (``DELETE ... RETURNING``: exactly one of two racing deletes rolls it up)."""
-        with self._session() as s:
+        with self._writing() as s:
             gone = s.execute(
                 delete(TaskRow)
                 .where(TaskRow.id == task_id)
@@ -530,7 +536,7 @@ class TaskStore:
 
     def meta_secret(self, key: str) -> str:
         """A random secret created once and shared by every process on this database."""
-        with self._session() as s:
+        with self._writing() as s:
             row = s.get(MetaRow, key)
             if row is not None:
                 return row.value
