@@ -35,7 +35,8 @@ _CREATE_DOC = """Submit a task; answers at once with the task (``status: "queued
 Media arguments take an ``http(s)://`` URL or ``data:`` URI (sent as is), or a local file path
 or ``bytes`` (sent as a ``data:`` URI). ``images``/``videos``/``audios`` take one or a list.
 The keyword-only options ``seed``, ``negative_prompt``, ``generate_audio``, ``watermark``,
-``camera_fixed``, ``return_last_frame`` and ``callback_url`` go into ``extra_body``.
+``camera_fixed``, ``return_last_frame``, ``callback_url`` and ``loras`` go into ``extra_body``;
+``loras`` takes names (at the scale the models file gives) or ``{"name": ..., "scale": ...}``.
 """
 
 

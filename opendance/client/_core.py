@@ -14,7 +14,7 @@ import mimetypes
 import os
 import re
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar
@@ -105,7 +105,15 @@ class CreateOptions(TypedDict, total=False):
     camera_fixed: bool
     return_last_frame: bool
     callback_url: str
+    loras: Sequence[str | Mapping[str, Any]]
     extra_body: dict[str, Any]
+
+
+def _loras(loras: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``extra_body.loras``: each item a name (the model's scale) or ``{"name": ..., "scale": ...}``."""
+    if isinstance(loras, (str, Mapping)):
+        raise TypeError("loras takes a list of names or {'name': ..., 'scale': ...} mappings")
+    return [{"name": item} if isinstance(item, str) else dict(item) for item in loras]
 
 
 def create_body(
@@ -126,6 +134,7 @@ def create_body(
     camera_fixed: bool | None = None,
     return_last_frame: bool | None = None,
     callback_url: str | None = None,
+    loras: Sequence[str | Mapping[str, Any]] | None = None,
     extra_body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON body of ``POST /v1/video/generations``; fields left None are not sent."""
@@ -149,6 +158,7 @@ def create_body(
         "camera_fixed": camera_fixed,
         "return_last_frame": return_last_frame,
         "callback_url": callback_url,
+        "loras": _loras(loras) if loras is not None else None,
     }
     extra = {**(extra_body or {}), **{k: v for k, v in extras.items() if v is not None}}
     if extra:

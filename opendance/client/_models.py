@@ -42,6 +42,7 @@ class Task:
     height: int | None = None
     seed: int | None = None
     engine: str | None = None
+    loras: tuple[dict[str, Any], ...] = ()  # the LoRAs applied: {"name": ..., "scale": ...}
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -84,5 +85,6 @@ class Task:
             height=data.get("height"),
             seed=data.get("seed"),
             engine=data.get("engine"),
+            loras=tuple(item for item in data.get("loras") or () if isinstance(item, dict)),
             raw=dict(data),
         )

@@ -25,6 +25,7 @@ from opendance.domain import RawStatus, new_task_id
 from opendance.keys import owner_of
 from opendance.store.migrate import upgrade
 from opendance.store.repo import TaskStore
+from opendance.testing.tasks import add_task
 
 
 @pytest.fixture
@@ -37,18 +38,10 @@ def store(tmp_path):
 
 
 def make(store: TaskStore, owner: str, n: int, **fields):
-    return store.create(
-        id=new_task_id(),
+    return add_task(
+        store,
         owner=owner,
-        model="m",
-        mode="text-to-video",
-        duration=5,
-        aspect_ratio="16:9",
-        width=864,
-        height=480,
-        fps=8,
         seed=n,
-        engine="scenario",
         job={"prompt": f"task {n} ✓"},
         extra_body={"n": n, "text": "ünïcödé"},
         base_url="http://h",

@@ -8,6 +8,7 @@ import json
 import pytest
 
 import opendance
+from opendance.client._core import create_body
 from opendance.media.encode import probe_mp4
 from opendance.testing.http import MediaHost
 from opendance.testing.media import image_bytes
@@ -66,6 +67,21 @@ def test_typed_errors_carry_the_servers_fields(oc):
     with pytest.raises(opendance.NotFoundError) as missing:
         oc.get("task_" + "x" * 32)
     assert missing.value.code == "task_not_found"
+
+
+def test_loras_go_into_extra_body_and_the_server_names_a_bad_one(oc):
+    body = create_body("m", "x", loras=["grain", {"name": "style", "scale": 0.5}], seed=3)
+    assert body["extra_body"] == {"seed": 3, "loras": [{"name": "grain"}, {"name": "style", "scale": 0.5}]}
+    with pytest.raises(TypeError, match="list of names"):
+        create_body("m", "x", loras="grain")
+    # This server's models allow no LoRAs: the server refuses the first item by its path.
+    with pytest.raises(opendance.BadRequestError) as bad:
+        oc.create("quick-480p", "x", loras=["grain"])
+    assert bad.value.param == "extra_body.loras[0]" and bad.value.code == "lora_not_found"
+    task = oc.create("quick-480p", "x")
+    assert task.loras == () and opendance.Task.from_dict({**task.raw, "loras": [{"name": "g", "scale": 1.0}]}).loras == (
+        {"name": "g", "scale": 1.0},
+    )
 
 
 def test_cancel_delete_and_conflicts(oc, tmp_path):

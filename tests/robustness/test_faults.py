@@ -7,13 +7,10 @@ and its task run again.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import shutil
 import signal
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import httpx
 import pytest
 
 from opendance.testing import media
+from opendance.testing.disk import fill, small_tmpfs
 from opendance.testing.server import LiveServer, wait_for_task
 
 CONFIG = """
@@ -146,28 +144,6 @@ def test_a_killed_worker_is_restarted_and_its_task_run_again(faulty):
     with sqlite3.connect(f"file:{faulty.data_dir / 'opendance.db'}?mode=ro", uri=True) as conn:
         (attempts,) = conn.execute("select attempts from tasks where id = ?", (tid,)).fetchone()
     assert attempts == 2  # run once, killed, run again: never twice at once, never lost
-
-
-@contextlib.contextmanager
-def small_tmpfs(where: Path, size: str):
-    where.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write zeros to ``path`` until the file system has no byte left."""
-    with open(path, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
 
 
 @pytest.mark.timeout(180)

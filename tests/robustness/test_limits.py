@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from opendance.testing.server import LiveServer
+from opendance.testing.tasks import add_task
 
 BURST = 10
 KEYS = ["k-rate", "k-other", "k-a", "k-b", "k-race", "k-idem", "k-body"]
@@ -200,22 +201,7 @@ def test_a_create_that_is_just_storing_its_task_is_counted_once(tmp_path):
     )
 
     def stored(task_id):
-        return store.create(
-            id=task_id,
-            owner="k",
-            model="slow",
-            mode="text",
-            duration=5,
-            aspect_ratio="16:9",
-            width=864,
-            height=480,
-            fps=8,
-            seed=1,
-            engine="scenario",
-            job={},
-            extra_body={},
-            base_url="http://x",
-        )
+        return add_task(store, id=task_id, owner="k", model="slow", mode="text", job={})
 
     async def main():
         first_id, second_id = new_task_id(), new_task_id()

@@ -20,6 +20,7 @@ from PIL import Image
 
 from opendance.testing import media
 from opendance.testing.server import LiveServer, wait_for_task
+from opendance.testing.tasks import add_task
 
 M = "jisudance2.0-480p"
 MiB = 1024 * 1024
@@ -185,21 +186,6 @@ def test_the_store_sums_a_keys_stored_input_bytes(tmp_path):
     for i, (owner, job) in enumerate(
         [("a", {"input_bytes": 3 << 30}), ("a", {"input_bytes": 1 << 30}), ("a", {}), ("b", {"input_bytes": 7})]
     ):
-        store.create(
-            id=f"task_{i}",
-            owner=owner,
-            model="m",
-            mode="text-to-video",
-            duration=5,
-            aspect_ratio="16:9",
-            width=864,
-            height=480,
-            fps=8,
-            seed=1,
-            engine="preview",
-            job=job,
-            extra_body={},
-            base_url="http://x",
-        )
+        add_task(store, id=f"task_{i}", owner=owner, engine="preview", job=job)
     assert (store.stored_input_bytes("a"), store.stored_input_bytes("b"), store.stored_input_bytes("c")) == (4 << 30, 7, 0)
     store.close()

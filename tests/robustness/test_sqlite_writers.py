@@ -11,10 +11,11 @@ import threading
 
 from sqlalchemy import event
 
-from opendance.domain import RawStatus, new_task_id
+from opendance.domain import RawStatus
 from opendance.store import TaskStore
 from opendance.store.keys import KeyStore
 from opendance.store.migrate import upgrade
+from opendance.testing.tasks import add_task
 
 
 def test_concurrent_writes_of_one_process_never_meet_a_locked_database(tmp_path):
@@ -32,22 +33,7 @@ def test_concurrent_writes_of_one_process_never_meet_a_locked_database(tmp_path)
     def writer(n: int) -> None:
         try:
             for i in range(40):
-                task = store.create(
-                    id=new_task_id(),
-                    owner=f"o{n}",
-                    model="m",
-                    mode="text-to-video",
-                    duration=5,
-                    aspect_ratio="16:9",
-                    width=864,
-                    height=480,
-                    fps=8,
-                    seed=i,
-                    engine="preview",
-                    job={"prompt": "x" * 400},
-                    extra_body={},
-                    base_url="http://x",
-                )
+                task = add_task(store, owner=f"o{n}", seed=i, job={"prompt": "x" * 400})
                 store.transition(task.id, RawStatus.RUNNING)
                 store.set_progress(task.id, 50)
                 keys.touch(f"o{n}", float(i))

@@ -17,6 +17,7 @@ from opendance.domain import IllegalTransition, RawStatus
 from opendance.runner.lifecycle import StoreRetry
 from opendance.store import TaskStore
 from opendance.store.migrate import upgrade
+from opendance.testing.tasks import add_task
 
 
 @pytest.fixture
@@ -31,22 +32,7 @@ def stores(tmp_path):
 
 
 def make_task(store: TaskStore):
-    return store.create(
-        id="task_x",
-        owner="o",
-        model="m",
-        mode="text",
-        duration=5,
-        aspect_ratio="16:9",
-        width=864,
-        height=480,
-        fps=8,
-        seed=1,
-        engine="preview",
-        job={},
-        extra_body={},
-        base_url="http://x",
-    )
+    return add_task(store, id="task_x", mode="text", engine="preview", job={})
 
 
 def test_check_writable_fails_where_reads_work(stores):

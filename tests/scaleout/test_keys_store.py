@@ -25,6 +25,7 @@ from opendance.store.keys import DuplicateKeyName, KeyStore
 from opendance.store.migrate import upgrade
 from opendance.store.models import Base
 from opendance.testing.server import LiveServer
+from opendance.testing.tasks import add_task
 
 DAY = 86400.0
 
@@ -51,23 +52,7 @@ def new_task(
     created_at: float | None = None,
     check=None,
 ):
-    task = store.create(
-        check=check,
-        id=task_id,
-        owner=owner,
-        model=model,
-        mode="text-to-video",
-        duration=duration,
-        aspect_ratio="16:9",
-        width=864,
-        height=480,
-        fps=8,
-        seed=1,
-        engine="scenario",
-        job={"task_id": task_id},
-        extra_body={},
-        base_url="http://x",
-    )
+    task = add_task(store, check=check, id=task_id, owner=owner, model=model, duration=duration)
     if created_at is not None:
         with store.engine.begin() as conn:
             conn.exec_driver_sql(f"UPDATE tasks SET created_at = {created_at} WHERE id = '{task_id}'")

@@ -18,6 +18,7 @@ from opendance.domain import IllegalTransition, RawStatus
 from opendance.store import DuplicateIdempotencyKey, TaskStore
 from opendance.store.migrate import upgrade
 from opendance.store.models import Base
+from opendance.testing.tasks import add_task
 
 
 def fresh(pg, name: str) -> str:
@@ -25,24 +26,7 @@ def fresh(pg, name: str) -> str:
 
 
 def new_task(store: TaskStore, task_id: str, **extra):
-    fields = dict(
-        id=task_id,
-        owner="alice",
-        model="m",
-        mode="text-to-video",
-        duration=5,
-        aspect_ratio="16:9",
-        width=864,
-        height=480,
-        fps=8,
-        seed=4294967295,
-        engine="scenario",
-        job={"task_id": task_id},
-        extra_body={},
-        base_url="http://x",
-    )
-    fields.update(extra)
-    return store.create(**fields)
+    return add_task(store, **{"id": task_id, "owner": "alice", "seed": 4294967295, **extra})
 
 
 @pytest.fixture
