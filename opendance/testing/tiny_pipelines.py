@@ -173,24 +173,11 @@ def wan_vace():
     return WanVACEPipeline(**_wan_common(), transformer=transformer, transformer_2=None)
 
 
-def ltx_condition():
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXConditionPipeline, LTXVideoTransformer3DModel
+def _ltx_vae():
+    from diffusers import AutoencoderKLLTXVideo
 
-    tok = t5_tokenizer()
     _seed()
-    transformer = LTXVideoTransformer3DModel(
-        in_channels=8,
-        out_channels=8,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=4,
-        attention_head_dim=8,
-        cross_attention_dim=32,
-        num_layers=1,
-        caption_channels=32,
-    )
-    _seed()
-    vae = AutoencoderKLLTXVideo(
+    return AutoencoderKLLTXVideo(
         in_channels=3,
         out_channels=3,
         latent_channels=8,
@@ -209,8 +196,53 @@ def ltx_condition():
         encoder_causal=True,
         decoder_causal=False,
     )
+
+
+def ltx_condition():
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTXConditionPipeline, LTXVideoTransformer3DModel
+
+    tok = t5_tokenizer()
+    _seed()
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+        num_layers=1,
+        caption_channels=32,
+    )
+    vae = _ltx_vae()
     return LTXConditionPipeline(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=_t5(len(tok)), tokenizer=tok
+    )
+
+
+def _ltx2_vae():
+    from diffusers import AutoencoderKLLTX2Video
+
+    _seed()
+    return AutoencoderKLLTX2Video(  # 4x spatial and temporal compression, in the encoder and the decoder alike
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1, 1),
+        spatio_temporal_scaling=(True, True),
+        decoder_spatio_temporal_scaling=(True, True),
+        decoder_inject_noise=(False, False, False),
+        downsample_type=("spatiotemporal", "spatiotemporal"),
+        upsample_residual=(False, False),
+        upsample_factor=(1, 1),
+        timestep_conditioning=False,
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
     )
 
 
@@ -218,7 +250,6 @@ def ltx2():
     """LTX2Pipeline: joint video + audio (Gemma 3 text encoder, audio VAE, vocoder)."""
     from diffusers import (
         AutoencoderKLLTX2Audio,
-        AutoencoderKLLTX2Video,
         FlowMatchEulerDiscreteScheduler,
         LTX2Pipeline,
         LTX2VideoTransformer3DModel,
@@ -295,27 +326,7 @@ def ltx2():
         causal_temporal_positioning=False,
         rope_type="split",
     )
-    _seed()
-    vae = AutoencoderKLLTX2Video(  # 4x spatial and temporal compression, in the encoder and the decoder alike
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 8),
-        decoder_block_out_channels=(8, 8),
-        layers_per_block=(1, 1),
-        decoder_layers_per_block=(1, 1, 1),
-        spatio_temporal_scaling=(True, True),
-        decoder_spatio_temporal_scaling=(True, True),
-        decoder_inject_noise=(False, False, False),
-        downsample_type=("spatiotemporal", "spatiotemporal"),
-        upsample_residual=(False, False),
-        upsample_factor=(1, 1),
-        timestep_conditioning=False,
-        patch_size=1,
-        patch_size_t=1,
-        encoder_causal=True,
-        decoder_causal=False,
-    )
+    vae = _ltx2_vae()
     _seed()
     audio_vae = AutoencoderKLLTX2Audio(
         base_channels=4,
@@ -362,6 +373,28 @@ def ltx2():
     )
 
 
+def ltx_upsampler():
+    """LTXLatentUpsamplePipeline as published (``ltxv-spatial-upscaler-0.9.7``: a latent upsampler and
+    a VAE), for the tiny LTX pipeline's 8 latent channels; spatial x2."""
+    from diffusers import LTXLatentUpsamplePipeline
+    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
+    _seed(1)
+    model = LTXLatentUpsamplerModel(in_channels=8, mid_channels=32, num_blocks_per_stage=1, dims=3)
+    return LTXLatentUpsamplePipeline(vae=_ltx_vae(), latent_upsampler=model)
+
+
+def ltx2_upsampler():
+    """LTX2LatentUpsamplePipeline (a latent upsampler and a VAE), for the tiny LTX-2 pipeline's 4
+    latent channels; spatial x2 through the rational resampler, as LTX-2's."""
+    from diffusers import LTX2LatentUpsamplePipeline
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    _seed(1)
+    model = LTX2LatentUpsamplerModel(in_channels=4, mid_channels=32, num_blocks_per_stage=1, dims=3, rational_spatial_scale=2.0)
+    return LTX2LatentUpsamplePipeline(vae=_ltx2_vae(), latent_upsampler=model)
+
+
 BUILDERS = {
     "wan-t2v": wan_t2v,
     "wan22-t2v": lambda: wan_t2v(two_experts=True),
@@ -370,6 +403,8 @@ BUILDERS = {
     "wan-vace": wan_vace,
     "ltx": ltx_condition,
     "ltx2": ltx2,
+    "ltx-upsampler": ltx_upsampler,
+    "ltx2-upsampler": ltx2_upsampler,
 }
 
 
