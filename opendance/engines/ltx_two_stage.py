@@ -84,12 +84,13 @@ class TwoStage:
         # Keyed as the memory plan keys it: (the folder above, the model folder's name).
         where, name = folder.parent, folder.name
         dtypes = {name: dtype}
+        config = json.loads((folder / "config.json").read_text())
+        _check_upsampler(config, model_cls.__name__, engine.pipe.vae.config.latent_channels, opts.upsampler)
         found = components.lookup(where, dtypes, engine.device)
         model = found.get(name)
         if model is None:
             model = model_cls.from_pretrained(str(folder), torch_dtype=DTYPES[dtype], local_files_only=True)
             model.to(engine.device).eval()
-        _check_upsampler(model, opts.upsampler)
         self._held = components.adopt(types.SimpleNamespace(**{name: model}), where, dtypes, engine.device)
         self.pipe = pipeline_cls(vae=engine.pipe.vae, latent_upsampler=model)
         self.pipe.set_progress_bar_config(disable=True)
@@ -119,13 +120,20 @@ class TwoStage:
         self.pipe = None
 
 
-def _check_upsampler(model: Any, path: Path) -> None:
-    """A spatial x2 upsampler (what the refine grid assumes)."""
-    config = model.config
+def _check_upsampler(config: dict[str, Any], cls_name: str, latent_channels: int, path: Path) -> None:
+    """The family's upsampler class, for the VAE's latent channels, spatial x2 (what the refine
+    grid assumes), from its ``config.json``; ``ValueError`` naming the option otherwise."""
+    where = f"upsampler = {str(path)!r}"
+    if config.get("_class_name", cls_name) != cls_name:
+        raise ValueError(f"{where}: a {config.get('_class_name')}, where this engine runs a {cls_name}")
+    if config.get("in_channels", latent_channels) != latent_channels:
+        raise ValueError(
+            f"{where}: made for {config.get('in_channels')} latent channels, this checkpoint's VAE has {latent_channels}"
+        )
     scale = float(config.get("rational_spatial_scale", 2.0)) if config.get("use_rational_resampler", False) else 2.0
     if not config.get("spatial_upsample", True) or config.get("temporal_upsample", False) or scale != 2.0:
         raise ValueError(
-            f"upsampler = {str(path)!r}: the engine runs a spatial x2 latent upsampler; this one is "
+            f"{where}: the engine runs a spatial x2 latent upsampler; this one is "
             f"spatial_upsample={config.get('spatial_upsample')}, temporal_upsample={config.get('temporal_upsample')}, "
             f"scale {scale}"
         )

@@ -5,7 +5,8 @@ WanVACEPipeline, LTXConditionPipeline, LTX2Pipeline) with a few-layer transforme
 few-channel VAE and a tokenizer made in-process (no Hub, no sentencepiece file). ``build_all``
 ``save_pretrained``s them into a folder, so the engines load them through exactly the code path a
 real checkpoint folder takes (``from_pretrained(path)``). ``write_models_toml`` points the four
-seed model names (and ``ltx-video-480p``) at those folders.
+seed model names (and ``ltx-video-480p``, and the two-stage ``ltx-two-stage-480p`` and
+``ltx2-two-stage-720p`` with the tiny latent upsamplers) at those folders.
 
 The values are the small configs diffusers' own pipeline tests use, with the adjustments they
 need to run together (LTX-2's Gemma hidden size equals connector heads x head dim, for one).
@@ -469,7 +470,35 @@ def tiny_models(folders: dict[str, Path], *, fps: int = TEST_FPS, steps: int = 2
         max_area=32 * 32,
         call_kwargs={"stg_scale": 0.0, "modality_scale": 1.0, "audio_guidance_scale": 1.0},
     )
+    two_stage = {}  # the two-stage recipe (``upsampler``): stage 1 at 32 x 32, refined at 64 x 64
+    if "ltx-upsampler" in p:
+        two_stage["ltx-two-stage-480p"] = dict(
+            resolution="480p",
+            fps=fps,
+            default=dict(
+                ltx,
+                max_area=64 * 64,
+                image_cond_noise_scale=0.0,
+                upsampler=p["ltx-upsampler"],
+                downscale_factor=0.5,
+                refine_timesteps=[1000.0, 909.0, 725.0, 421.0, 0.0],
+                denoise_strength=0.999,  # 4 of the 5
+            ),
+        )
+    if "ltx2-upsampler" in p:
+        two_stage["ltx2-two-stage-720p"] = dict(
+            resolution="720p",
+            fps=fps,
+            default={
+                **{k: v for k, v in ltx2_.items() if k != "steps"},
+                "max_area": 64 * 64,
+                "sigmas": [1.0, 0.909375],
+                "upsampler": p["ltx2-upsampler"],
+                "downscale_factor": 0.5,
+            },
+        )
     return {
+        **two_stage,
         "jisudance2.0-480p": dict(resolution="480p", fps=fps, modes=wan_modes),
         "jisudance2.0-720p": dict(resolution="720p", fps=fps, modes=wan22),
         "jisudance2.0-fast-480p": dict(resolution="480p", fps=fps, modes=fast),
