@@ -14,7 +14,10 @@ How an engine family plugs in: subclass ``DiffusersEngine``, set ``name`` and ``
 - ``denoise_chunk(plan, chunk, timeline)``: make one chunk with ``self.run_pipeline(pipe, plan,
   **kwargs)`` and return its arrays: ``frames`` (F x H x W x 3, uint8) and whatever else it makes
   (``audio``); they are what a checkpoint keeps of a finished chunk.
-- As needed: ``call_arguments(job)`` (the family's own ``__call__`` arguments), ``references``
+- As needed: ``grid(job)`` (the size the chunks are made at: by default the native grid at
+  ``max_area``), ``steps_per_chunk()`` (all of a chunk's denoising steps, when it makes more than
+  one call: the LTX families' two stages), ``mid_chunk_checkpoints = False`` (checkpoints per
+  finished chunk only), ``call_arguments(job)`` (the family's own ``__call__`` arguments), ``references``
   (omni-reference inputs on the grid), ``chunk_finished`` and ``audio`` (a sound track),
   ``close`` (drop its extra pipeline attributes, then ``super().close()``).
 - Class settings: ``denoised`` (the loop's tensors a checkpoint saves, keys of

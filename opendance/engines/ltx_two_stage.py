@@ -130,7 +130,7 @@ def _check_upsampler(config: dict[str, Any], cls_name: str, latent_channels: int
         raise ValueError(
             f"{where}: made for {config.get('in_channels')} latent channels, this checkpoint's VAE has {latent_channels}"
         )
-    scale = float(config.get("rational_spatial_scale", 2.0)) if config.get("use_rational_resampler", False) else 2.0
+    scale = float(config.get("rational_spatial_scale", config.get("spatial_scale", 2.0)))  # (older conversions: spatial_scale)
     if not config.get("spatial_upsample", True) or config.get("temporal_upsample", False) or scale != 2.0:
         raise ValueError(
             f"{where}: the engine runs a spatial x2 latent upsampler; this one is "

@@ -140,6 +140,17 @@ def test_a_long_video_chunks_through_both_stages_and_resumes_from_a_finished_chu
 
 
 @pytest.mark.parametrize("model", [LTX, LTX2])
+def test_the_refine_starts_from_the_upsampled_latents(model, engines, make_job, inputs_for, run):
+    """The upsampler's output is what the refine denoises: another AdaIN blend, another video
+    (LTX-Video's denoise_strength < 1 keeps the given latents; at 1 it would start from noise)."""
+    job = make_job(model, Mode.TEXT_TO_VIDEO, aspect="1:1")
+    blended = make_job(model, Mode.TEXT_TO_VIDEO, aspect="1:1", adain_factor=0.5 if model == LTX else 1.0)
+    a = run(engines(job.engine), job, inputs_for(job.mode)).frames
+    b = run(engines(blended.engine), blended, inputs_for(job.mode)).frames
+    assert any(not np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("model", [LTX, LTX2])
 def test_cancel_in_the_refine_stops_before_any_decode(model, engines, make_job, inputs_for, run, decode_counter):
     job = make_job(model, Mode.TEXT_TO_VIDEO, aspect="1:1")
     engine = engines(job.engine)
