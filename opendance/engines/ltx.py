@@ -120,7 +120,7 @@ class LTXEngine(DiffusersEngine):
 
     def denoise_chunk(self, plan: Plan, chunk: Chunk, timeline: Timeline) -> dict[str, np.ndarray]:
         conditions = self.conditions(plan, chunk, timeline)
-        call = dict(num_frames=chunk.length, conditions=conditions or None)
+        call: dict[str, Any] = dict(num_frames=chunk.length, conditions=conditions or None)
         if self.two_stage is not None:
             opts = self.opts
             width, height = plan.width // 2, plan.height // 2  # the stage-1 size (``grid`` is twice it)
