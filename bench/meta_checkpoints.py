@@ -11,7 +11,9 @@ published weights the same in every folder: Wan's UMT5, VAE and CLIP; each trans
 docs/models.md's memory table is this output. What is not the published config: LTX-2.3 is
 built with diffusers' LTX-2 defaults (the 19B LTX-2 transformer) and Gemma 3 12B's text model
 only (the checkpoint's vision tower, about 0.4B, is left out); LTX-Video 0.9.7's VAE with
-diffusers' default ``AutoencoderKLLTXVideo`` (small either way).
+diffusers' default ``AutoencoderKLLTXVideo`` (small either way); the two latent upsamplers
+(``ltxv-spatial-upscaler-0.9.7``, LTX-2.3's x2 spatial upscaler) with their classes' default
+configs (128 latent channels; 512 and 1024 middle channels, 4 blocks per stage).
 """
 
 from __future__ import annotations
@@ -213,6 +215,18 @@ def ltx_folder(root: Path, name: str) -> None:
     (folder / "model_index.json").write_text(json.dumps(index))
 
 
+def upsampler_folder(root: Path, name: str, pipeline: str, klass: Callable[[], torch.nn.Module], class_name: str) -> None:
+    """A latent upsampler folder as published (``LTXLatentUpsamplePipeline`` /
+    ``LTX2LatentUpsamplePipeline``): its ``latent_upsampler`` at the class's default config, which
+    is the published one. The folder's VAE copy is left out (the engines use the main
+    pipeline's VAE; the memory plan does not count it)."""
+    folder = root / name
+    model = meta(klass)
+    save_sparse(model, folder / "latent_upsampler", {"_class_name": class_name, **dict(model.config)}, torch.bfloat16, name)
+    index = {"_class_name": pipeline, "latent_upsampler": ["diffusers", class_name], "vae": [None, None]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+
+
 def main(root: Path) -> None:
     i2v21 = {**WAN_14B, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120}
     wan_folder(root, "Wan2.1-T2V-14B-Diffusers", "WanPipeline", {"transformer": WAN_14B}, clip=False)
@@ -244,6 +258,19 @@ def main(root: Path) -> None:
     )
     ltx2_folder(root, "LTX-2.3-Distilled-Diffusers")
     ltx_folder(root, "LTX-Video-0.9.7-distilled")
+    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    upsampler_folder(
+        root, "ltxv-spatial-upscaler-0.9.7", "LTXLatentUpsamplePipeline", LTXLatentUpsamplerModel, "LTXLatentUpsamplerModel"
+    )
+    upsampler_folder(
+        root,
+        "LTX-2.3-spatial-upscaler-x2-Diffusers",
+        "LTX2LatentUpsamplePipeline",
+        LTX2LatentUpsamplerModel,
+        "LTX2LatentUpsamplerModel",
+    )
     print(f"sparse checkpoint folders under {root}")
 
 

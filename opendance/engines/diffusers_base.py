@@ -14,7 +14,10 @@ How an engine family plugs in: subclass ``DiffusersEngine``, set ``name`` and ``
 - ``denoise_chunk(plan, chunk, timeline)``: make one chunk with ``self.run_pipeline(pipe, plan,
   **kwargs)`` and return its arrays: ``frames`` (F x H x W x 3, uint8) and whatever else it makes
   (``audio``); they are what a checkpoint keeps of a finished chunk.
-- As needed: ``call_arguments(job)`` (the family's own ``__call__`` arguments), ``references``
+- As needed: ``grid(job)`` (the size the chunks are made at: by default the native grid at
+  ``max_area``), ``steps_per_chunk()`` (all of a chunk's denoising steps, when it makes more than
+  one call: the LTX families' two stages), ``mid_chunk_checkpoints = False`` (checkpoints per
+  finished chunk only), ``call_arguments(job)`` (the family's own ``__call__`` arguments), ``references``
   (omni-reference inputs on the grid), ``chunk_finished`` and ``audio`` (a sound track),
   ``close`` (drop its extra pipeline attributes, then ``super().close()``).
 - Class settings: ``denoised`` (the loop's tensors a checkpoint saves, keys of
@@ -93,6 +96,8 @@ class DiffusersEngine(Engine):
     whole_sigmas: ClassVar[bool] = False
     loop_sigmas: ClassVar[bool] = False
     stream_frames: ClassVar[bool] = True  # frames to the encoder as they are decoded (decode_stream)
+    # Checkpoints inside a chunk (every ``checkpoint_every`` steps); off: when a chunk is finished only.
+    mid_chunk_checkpoints: bool = True
 
     pipe: Any  # the main pipeline (set by ``load``)
     temporal: int  # native frames per latent frame
@@ -186,7 +191,7 @@ class DiffusersEngine(Engine):
         decode_stream.settle(self)  # the last job's frames are all made (one job at a time)
         opts = self.opts
         # 1. Plan: the native grid, how many native frames, in which chunks.
-        width, height = tu.grid_size(job.width, job.height, opts.max_area, self.multiple)
+        width, height = self.grid(job)
         total = tu.round_frames(job.duration * opts.native_fps, self.temporal)
         chunks = tu.plan_chunks(total, opts.frames, opts.overlap, self.temporal)
         self.check_inputs(job, inputs, chunks)
@@ -201,7 +206,10 @@ class DiffusersEngine(Engine):
 
         # 3. Arguments every call shares; progress counts steps across all chunks, which a run
         #    that starts again continues from its checkpoint.
-        resume = DenoiseCheckpoints(ctx, opts.steps, self.denoised)
+        steps = self.steps_per_chunk()
+        resume = DenoiseCheckpoints(ctx, steps, self.denoised)
+        reporter = tu.StepReporter(ctx, steps * len(chunks), self.device, resume if self.mid_chunk_checkpoints else None)
+        reporter.done = resume.done_before
         call = dict(
             prompt=tu.with_camera(job.prompt, job.options),
             negative_prompt=job.negative_prompt or opts.negative_prompt,
@@ -211,7 +219,7 @@ class DiffusersEngine(Engine):
             guidance_scale=opts.guidance,
             generator=tu.make_generator(self.device, job.seed),
             output_type="np",
-            callback_on_step_end=tu.StepReporter(ctx, opts.steps * len(chunks), self.device, resume),
+            callback_on_step_end=reporter,
             callback_on_step_end_tensor_inputs=list(self.denoised),
             **self.call_arguments(job),
             **opts.call_kwargs,
@@ -251,6 +259,14 @@ class DiffusersEngine(Engine):
             audio=self.audio(plan, inputs),
         )
 
+    def grid(self, job: Job) -> tuple[int, int]:
+        """The size of the frames the chunks are made at (width, height)."""
+        return tu.grid_size(job.width, job.height, self.opts.max_area, self.multiple)
+
+    def steps_per_chunk(self) -> int:
+        """Denoising steps of one chunk, all its pipeline calls together (progress counts them)."""
+        return self.opts.steps
+
     def call_arguments(self, job: Job) -> dict[str, Any]:
         """The family's own ``__call__`` arguments, shared by every call of the job."""
         return {}
@@ -273,8 +289,8 @@ class DiffusersEngine(Engine):
         return tu.reference_audio(inputs, plan.job)
 
     def run_pipeline(self, pipe, plan: Plan, **kwargs: Any):
-        """One pipeline call of the job: the shared arguments and ``kwargs``; a resumed job
-        continues inside its chunk from the checkpoint."""
+        """One pipeline call of the job: the shared arguments and ``kwargs`` (which win over them:
+        a stage at another size); a resumed job continues inside its chunk from the checkpoint."""
         import torch
 
         tu.reset_cache(pipe)
@@ -283,7 +299,7 @@ class DiffusersEngine(Engine):
         )
         try:
             with lora.applied(pipe, plan.job.loras), self.schedulers_for(pipe).on(pipe), torch.inference_mode(), resume:
-                return pipe(**plan.call, **kwargs)
+                return pipe(**{**plan.call, **kwargs})
         finally:
             # A cancelled or failed call never reaches the end of ``__call__``, where the offload
             # hooks are freed: free them here, on the pipeline that holds them (a sibling shares

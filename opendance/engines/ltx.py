@@ -16,8 +16,17 @@ resume skeleton is ``diffusers_base.DiffusersEngine``.
 Distilled checkpoints (LTX-Video 0.9.7/0.9.8 distilled) take ``timesteps`` (their schedule, whose
 length is the step count) and ``guidance = 1``.
 
+Two stages (``upsampler`` set, ``ltx_two_stage``): each chunk is made at ``downscale_factor`` of
+the grid with ``output_type = "latent"``, its latents doubled by ``LTXLatentUpsamplePipeline``,
+then refined at twice the stage-1 size with the same conditions: ``latents`` = the upsampled
+ones, ``timesteps = refine_timesteps`` (or ``refine_steps`` of the default schedule) and
+``denoise_strength`` (below 1: at 1 the pipeline would start from fresh noise and drop the
+upsampled latents). Progress counts both stages' steps.
+
 TOML options: everything in ``DiffusersOptions`` plus ``timesteps``, ``decode_timestep``,
-``image_cond_noise_scale`` and ``reference_strength``.
+``image_cond_noise_scale``, ``reference_strength``, and for two stages ``upsampler``,
+``downscale_factor``, ``adain_factor``, ``tone_map_compression_ratio``, ``refine_timesteps``,
+``refine_steps`` and ``denoise_strength``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from ._torch_utils import Chunk, Timeline, to_uint8_frames
 from .base import Job
 from .diffusers_base import DiffusersEngine, Plan
 from .ltx_conditions import plan_conditions
+from .ltx_two_stage import TwoStage
 from .options import LTXOptions
 
 
@@ -60,9 +70,22 @@ class LTXEngine(DiffusersEngine):
 
         if self.opts.pipeline not in (None, "LTXConditionPipeline"):
             raise ValueError(f"the ltx engine runs LTXConditionPipeline, not {self.opts.pipeline}")
+        self.two_stage: TwoStage | None = None
         self.pipe = self.load_pipeline(diffusers.LTXConditionPipeline, self.opts.checkpoint)
         self.temporal = self.pipe.vae_temporal_compression_ratio
         self.multiple = 32
+        if self.opts.upsampler is not None:
+            from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
+            self.two_stage = TwoStage(self, diffusers.LTXLatentUpsamplePipeline, LTXLatentUpsamplerModel)
+            self.mid_chunk_checkpoints = False  # the denoised latents change size between the stages
+
+    def grid(self, job: Job) -> tuple[int, int]:
+        width, height = super().grid(job)
+        return self.two_stage.grids(width, height)[1] if self.two_stage is not None else (width, height)
+
+    def steps_per_chunk(self) -> int:
+        return self.opts.steps + (self.opts.refined_steps if self.two_stage is not None else 0)
 
     def call_arguments(self, job: Job) -> dict[str, Any]:
         opts = self.opts
@@ -97,5 +120,23 @@ class LTXEngine(DiffusersEngine):
 
     def denoise_chunk(self, plan: Plan, chunk: Chunk, timeline: Timeline) -> dict[str, np.ndarray]:
         conditions = self.conditions(plan, chunk, timeline)
-        out = self.run_pipeline(self.pipe, plan, num_frames=chunk.length, conditions=conditions or None)
+        call: dict[str, Any] = dict(num_frames=chunk.length, conditions=conditions or None)
+        if self.two_stage is not None:
+            opts = self.opts
+            width, height = plan.width // 2, plan.height // 2  # the stage-1 size (``grid`` is twice it)
+            latents = self.run_pipeline(self.pipe, plan, **call, width=width, height=height, output_type="latent").frames
+            plan.resume.ctx.check_cancelled()
+            call.update(
+                latents=self.two_stage.upsample(latents, width, height),
+                timesteps=opts.refine_timesteps,
+                num_inference_steps=opts.refine_steps,
+                denoise_strength=opts.denoise_strength,
+            )
+        out = self.run_pipeline(self.pipe, plan, **call)
         return {"frames": np.stack(to_uint8_frames(out.frames))}
+
+    def close(self) -> None:
+        two_stage, self.two_stage = getattr(self, "two_stage", None), None
+        if two_stage is not None:
+            two_stage.close()
+        super().close()

@@ -22,8 +22,18 @@ With ``sigmas`` the scheduler runs them as given (``use_dynamic_shifting = false
 ``shift_terminal`` off, unless the ``scheduler`` table says otherwise): a folder whose scheduler
 shifts dynamically would otherwise re-shift the distilled schedule.
 
-TOML options: everything in ``DiffusersOptions`` plus ``sigmas``, ``decode_timestep`` and
-``reference_strength``.
+Two stages (``upsampler`` set, ``ltx_two_stage``; the distilled recipe, so ``sigmas`` too): each
+chunk's call is made at ``downscale_factor`` of the grid with ``output_type = "latent"`` (video
+and audio latents), the video latents doubled by ``LTX2LatentUpsamplePipeline``, then the same
+pipeline refines both at twice the stage-1 size: ``latents`` / ``audio_latents`` from stage 1,
+``sigmas = refine_sigmas`` (diffusers' ``STAGE_2_DISTILLED_SIGMA_VALUES``), ``noise_scale`` their
+first value, ``guidance_scale = refine_guidance``, as diffusers' distilled example does; the
+same scheduler settings as stage 1 (no dynamic shift). Progress counts both stages' steps.
+
+TOML options: everything in ``DiffusersOptions`` plus ``sigmas``, ``decode_timestep``,
+``reference_strength``, and for two stages ``upsampler``, ``downscale_factor``, ``adain_factor``,
+``tone_map_compression_ratio``, ``refine_sigmas``, ``refine_noise_scale`` and
+``refine_guidance``.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from ._torch_utils import Chunk, Timeline, reference_audio, to_uint8_frames
 from .base import Audio, Inputs, Job
 from .diffusers_base import DiffusersEngine, Plan
 from .ltx_conditions import plan_conditions
+from .ltx_two_stage import TwoStage
 from .options import LTX2Options
 
 AUDIO_RATE = 48000
@@ -69,12 +80,25 @@ class LTX2Engine(DiffusersEngine):
         if cls_name not in PIPELINES:
             raise ValueError(f"the ltx2 engine runs LTX2Pipeline / LTX2ImageToVideoPipeline, not {cls_name}")
         self.i2v = self.cond = None
+        self.two_stage: TwoStage | None = None
         self.pipe = self.load_pipeline(getattr(diffusers, cls_name), self.opts.checkpoint)
         self.i2v = self.sibling(diffusers.LTX2ImageToVideoPipeline)
         self.cond = self.sibling(diffusers.LTX2ConditionPipeline)
         self.temporal = self.pipe.vae_temporal_compression_ratio
         self.multiple = 32
         self.audio_rate = int(self.pipe.vocoder.config.output_sampling_rate)
+        if self.opts.upsampler is not None:
+            from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+            self.two_stage = TwoStage(self, diffusers.LTX2LatentUpsamplePipeline, LTX2LatentUpsamplerModel)
+            self.mid_chunk_checkpoints = False  # the denoised latents change size between the stages
+
+    def grid(self, job: Job) -> tuple[int, int]:
+        width, height = super().grid(job)
+        return self.two_stage.grids(width, height)[1] if self.two_stage is not None else (width, height)
+
+    def steps_per_chunk(self) -> int:
+        return self.opts.steps + (self.opts.refined_steps if self.two_stage is not None else 0)
 
     def call_arguments(self, job: Job) -> dict[str, Any]:
         opts = self.opts
@@ -115,6 +139,20 @@ class LTX2Engine(DiffusersEngine):
     def _call(self, pipe, plan: Plan, **kwargs: Any) -> dict[str, np.ndarray]:
         import torch
 
+        if self.two_stage is not None:
+            opts = self.opts
+            width, height = plan.width // 2, plan.height // 2  # the stage-1 size (``grid`` is twice it)
+            first = self.run_pipeline(pipe, plan, **kwargs, width=width, height=height, output_type="latent")
+            plan.resume.ctx.check_cancelled()
+            sigmas = list(opts.refine_sigmas)
+            kwargs.update(
+                latents=self.two_stage.upsample(first.frames, width, height, num_frames=kwargs["num_frames"]),
+                audio_latents=first.audio,
+                sigmas=sigmas,
+                num_inference_steps=len(sigmas),
+                noise_scale=opts.refine_noise_scale if opts.refine_noise_scale is not None else sigmas[0],
+                guidance_scale=opts.refine_guidance,
+            )
         out = self.run_pipeline(pipe, plan, **kwargs)
         audio = out.audio[0] if out.audio.ndim == 3 else out.audio
         audio = audio.float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio, np.float32)
@@ -158,6 +196,9 @@ class LTX2Engine(DiffusersEngine):
         return Audio(samples=mix.astype(np.float32), sample_rate=AUDIO_RATE)
 
     def close(self) -> None:
+        two_stage, self.two_stage = getattr(self, "two_stage", None), None
+        if two_stage is not None:
+            two_stage.close()
         super().close()
         self.i2v = self.cond = None
 

@@ -11,7 +11,10 @@ checkpoints' safetensors headers (no weights loaded, no torch imported).
   the process-wide component cache (``components``) loads them once. With ``cpu_offload`` the
   accelerate hooks belong to one pipeline, so each pipeline keeps its own copy (in host RAM).
 - A mode's pipelines: its ``checkpoint``, and for Wan its ``extend_checkpoint`` (VACE, loaded
-  on the first job longer than the window).
+  on the first job longer than the window). The LTX families' two-stage ``upsampler`` adds its
+  latent upsampler model (``upsampler_component``; the published folder's VAE copy is not
+  loaded, the main pipeline's VAE is used), on the device also with ``cpu_offload``, and the
+  activations are those of the refining pass (twice the stage-1 size, ``ltx_two_stage``).
 - Peak per device: the weights on it (every component, or with ``cpu_offload`` the largest one)
   plus an activation estimate (``activation_bytes``) and a fixed 1.5 GiB (CUDA context, allocator
   slack). Host RAM with offload: every component of every pipeline. A device's engines are
@@ -259,8 +262,9 @@ class ModePlan:
     @property
     def device_weights(self) -> int:
         unique = _unique(self.components)
-        if self.offload:
-            return max((c.bytes for c in unique), default=0)
+        if self.offload:  # the largest offloaded component at a time, and what is never offloaded
+            kept = sum(c.bytes for c in unique if not c.offload)
+            return kept + max((c.bytes for c in unique if c.offload), default=0)
         return sum(c.bytes for c in unique)
 
     @property
@@ -269,7 +273,7 @@ class ModePlan:
 
     @property
     def host(self) -> int:
-        return self.weights if self.offload else 0
+        return sum(c.bytes for c in _unique(self.components) if c.offload)
 
 
 def _unique(components: Iterable[Component]) -> list[Component]:
@@ -296,8 +300,32 @@ def plan_mode(model: str, mode: str, engine: str, spec: dict[str, Any]) -> ModeP
                 components.append(
                     Component(folder, name, dtype, weights.bytes_at(dtype), weights.key, opts.cpu_offload, opts.vae_tiling)
                 )
-    acts = activation_bytes(engine, pipelines[0], opts)
+    upsampler = upsampler_component(opts)
+    at = opts
+    if upsampler is not None:
+        components.append(upsampler)
+        pipelines.append(upsampler.pipeline)
+        # The refine runs at twice the stage-1 size: 4 x downscale_factor^2 of the grid's area.
+        factor = getattr(opts, "downscale_factor", 0.5)
+        at = opts.model_copy(update={"max_area": max(opts.max_area, round(4 * factor * factor * opts.max_area))})
+    acts = activation_bytes(engine, pipelines[0], at)
     return ModePlan(model, mode, engine, pipelines, components, acts, opts.cpu_offload, opts.vae_tiling, opts.dtype)
+
+
+def upsampler_component(opts: DiffusersOptions) -> Component | None:
+    """The LTX families' latent upsampler (the ``upsampler`` option), as the engine loads it: the
+    model folder (``ltx_two_stage.model_folder``) at the mode's ``dtype`` (a table's ``default``),
+    kept on the device (``offload`` false)."""
+    path = getattr(opts, "upsampler", None)
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    folder = path / "latent_upsampler" if (path / "model_index.json").is_file() else path
+    weights = read_weights(folder)
+    if weights is None:
+        raise ValueError(f"upsampler = {str(path)!r}: no safetensors weights in {folder}")
+    dtype = opts.dtype if isinstance(opts.dtype, str) else opts.dtype.get("default", "bfloat16")
+    return Component(folder.parent, folder.name, dtype, weights.bytes_at(dtype), weights.key, False)
 
 
 @dataclass
@@ -313,7 +341,7 @@ class MemoryPlan:
         return sum(c.bytes for c in _unique(on_device)) + max((m.device_weights for m in self.modes if m.offload), default=0)
 
     def host(self) -> int:
-        return sum(c.bytes for c in _unique(c for m in self.modes if m.offload for c in m.components))
+        return sum(c.bytes for c in _unique(c for m in self.modes if m.offload for c in m.components if c.offload))
 
     def problems(self) -> list[str]:
         """One line per mode that cannot fit a device (or the host, with offload), with the

@@ -27,6 +27,9 @@ FrameCount = Annotated[int, Field(ge=1)]
 Area = Annotated[int, Field(ge=64)]
 Strength = Annotated[float, Field(ge=0, le=1)]
 DType = Literal["float32", "float16", "bfloat16"]
+DownscaleFactor = Annotated[float, Field(gt=0, lt=1)]
+AdainFactor = Annotated[float, Field(ge=-10, le=10)]
+ToneMap = Annotated[float, Field(ge=0, le=1)]
 
 
 class CacheOptions(BaseModel):
@@ -156,6 +159,42 @@ class LTXOptions(DiffusersOptions):
     reference_strength: Strength = Field(0.5, description="strength of omni-reference conditions")
     schedule_field: ClassVar[str | None] = "timesteps"
 
+    # The two-stage recipe (ltx_two_stage): on when ``upsampler`` is set, inert otherwise.
+    upsampler: Path | None = Field(
+        None, description="latent upsampler folder (LTXLatentUpsamplePipeline, e.g. ltxv-spatial-upscaler-0.9.7): two stages"
+    )
+    downscale_factor: DownscaleFactor = Field(2 / 3, description="stage 1 runs at this fraction of the grid")
+    adain_factor: AdainFactor = Field(1.0, description="the upsampler's AdaIN blend with the stage-1 latents")
+    tone_map_compression_ratio: ToneMap = Field(0.0, description="the upsampler's tone mapping (0.6 for LTX-Video 0.9.8)")
+    refine_timesteps: list[float] | None = Field(
+        None, description="the refining pass's schedule (0-1000); its length is its step count"
+    )
+    refine_steps: Steps = Field(10, description="the refining pass's steps when refine_timesteps is not given")
+    denoise_strength: float = Field(
+        0.4, gt=0, lt=1, description="the refining pass runs the last int(steps x denoise_strength) of its schedule"
+    )
+
+    @model_validator(mode="after")
+    def _refine(self) -> LTXOptions:
+        if self.upsampler is not None:
+            if self.refine_timesteps is not None:
+                if "refine_steps" in self.model_fields_set and self.refine_steps != len(self.refine_timesteps):
+                    raise ValueError(
+                        f"refine_steps = {self.refine_steps} but refine_timesteps has {len(self.refine_timesteps)} values"
+                    )
+                self.refine_steps = len(self.refine_timesteps)
+            if self.refined_steps < 1:
+                raise ValueError(
+                    f"denoise_strength = {self.denoise_strength} leaves no refining step of {self.refine_steps} "
+                    "(int(steps x denoise_strength) must be at least 1)"
+                )
+        return self
+
+    @property
+    def refined_steps(self) -> int:
+        """The steps the refining pass runs (``LTXConditionPipeline.get_timesteps``)."""
+        return min(int(self.refine_steps * self.denoise_strength), self.refine_steps)
+
 
 class LTX2Options(DiffusersOptions):
     steps: Steps = 40
@@ -168,6 +207,34 @@ class LTX2Options(DiffusersOptions):
     decode_timestep: float = Field(0.05, description="VAE decode timestep (timestep-aware VAEs)")
     reference_strength: Strength = Field(0.5, description="strength of omni-reference conditions")
     schedule_field: ClassVar[str | None] = "sigmas"
+
+    # The two-stage distilled recipe (ltx_two_stage): on when ``upsampler`` is set, inert otherwise.
+    upsampler: Path | None = Field(
+        None, description="latent upsampler folder (LTX2LatentUpsamplePipeline, or its latent_upsampler model): two stages"
+    )
+    downscale_factor: DownscaleFactor = Field(0.5, description="stage 1 runs at this fraction of the grid")
+    adain_factor: AdainFactor = Field(0.0, description="the upsampler's AdaIN blend with the stage-1 latents")
+    tone_map_compression_ratio: ToneMap = Field(0.0, description="the upsampler's tone mapping")
+    refine_sigmas: list[float] = Field(
+        [0.909375, 0.725, 0.421875], min_length=1, description="the refining pass's sigmas (STAGE_2_DISTILLED_SIGMA_VALUES)"
+    )
+    refine_noise_scale: float | None = Field(
+        None, ge=0, le=1, description="noise the refining pass starts from; default refine_sigmas[0]"
+    )
+    refine_guidance: Guidance = Field(1.0, description="guidance_scale of the refining pass")
+
+    @model_validator(mode="after")
+    def _refine(self) -> LTX2Options:
+        if self.upsampler is not None and self.sigmas is None:
+            raise ValueError(
+                "upsampler: the two-stage recipe is the distilled one and needs sigmas (the distilled schedule); "
+                "the full model's refining pass needs a distilled LoRA, which the engine does not load"
+            )
+        return self
+
+    @property
+    def refined_steps(self) -> int:
+        return len(self.refine_sigmas)
 
 
 class PreviewOptions(BaseModel):

@@ -5,7 +5,8 @@ WanVACEPipeline, LTXConditionPipeline, LTX2Pipeline) with a few-layer transforme
 few-channel VAE and a tokenizer made in-process (no Hub, no sentencepiece file). ``build_all``
 ``save_pretrained``s them into a folder, so the engines load them through exactly the code path a
 real checkpoint folder takes (``from_pretrained(path)``). ``write_models_toml`` points the four
-seed model names (and ``ltx-video-480p``) at those folders.
+seed model names (and ``ltx-video-480p``, and the two-stage ``ltx-two-stage-480p`` and
+``ltx2-two-stage-720p`` with the tiny latent upsamplers) at those folders.
 
 The values are the small configs diffusers' own pipeline tests use, with the adjustments they
 need to run together (LTX-2's Gemma hidden size equals connector heads x head dim, for one).
@@ -173,24 +174,11 @@ def wan_vace():
     return WanVACEPipeline(**_wan_common(), transformer=transformer, transformer_2=None)
 
 
-def ltx_condition():
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXConditionPipeline, LTXVideoTransformer3DModel
+def _ltx_vae():
+    from diffusers import AutoencoderKLLTXVideo
 
-    tok = t5_tokenizer()
     _seed()
-    transformer = LTXVideoTransformer3DModel(
-        in_channels=8,
-        out_channels=8,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=4,
-        attention_head_dim=8,
-        cross_attention_dim=32,
-        num_layers=1,
-        caption_channels=32,
-    )
-    _seed()
-    vae = AutoencoderKLLTXVideo(
+    return AutoencoderKLLTXVideo(
         in_channels=3,
         out_channels=3,
         latent_channels=8,
@@ -209,8 +197,53 @@ def ltx_condition():
         encoder_causal=True,
         decoder_causal=False,
     )
+
+
+def ltx_condition():
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTXConditionPipeline, LTXVideoTransformer3DModel
+
+    tok = t5_tokenizer()
+    _seed()
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+        num_layers=1,
+        caption_channels=32,
+    )
+    vae = _ltx_vae()
     return LTXConditionPipeline(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=_t5(len(tok)), tokenizer=tok
+    )
+
+
+def _ltx2_vae():
+    from diffusers import AutoencoderKLLTX2Video
+
+    _seed()
+    return AutoencoderKLLTX2Video(  # 4x spatial and temporal compression, in the encoder and the decoder alike
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1, 1),
+        spatio_temporal_scaling=(True, True),
+        decoder_spatio_temporal_scaling=(True, True),
+        decoder_inject_noise=(False, False, False),
+        downsample_type=("spatiotemporal", "spatiotemporal"),
+        upsample_residual=(False, False),
+        upsample_factor=(1, 1),
+        timestep_conditioning=False,
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
     )
 
 
@@ -218,7 +251,6 @@ def ltx2():
     """LTX2Pipeline: joint video + audio (Gemma 3 text encoder, audio VAE, vocoder)."""
     from diffusers import (
         AutoencoderKLLTX2Audio,
-        AutoencoderKLLTX2Video,
         FlowMatchEulerDiscreteScheduler,
         LTX2Pipeline,
         LTX2VideoTransformer3DModel,
@@ -295,27 +327,7 @@ def ltx2():
         causal_temporal_positioning=False,
         rope_type="split",
     )
-    _seed()
-    vae = AutoencoderKLLTX2Video(  # 4x spatial and temporal compression, in the encoder and the decoder alike
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 8),
-        decoder_block_out_channels=(8, 8),
-        layers_per_block=(1, 1),
-        decoder_layers_per_block=(1, 1, 1),
-        spatio_temporal_scaling=(True, True),
-        decoder_spatio_temporal_scaling=(True, True),
-        decoder_inject_noise=(False, False, False),
-        downsample_type=("spatiotemporal", "spatiotemporal"),
-        upsample_residual=(False, False),
-        upsample_factor=(1, 1),
-        timestep_conditioning=False,
-        patch_size=1,
-        patch_size_t=1,
-        encoder_causal=True,
-        decoder_causal=False,
-    )
+    vae = _ltx2_vae()
     _seed()
     audio_vae = AutoencoderKLLTX2Audio(
         base_channels=4,
@@ -362,6 +374,28 @@ def ltx2():
     )
 
 
+def ltx_upsampler():
+    """LTXLatentUpsamplePipeline as published (``ltxv-spatial-upscaler-0.9.7``: a latent upsampler and
+    a VAE), for the tiny LTX pipeline's 8 latent channels; spatial x2."""
+    from diffusers import LTXLatentUpsamplePipeline
+    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
+    _seed(1)
+    model = LTXLatentUpsamplerModel(in_channels=8, mid_channels=32, num_blocks_per_stage=1, dims=3)
+    return LTXLatentUpsamplePipeline(vae=_ltx_vae(), latent_upsampler=model)
+
+
+def ltx2_upsampler():
+    """LTX2LatentUpsamplePipeline (a latent upsampler and a VAE), for the tiny LTX-2 pipeline's 4
+    latent channels; spatial x2 through the rational resampler, as LTX-2's."""
+    from diffusers import LTX2LatentUpsamplePipeline
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    _seed(1)
+    model = LTX2LatentUpsamplerModel(in_channels=4, mid_channels=32, num_blocks_per_stage=1, dims=3, rational_spatial_scale=2.0)
+    return LTX2LatentUpsamplePipeline(vae=_ltx2_vae(), latent_upsampler=model)
+
+
 BUILDERS = {
     "wan-t2v": wan_t2v,
     "wan22-t2v": lambda: wan_t2v(two_experts=True),
@@ -370,6 +404,8 @@ BUILDERS = {
     "wan-vace": wan_vace,
     "ltx": ltx_condition,
     "ltx2": ltx2,
+    "ltx-upsampler": ltx_upsampler,
+    "ltx2-upsampler": ltx2_upsampler,
 }
 
 
@@ -434,7 +470,35 @@ def tiny_models(folders: dict[str, Path], *, fps: int = TEST_FPS, steps: int = 2
         max_area=32 * 32,
         call_kwargs={"stg_scale": 0.0, "modality_scale": 1.0, "audio_guidance_scale": 1.0},
     )
+    two_stage = {}  # the two-stage recipe (``upsampler``): stage 1 at 32 x 32, refined at 64 x 64
+    if "ltx-upsampler" in p:
+        two_stage["ltx-two-stage-480p"] = dict(
+            resolution="480p",
+            fps=fps,
+            default=dict(
+                ltx,
+                max_area=64 * 64,
+                image_cond_noise_scale=0.0,
+                upsampler=p["ltx-upsampler"],
+                downscale_factor=0.5,
+                refine_timesteps=[1000.0, 909.0, 725.0, 421.0, 0.0],
+                denoise_strength=0.999,  # 4 of the 5
+            ),
+        )
+    if "ltx2-upsampler" in p:
+        two_stage["ltx2-two-stage-720p"] = dict(
+            resolution="720p",
+            fps=fps,
+            default={
+                **{k: v for k, v in ltx2_.items() if k != "steps"},
+                "max_area": 64 * 64,
+                "sigmas": [1.0, 0.909375],
+                "upsampler": p["ltx2-upsampler"],
+                "downscale_factor": 0.5,
+            },
+        )
     return {
+        **two_stage,
         "jisudance2.0-480p": dict(resolution="480p", fps=fps, modes=wan_modes),
         "jisudance2.0-720p": dict(resolution="720p", fps=fps, modes=wan22),
         "jisudance2.0-fast-480p": dict(resolution="480p", fps=fps, modes=fast),
