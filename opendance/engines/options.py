@@ -32,6 +32,33 @@ AdainFactor = Annotated[float, Field(ge=-10, le=10)]
 ToneMap = Annotated[float, Field(ge=0, le=1)]
 
 
+# ``__call__`` arguments the diffusers engines set themselves, per job, chunk or stage.
+ENGINE_ARGUMENTS = frozenset(
+    {
+        "prompt",
+        "negative_prompt",
+        "height",
+        "width",
+        "num_frames",
+        "num_inference_steps",
+        "guidance_scale",
+        "generator",
+        "output_type",
+        "callback_on_step_end",
+        "callback_on_step_end_tensor_inputs",
+        "latents",
+        "conditions",
+        "image",
+        "last_image",
+        "video",
+        "mask",
+        "timesteps",
+        "sigmas",
+        "denoise_strength",
+    }
+)
+
+
 class CacheOptions(BaseModel):
     """``cache = {type = "FirstBlockCache", threshold = 0.2}``: a diffusers cache hook on the
     transformer(s). Every other key goes to the hook's config class."""
@@ -99,6 +126,19 @@ class DiffusersOptions(LeverOptions):
     vae_tiling: bool = Field(False, description="vae.enable_tiling (small GPUs, large frames)")
     negative_prompt: str = Field("", description="used when a request has none")
     call_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline __call__ arguments")
+
+    @field_validator("call_kwargs")
+    @classmethod
+    def _not_the_engines_own(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The arguments the engine sets for every call (the job's, the chunk's or a stage's) are
+        not the models file's: they would clash with the engine's, or be overridden by them."""
+        if managed := sorted(set(value) & ENGINE_ARGUMENTS):
+            raise ValueError(
+                f"call_kwargs {managed} are set by the engine for every call; use the job's fields or the mode's "
+                "options (steps, guidance, timesteps, sigmas, denoise_strength, ...) instead"
+            )
+        return value
+
     loras: list[FusedLora] = Field(default_factory=list, description="LoRAs fused into the weights at load (engines/lora.py)")
     lora_hotswap_rank: int | None = Field(
         None, ge=1, le=1024, description="per-request LoRAs hot-swapped into fixed slots of this rank (set with compile)"

@@ -95,6 +95,7 @@ def test_check_inputs_refuses_with_a_concise_message(engines, make_job, inputs_f
         ({"stepz": 3}, "stepz"),
         ({"cache": {"type": "FasterCache"}}, "FirstBlockCache"),
         ({"call_kwargs": {"num_frame": 3}}, "num_frame"),
+        ({"call_kwargs": {"output_type": "pt", "stg_scale": 1.0}}, "call_kwargs \\['output_type'\\] are set by the engine"),
         ({"pipeline": "LTXPipeline"}, "wan engine runs"),
     ],
 )
