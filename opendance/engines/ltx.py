@@ -38,9 +38,8 @@ from PIL import Image
 
 from ._torch_utils import Chunk, Timeline, to_uint8_frames
 from .base import Job
-from .diffusers_base import DiffusersEngine, Plan
-from .ltx_conditions import plan_conditions
-from .ltx_two_stage import TwoStage
+from .diffusers_base import Plan
+from .ltx_two_stage import LTXFamilyEngine
 from .options import LTXOptions
 
 
@@ -57,7 +56,7 @@ def _keep_hard_conditions(prepared, saved):
     return torch.where((mask > 1.0 - 1e-6).unsqueeze(-1), latents, saved)
 
 
-class LTXEngine(DiffusersEngine):
+class LTXEngine(LTXFamilyEngine):
     name = "ltx"
     options = LTXOptions
     opts: LTXOptions
@@ -70,22 +69,13 @@ class LTXEngine(DiffusersEngine):
 
         if self.opts.pipeline not in (None, "LTXConditionPipeline"):
             raise ValueError(f"the ltx engine runs LTXConditionPipeline, not {self.opts.pipeline}")
-        self.two_stage: TwoStage | None = None
         self.pipe = self.load_pipeline(diffusers.LTXConditionPipeline, self.opts.checkpoint)
         self.temporal = self.pipe.vae_temporal_compression_ratio
         self.multiple = 32
         if self.opts.upsampler is not None:
             from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
 
-            self.two_stage = TwoStage(self, diffusers.LTXLatentUpsamplePipeline, LTXLatentUpsamplerModel)
-            self.mid_chunk_checkpoints = False  # the denoised latents change size between the stages
-
-    def grid(self, job: Job) -> tuple[int, int]:
-        width, height = super().grid(job)
-        return self.two_stage.grids(width, height)[1] if self.two_stage is not None else (width, height)
-
-    def steps_per_chunk(self) -> int:
-        return self.opts.steps + (self.opts.refined_steps if self.two_stage is not None else 0)
+            self.start_two_stage(diffusers.LTXLatentUpsamplePipeline, LTXLatentUpsamplerModel)
 
     def call_arguments(self, job: Job) -> dict[str, Any]:
         opts = self.opts
@@ -100,18 +90,7 @@ class LTXEngine(DiffusersEngine):
         """The chunk's ``LTXVideoCondition``s (frames counted in native frames)."""
         from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
-        planned = plan_conditions(
-            plan.job.mode,
-            chunk,
-            chunk.index == plan.last,
-            timeline,
-            temporal=self.temporal,
-            image=plan.image,
-            last_image=plan.last_image,
-            control=plan.control,
-            references=plan.references or [],
-            strength=self.opts.reference_strength,
-        )
+        planned = self.planned_conditions(plan, chunk, timeline)
         out = []
         for c in planned:
             media = dict(video=[Image.fromarray(f) for f in c.video]) if c.video is not None else dict(image=c.image)
@@ -134,9 +113,3 @@ class LTXEngine(DiffusersEngine):
             )
         out = self.run_pipeline(self.pipe, plan, **call)
         return {"frames": np.stack(to_uint8_frames(out.frames))}
-
-    def close(self) -> None:
-        two_stage, self.two_stage = getattr(self, "two_stage", None), None
-        if two_stage is not None:
-            two_stage.close()
-        super().close()

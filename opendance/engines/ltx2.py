@@ -45,9 +45,8 @@ import numpy as np
 from ..domain import Mode
 from ._torch_utils import Chunk, Timeline, reference_audio, to_uint8_frames
 from .base import Audio, Inputs, Job
-from .diffusers_base import DiffusersEngine, Plan
-from .ltx_conditions import plan_conditions
-from .ltx_two_stage import TwoStage
+from .diffusers_base import Plan
+from .ltx_two_stage import LTXFamilyEngine
 from .options import LTX2Options
 
 AUDIO_RATE = 48000
@@ -55,7 +54,7 @@ _HEADROOM = 0.98
 PIPELINES = ("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline")
 
 
-class LTX2Engine(DiffusersEngine):
+class LTX2Engine(LTXFamilyEngine):
     name = "ltx2"
     options = LTX2Options
     opts: LTX2Options
@@ -80,7 +79,6 @@ class LTX2Engine(DiffusersEngine):
         if cls_name not in PIPELINES:
             raise ValueError(f"the ltx2 engine runs LTX2Pipeline / LTX2ImageToVideoPipeline, not {cls_name}")
         self.i2v = self.cond = None
-        self.two_stage: TwoStage | None = None
         self.pipe = self.load_pipeline(getattr(diffusers, cls_name), self.opts.checkpoint)
         self.i2v = self.sibling(diffusers.LTX2ImageToVideoPipeline)
         self.cond = self.sibling(diffusers.LTX2ConditionPipeline)
@@ -90,15 +88,7 @@ class LTX2Engine(DiffusersEngine):
         if self.opts.upsampler is not None:
             from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 
-            self.two_stage = TwoStage(self, diffusers.LTX2LatentUpsamplePipeline, LTX2LatentUpsamplerModel)
-            self.mid_chunk_checkpoints = False  # the denoised latents change size between the stages
-
-    def grid(self, job: Job) -> tuple[int, int]:
-        width, height = super().grid(job)
-        return self.two_stage.grids(width, height)[1] if self.two_stage is not None else (width, height)
-
-    def steps_per_chunk(self) -> int:
-        return self.opts.steps + (self.opts.refined_steps if self.two_stage is not None else 0)
+            self.start_two_stage(diffusers.LTX2LatentUpsamplePipeline, LTX2LatentUpsamplerModel)
 
     def call_arguments(self, job: Job) -> dict[str, Any]:
         opts = self.opts
@@ -108,18 +98,7 @@ class LTX2Engine(DiffusersEngine):
         """The chunk's ``LTX2VideoCondition``s (their ``index`` counts latent frames)."""
         from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
 
-        planned = plan_conditions(
-            plan.job.mode,
-            chunk,
-            chunk.index == plan.last,
-            timeline,
-            temporal=self.temporal,
-            image=plan.image,
-            last_image=plan.last_image,
-            control=plan.control,
-            references=plan.references or [],
-            strength=self.opts.reference_strength,
-        )
+        planned = self.planned_conditions(plan, chunk, timeline)
         return [
             LTX2VideoCondition(
                 frames=np.stack(c.video) if c.video is not None else c.image, index=c.frame // self.temporal, strength=c.strength
@@ -196,9 +175,6 @@ class LTX2Engine(DiffusersEngine):
         return Audio(samples=mix.astype(np.float32), sample_rate=AUDIO_RATE)
 
     def close(self) -> None:
-        two_stage, self.two_stage = getattr(self, "two_stage", None), None
-        if two_stage is not None:
-            two_stage.close()
         super().close()
         self.i2v = self.cond = None
 

@@ -28,7 +28,7 @@ Checkpoints: a two-stage chunk is saved when it is finished, not inside it (the 
 tensors change size between the stages); a resumed job remakes the chunk it was in from its
 start, and the video is the same.
 
-Only engine modules import this (it imports torch).
+Only engine modules import this (it imports torch); `LTXFamilyEngine` is the base of both LTX engines.
 """
 
 from __future__ import annotations
@@ -39,7 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from . import components
-from ._torch_utils import DTYPES
+from ._torch_utils import DTYPES, Chunk, Timeline
+from .base import Job
+from .diffusers_base import DiffusersEngine, Plan
+from .ltx_conditions import Condition, plan_conditions
+from .options import LTX2Options, LTXOptions
 
 VAE_MULTIPLE = 32  # what the LTX VAEs' input sides are multiples of
 
@@ -137,3 +141,44 @@ def _check_upsampler(config: dict[str, Any], cls_name: str, latent_channels: int
             f"spatial_upsample={config.get('spatial_upsample')}, temporal_upsample={config.get('temporal_upsample')}, "
             f"scale {scale}"
         )
+
+
+class LTXFamilyEngine(DiffusersEngine):
+    """What the ``ltx`` and ``ltx2`` engines share: the conditions a chunk plans, and the
+    two-stage recipe when a mode sets ``upsampler`` (``start_two_stage`` in ``load``)."""
+
+    opts: LTXOptions | LTX2Options
+    two_stage: TwoStage | None = None
+
+    def start_two_stage(self, pipeline_cls: Any, model_cls: Any) -> None:
+        if self.opts.upsampler is not None:
+            self.two_stage = TwoStage(self, pipeline_cls, model_cls)
+            self.mid_chunk_checkpoints = False  # the denoised latents change size between the stages
+
+    def grid(self, job: Job) -> tuple[int, int]:
+        width, height = super().grid(job)
+        return self.two_stage.grids(width, height)[1] if self.two_stage is not None else (width, height)
+
+    def steps_per_chunk(self) -> int:
+        return self.opts.steps + (self.opts.refined_steps if self.two_stage is not None else 0)
+
+    def planned_conditions(self, plan: Plan, chunk: Chunk, timeline: Timeline) -> list[Condition]:
+        """The chunk's conditions (frames counted in native frames), for the family to wrap."""
+        return plan_conditions(
+            plan.job.mode,
+            chunk,
+            chunk.index == plan.last,
+            timeline,
+            temporal=self.temporal,
+            image=plan.image,
+            last_image=plan.last_image,
+            control=plan.control,
+            references=plan.references or [],
+            strength=self.opts.reference_strength,
+        )
+
+    def close(self) -> None:
+        two_stage, self.two_stage = self.two_stage, None
+        if two_stage is not None:
+            two_stage.close()
+        super().close()
