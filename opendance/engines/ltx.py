@@ -102,11 +102,9 @@ class LTXEngine(LTXFamilyEngine):
         call: dict[str, Any] = dict(num_frames=chunk.length, conditions=conditions or None)
         if self.two_stage is not None:
             opts = self.opts
-            width, height = plan.width // 2, plan.height // 2  # the stage-1 size (``grid`` is twice it)
-            latents = self.run_pipeline(self.pipe, plan, **call, width=width, height=height, output_type="latent").frames
-            plan.resume.ctx.check_cancelled()
+            first, width, height = self.first_stage(self.pipe, plan, **call)
             call.update(
-                latents=self.two_stage.upsample(latents, width, height),
+                latents=self.two_stage.upsample(first.frames, width, height),
                 timesteps=opts.refine_timesteps,
                 num_inference_steps=opts.refine_steps,
                 denoise_strength=opts.denoise_strength,

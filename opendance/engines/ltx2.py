@@ -120,9 +120,7 @@ class LTX2Engine(LTXFamilyEngine):
 
         if self.two_stage is not None:
             opts = self.opts
-            width, height = plan.width // 2, plan.height // 2  # the stage-1 size (``grid`` is twice it)
-            first = self.run_pipeline(pipe, plan, **kwargs, width=width, height=height, output_type="latent")
-            plan.resume.ctx.check_cancelled()
+            first, width, height = self.first_stage(pipe, plan, **kwargs)
             sigmas = list(opts.refine_sigmas)
             kwargs.update(
                 latents=self.two_stage.upsample(first.frames, width, height, num_frames=kwargs["num_frames"]),

@@ -43,32 +43,10 @@ from ._torch_utils import DTYPES, Chunk, Timeline
 from .base import Job
 from .diffusers_base import DiffusersEngine, Plan
 from .ltx_conditions import Condition, plan_conditions
+from .memory_plan import upsampler_dtype, upsampler_folder
 from .options import LTX2Options, LTXOptions
 
 VAE_MULTIPLE = 32  # what the LTX VAEs' input sides are multiples of
-
-
-def model_folder(path: Path) -> Path:
-    """The latent upsampler model's folder: ``latent_upsampler`` of a pipeline folder (as
-    published, e.g. ``Lightricks/ltxv-spatial-upscaler-0.9.7``), or the folder itself when it holds
-    the model (``config.json``). ``ValueError`` naming the option otherwise."""
-    path = Path(path).expanduser()
-    if (path / "model_index.json").is_file():
-        index = json.loads((path / "model_index.json").read_text())
-        if not isinstance(index.get("latent_upsampler"), list) or not (path / "latent_upsampler").is_dir():
-            raise ValueError(f"upsampler = {str(path)!r}: its model_index.json has no latent_upsampler")
-        return path / "latent_upsampler"
-    if (path / "config.json").is_file():
-        return path
-    raise ValueError(
-        f"upsampler = {str(path)!r}: not a latent upsampler folder (a diffusers folder with model_index.json "
-        "and latent_upsampler/, or the model's folder with config.json)"
-    )
-
-
-def upsampler_dtype(dtype: str | dict[str, str]) -> str:
-    """The upsampler's dtype: the mode's ``dtype``, or its table's ``default``."""
-    return dtype if isinstance(dtype, str) else dtype.get("default", "bfloat16")
 
 
 def stage_grids(width: int, height: int, factor: float) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -83,7 +61,7 @@ class TwoStage:
     def __init__(self, engine: Any, pipeline_cls: Any, model_cls: Any) -> None:
         opts = engine.opts
         self.opts = opts
-        folder = model_folder(opts.upsampler)
+        folder = upsampler_folder(opts.upsampler)
         dtype = upsampler_dtype(opts.dtype)
         # Keyed as the memory plan keys it: (the folder above, the model folder's name).
         where, name = folder.parent, folder.name
@@ -151,9 +129,17 @@ class LTXFamilyEngine(DiffusersEngine):
     two_stage: TwoStage | None = None
 
     def start_two_stage(self, pipeline_cls: Any, model_cls: Any) -> None:
-        if self.opts.upsampler is not None:
-            self.two_stage = TwoStage(self, pipeline_cls, model_cls)
-            self.mid_chunk_checkpoints = False  # the denoised latents change size between the stages
+        """From ``load``, when the mode sets ``upsampler``."""
+        self.two_stage = TwoStage(self, pipeline_cls, model_cls)
+        self.mid_chunk_checkpoints = False  # the denoised latents change size between the stages
+
+    def first_stage(self, pipe: Any, plan: Plan, **kwargs: Any) -> tuple[Any, int, int]:
+        """Step 1 of a two-stage chunk: the call at the stage-1 size (half the grid, which is the
+        refine size) with latents out, then a cancel check; its output and that size."""
+        width, height = plan.width // 2, plan.height // 2
+        out = self.run_pipeline(pipe, plan, **kwargs, width=width, height=height, output_type="latent")
+        plan.resume.ctx.check_cancelled()
+        return out, width, height
 
     def grid(self, job: Job) -> tuple[int, int]:
         width, height = super().grid(job)

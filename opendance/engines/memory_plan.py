@@ -313,19 +313,41 @@ def plan_mode(model: str, mode: str, engine: str, spec: dict[str, Any]) -> ModeP
 
 
 def upsampler_component(opts: DiffusersOptions) -> Component | None:
-    """The LTX families' latent upsampler (the ``upsampler`` option), as the engine loads it: the
-    model folder (``ltx_two_stage.model_folder``) at the mode's ``dtype`` (a table's ``default``),
-    kept on the device (``offload`` false)."""
+    """The LTX families' latent upsampler (the ``upsampler`` option), as ``ltx_two_stage`` loads
+    it: the model folder (``upsampler_folder``) at ``upsampler_dtype``, kept on the device
+    (``offload`` false)."""
     path = getattr(opts, "upsampler", None)
     if path is None:
         return None
-    path = Path(path).expanduser()
-    folder = path / "latent_upsampler" if (path / "model_index.json").is_file() else path
+    folder = upsampler_folder(path)
     weights = read_weights(folder)
     if weights is None:
         raise ValueError(f"upsampler = {str(path)!r}: no safetensors weights in {folder}")
-    dtype = opts.dtype if isinstance(opts.dtype, str) else opts.dtype.get("default", "bfloat16")
+    dtype = upsampler_dtype(opts.dtype)
     return Component(folder.parent, folder.name, dtype, weights.bytes_at(dtype), weights.key, False)
+
+
+def upsampler_folder(path: Path) -> Path:
+    """The latent upsampler model's folder: ``latent_upsampler`` of a pipeline folder (as
+    published, e.g. ``Lightricks/ltxv-spatial-upscaler-0.9.7``), or the folder itself when it holds
+    the model (``config.json``). ``ValueError`` naming the option otherwise."""
+    path = Path(path).expanduser()
+    if (path / "model_index.json").is_file():
+        index = json.loads((path / "model_index.json").read_text())
+        if not isinstance(index.get("latent_upsampler"), list) or not (path / "latent_upsampler").is_dir():
+            raise ValueError(f"upsampler = {str(path)!r}: its model_index.json has no latent_upsampler")
+        return path / "latent_upsampler"
+    if (path / "config.json").is_file():
+        return path
+    raise ValueError(
+        f"upsampler = {str(path)!r}: not a latent upsampler folder (a diffusers folder with model_index.json "
+        "and latent_upsampler/, or the model's folder with config.json)"
+    )
+
+
+def upsampler_dtype(dtype: str | Mapping[str, str]) -> str:
+    """The upsampler's dtype: the mode's ``dtype``, or its table's ``default``."""
+    return dtype if isinstance(dtype, str) else dtype.get("default", "bfloat16")
 
 
 @dataclass
