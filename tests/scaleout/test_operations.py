@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from opendance.media.encode import probe_mp4
-from opendance.runner.checkpoints import checkpoint_prefix
+from opendance.runner.checkpoints import checkpoint_prefix, decode_state
 from opendance.testing.cluster import Cluster, wait_until
 
 RESEND_INTERVAL = 60  # seconds between an API server's sweeps for callbacks left pending
@@ -78,17 +78,20 @@ def test_preview_task_resumes_from_its_frames_on_another_worker(pair, scaleout_e
     """On workers the preview engine keeps its finished frames as checkpoint chunks: a task
     whose worker dies goes on after the last chunk on the next one."""
     tid = pair.create("pv", "a long preview", duration=12)
-    first_chunk = scaleout_env.env["OPENDANCE_S3_PREFIX"] + checkpoint_prefix(tid) + "parts/frames-000000"
+    # The checkpoint's state object, which is written after its parts (runner/checkpoints.py): once
+    # it exists the first frame chunk is committed. (The chunk alone may be stored with the state
+    # not yet written: a kill then leaves nothing to resume from.)
+    state = scaleout_env.env["OPENDANCE_S3_PREFIX"] + checkpoint_prefix(tid) + "state"
     client = s3.client()
 
     def chunk_saved() -> bool:
         try:
-            client.head_object(Bucket=s3.bucket, Key=first_chunk)
+            blob = client.get_object(Bucket=s3.bucket, Key=state)["Body"].read()
         except client.exceptions.ClientError:
             return False
-        return True
+        return decode_state(blob)[1] >= 24  # a state after the first chunk of 24 frames
 
-    wait_until(chunk_saved, 120, "the first frame chunk in S3", poll=0.05)
+    wait_until(chunk_saved, 120, "the first frame chunk's checkpoint in S3", poll=0.05)
     dead = pair.workers[0]
     dead.kill()
     pair.workers.remove(dead)
