@@ -35,10 +35,29 @@ _DATA_URI = re.compile(
 )
 
 
+# Each pattern above needs one of these to match (in ASCII text, lower-cased), so text holding
+# none of them is returned as it is without running the four of them (every access-log line
+# passes here: its client address, method and path rarely hold any).
+_NEEDLES = ("bearer", "basic", "authorization", "data:", "data%3a", "%3f", "%26")
+
+
+def _may_hold_secret(text: str) -> bool:
+    if not text.isascii():  # re.IGNORECASE also folds some non-ASCII letters (\u017f is "s"): scan it all
+        return True
+    if "?" in text or "&" in text or ";" in text:
+        return True
+    low = text.lower()
+    return any(needle in low for needle in _NEEDLES)
+
+
 def redact(text: str) -> str:
     """``text`` with every credential, secret query value and data: URI payload replaced."""
-    if not text:
+    if not text or not _may_hold_secret(text):
         return text
+    return _redact_all(text)
+
+
+def _redact_all(text: str) -> str:
     text = _DATA_URI.sub(lambda m: f"data:{m.group(1) or ''}{m.group(2) or ''},{REDACTED}", text)
     text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _AUTH.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)

@@ -8,7 +8,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import OperationalError
@@ -165,15 +165,25 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
     app.state.auth = Auth(settings.api_keys)
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.state.metrics = Metrics()
-    app.include_router(router)
-    app.include_router(openai_router)  # /v1/videos: OpenAI's Videos API and the legacy alias
-    app.include_router(ark_router)  # /api/v3: the Ark-native API (volcengine-ark-runtime)
-    app.include_router(keys_router)  # /v1/admin/keys, /v1/usage
+    _add_routes(app, router)
+    _add_routes(app, openai_router)  # /v1/videos: OpenAI's Videos API and the legacy alias
+    _add_routes(app, ark_router)  # /api/v3: the Ark-native API (volcengine-ark-runtime)
+    _add_routes(app, keys_router)  # /v1/admin/keys, /v1/usage
     add_web_routes(app)  # the playground at /, and /docs and /redoc from packaged assets (no CDN)
     _add_health_routes(app)
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+def _add_routes(app: FastAPI, router: APIRouter) -> None:
+    """``router``'s routes as the app's own, in order. ``include_router`` (FastAPI 0.165) keeps
+    the router as one lazily resolved branch whose every request goes through a wrapper per
+    route it tries (``_IncludedRouter``, ``_EffectiveRouteContext``): a fifth of the routing and
+    dispatch time of a GET. Ours have no prefix, tags, dependencies or lifespan to merge, so the
+    routes themselves can be the app's, matched as the floor app's are."""
+    assert not router.prefix and not router.dependencies and not router.on_startup and not router.on_shutdown
+    app.router.routes.extend(router.routes)
 
 
 async def _sweep_leftovers(service: TaskService) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from .ark_protocol import TASKS, ArkErrorResponse, ArkTask, ArkTaskList, CreateTaskRequest, TaskId, inline_schema
 from .ark_serving import ArkService
-from .routes import CallerDep, Owner, Service, base_url, read_json
+from .routes import IDEMPOTENCY_HEADER, CallerDep, Owner, Service, base_url, idempotency_key, read_json
 
 router = APIRouter(tags=["Ark content generation"])
 
@@ -25,10 +25,11 @@ async def get_ark(service: Service) -> ArkService:
 Ark = Annotated[ArkService, Depends(get_ark)]
 
 CREATE_BODY = {
+    "parameters": [IDEMPOTENCY_HEADER],
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": inline_schema(CreateTaskRequest)}},
-    }
+    },
 }
 
 
@@ -37,10 +38,10 @@ async def create_task(
     request: Request,
     ark: Ark,
     caller: CallerDep,
-    idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
 ) -> JSONResponse:
+    key = idempotency_key(request)
     body = await read_json(request, ark.tasks.settings.max_body_bytes)
-    task = await ark.create(body, caller=caller, base_url=base_url(request), idempotency_key=idempotency_key)
+    task = await ark.create(body, caller=caller, base_url=base_url(request), idempotency_key=key)
     return JSONResponse({"id": task.id})
 
 

@@ -1,12 +1,13 @@
-"""Task objects as response bytes, memoised by the row they were rendered from.
+"""Task objects as response bytes, memoised by the row version they were rendered from.
 
 A task object (``TaskService.render``) is a function of the task's row, the base URL of the
-request (links follow it) and whether links are signed (once a key exists). The hot reads of
-``store.inline`` give the row exactly as SQLite holds it (a tuple of str, int, float, None), so
-``(row, base_url, signed)`` is a complete key: a row changed in any column (status, progress,
-a file key, a JSON column) is another key, and nothing needs invalidating. A hit skips the JSON
-decoding of the row, the ``Task``, the rendering (a signed link per completed task) and the
-JSON encoding; a list page is then the cached bodies joined, as the floor app joins stored ones.
+request (links follow it) and whether links are signed (once a key exists). Every UPDATE of a
+row bumps its ``version`` (a trigger in the database, migration 0005, whoever writes), and a
+task id is never reused, so ``(id, version, base_url, signed)`` is a complete key: nothing needs
+invalidating. The hot reads of ``store.inline`` ask for ids and versions first (two small
+columns) and read whole only the rows the memo does not hold. A hit skips reading the row, its
+JSON decoding, the ``Task``, the rendering (a signed link per completed task) and the JSON
+encoding; a list page is then the cached bodies joined, as the floor app joins stored ones.
 
 The bytes are those ``JSONResponse`` writes for the same object (``json.dumps`` with
 ``ensure_ascii=False``, ``allow_nan=False`` and compact separators), so a response is the same
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..store import Task
-from ..store.inline import ID, decoded
+from ..store.inline import ID, VERSION, decoded
 
 log = logging.getLogger("opendance.service")
 
@@ -52,7 +53,7 @@ def page_body(bodies: list[bytes], first_id: str | None, last_id: str | None, ha
 
 
 class Bodies:
-    """An LRU of encoded task objects keyed by (raw row, base URL, signed links)."""
+    """An LRU of encoded task objects keyed by (task id, row version, base URL, signed links)."""
 
     def __init__(self, render: Callable[[Task, str | None], dict[str, Any]], signed: Callable[[], bool], size: int = SIZE):
         self._render = render
@@ -72,22 +73,29 @@ class Bodies:
             self._cache.popitem(last=False)
         return body
 
+    def known(self, task_id: str, version: int, base_url: str | None) -> bytes | None:
+        """The body of this version of the task, if the memo holds it."""
+        return self._hit((task_id, version, base_url, self._signed()))
+
     def body(self, values: tuple, base_url: str | None) -> bytes:
         """The task object of this raw row; raises what reading or rendering it raises."""
-        key = (values, base_url, self._signed())
+        key = (values[ID], values[VERSION], base_url, self._signed())
         body = self._hit(key)
         if body is None:
             body = self._keep(key, encode(self._render(Task.from_row(decoded(values)), base_url)))
         return body
 
-    def listed(self, base_url: str | None) -> Callable[[tuple], tuple[str, bytes | None] | None]:
-        """For ``InlineReader.page``: a row as (its id, its body), the body None when it cannot
-        be rendered (logged; its id still counts as the page's cursor), or None when the row
-        cannot be read at all (logged; read past), as ``TaskStore.list`` and ``render_each`` do."""
+    def listed(
+        self, base_url: str | None
+    ) -> tuple[Callable[[tuple], tuple[str, bytes | None] | None], Callable[[str, int], tuple[str, bytes | None] | None]]:
+        """For ``InlineReader.page``: ``convert``, a raw row as (its id, its body), the body None
+        when it cannot be rendered (logged; its id still counts as the page's cursor), or None
+        when the row cannot be read at all (logged; read past), as ``TaskStore.list`` and
+        ``render_each`` do; and ``known``, (id, body) from the memo or None."""
         signed = self._signed()
 
         def convert(values: tuple) -> tuple[str, bytes | None] | None:
-            key = (values, base_url, signed)
+            key = (values[ID], values[VERSION], base_url, signed)
             body = self._hit(key)
             if body is not None:
                 return values[ID], body
@@ -102,4 +110,8 @@ class Bodies:
                 log.exception("task %s cannot be rendered; left out of the list", task.id)
                 return task.id, None
 
-        return convert
+        def known(task_id: str, version: int) -> tuple[str, bytes | None] | None:
+            body = self._hit((task_id, version, base_url, signed))
+            return None if body is None else (task_id, body)
+
+        return convert, known

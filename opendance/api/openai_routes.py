@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +20,7 @@ from ..errors import InvalidRequest
 from .openai_protocol import CreateVideoForm, Video, VideoDeleted, VideoList, VideoOrTask
 from .openai_serving import Upload, VideoService
 from .routes import (
+    IDEMPOTENCY_HEADER,
     CONTENT_RESPONSES,
     ERRORS,
     CallerDep,
@@ -31,6 +32,7 @@ from .routes import (
     documented_as,
     get_content,
     get_owner,
+    idempotency_key,
     read_body,
     read_json,
 )
@@ -90,13 +92,14 @@ async def read_create(request: Request, limit: int) -> tuple[Any, Upload | None]
 
 
 CREATE_BODY = {
+    "parameters": [IDEMPOTENCY_HEADER],
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": CreateVideoForm.model_json_schema()},
             "multipart/form-data": {"schema": CreateVideoForm.model_json_schema()},
         },
-    }
+    },
 }
 
 
@@ -105,10 +108,10 @@ async def create_video(
     request: Request,
     videos: Videos,
     caller: CallerDep,
-    idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
 ) -> JSONResponse:
+    key = idempotency_key(request)
     fields, upload = await read_create(request, videos.tasks.settings.max_body_bytes)
-    task = await videos.create(fields, upload, caller=caller, base_url=base_url(request), idempotency_key=idempotency_key)
+    task = await videos.create(fields, upload, caller=caller, base_url=base_url(request), idempotency_key=key)
     return JSONResponse(videos.render(task))
 
 

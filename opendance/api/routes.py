@@ -7,7 +7,7 @@ import json
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import WithJsonSchema
 
@@ -16,6 +16,7 @@ from ..errors import AuthenticationError, InvalidRequest, NotFound, PayloadTooLa
 from ..keys import Caller
 from ..storage import LocalFile, Stream
 from .protocol import CreateVideoRequest, ErrorResponse, ModelList, TaskList, TaskObject
+from .bodies import encode
 from .serving import VARIANTS, TaskService
 from .streaming import RangeFileResponse, stream_response
 
@@ -131,11 +132,61 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def documented_as(schema: dict[str, Any]) -> WithJsonSchema:
+    """A query parameter read as text (the service parses it, with its own messages) but
+    documented as what it must hold, so the OpenAPI schema is as strict as the validator."""
+    return WithJsonSchema(schema)
+
+
+Variant = Annotated[str, documented_as({"type": "string", "enum": list(VARIANTS), "default": "video"})]
+Limit = Annotated[str | None, documented_as({"type": "integer", "minimum": 1, "maximum": 100, "default": 20})]
+Order = Annotated[str, documented_as({"type": "string", "enum": ["asc", "desc"], "default": "desc"})]
+StatusFilter = Annotated[str | None, documented_as({"type": "string", "enum": [s.value for s in Status]})]
+
+
+def query_parameters(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``openapi_extra`` documenting optional query parameters that a route reads itself from
+    ``request.query_params`` (FastAPI's per-parameter resolution cost the list route more than
+    its database read); the service checks each value with its own messages."""
+    return {
+        "parameters": [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in schemas.items()]
+    }
+
+
+LIST_QUERY = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    "after": {"type": "string"},
+    "status": {"type": "string", "enum": [s.value for s in Status]},
+    "model": {"type": "string"},
+    "order": {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
+}
+
+
+IDEMPOTENCY_KEY_MAX = 300  # characters
+# The Idempotency-Key header as the create routes document it (``idempotency_key`` reads it).
+IDEMPOTENCY_HEADER = {
+    "name": "idempotency-key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX, "title": "Idempotency-Key"},
+}
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The create's ``Idempotency-Key`` header, if any (400 when longer than 300 characters)."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and len(key) > IDEMPOTENCY_KEY_MAX:
+        message = f"idempotency-key: must be at most {IDEMPOTENCY_KEY_MAX} characters; got {len(key)}"
+        raise InvalidRequest(message, param="idempotency-key")
+    return key
+
+
 CREATE_BODY = {
+    "parameters": [IDEMPOTENCY_HEADER],
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": CreateVideoRequest.model_json_schema()}},
-    }
+    },
 }
 
 
@@ -143,31 +194,34 @@ CREATE_BODY = {
 @router.post(
     "/v1/videos/generations", responses={200: {"model": TaskObject}, **ERRORS}, openapi_extra=CREATE_BODY, include_in_schema=False
 )
-async def create_task(
-    request: Request,
-    service: Service,
-    caller: CallerDep,
-    idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
-) -> Response:
+async def create_task(request: Request) -> Response:
+    # As in get_task: the service, the caller and the header read here (the same checks in the
+    # same order: the key, its rate limit, the header, then the body).
+    service: TaskService = request.app.state.service
+    caller = await caller_dep(request)
+    key = idempotency_key(request)
     body = await read_json(request, service.settings.max_body_bytes)
-    task = await service.create(body, caller=caller, base_url=base_url(request), idempotency_key=idempotency_key)
-    return JSONResponse(service.render(task, base_url(request)))
+    task = await service.create(body, caller=caller, base_url=base_url(request), idempotency_key=key)
+    return Response(encode(service.render(task, base_url(request))), media_type="application/json")
 
 
-@router.get("/v1/video/generations", responses={200: {"model": TaskList}, **ERRORS})
-async def list_tasks(
-    request: Request,
-    limit: Limit = None,
-    after: str | None = None,
-    status: StatusFilter = None,
-    model: str | None = None,
-    order: Order = "desc",
-) -> Response:
-    # The service and the caller read here, not as FastAPI dependencies: on the two hottest
-    # routes their resolution cost more than the read (the same checks in the same order).
+@router.get("/v1/video/generations", responses={200: {"model": TaskList}, **ERRORS}, openapi_extra=query_parameters(LIST_QUERY))
+async def list_tasks(request: Request) -> Response:
+    # The service, the caller and the query read here, not as FastAPI dependencies and
+    # parameters: on the two hottest routes their resolution cost more than the read (the same
+    # checks in the same order; a repeated parameter is its last value, as FastAPI takes it).
     service: TaskService = request.app.state.service
     owner = await owner_dep(request)
-    body = await service.list_body(owner, base_url(request), limit=limit, after=after, status=status, model=model, order=order)
+    query = request.query_params
+    body = await service.list_body(
+        owner,
+        base_url(request),
+        limit=query.get("limit"),
+        after=query.get("after"),
+        status=query.get("status"),
+        model=query.get("model"),
+        order=query.get("order", "desc"),
+    )
     return Response(body, media_type="application/json")
 
 
@@ -210,18 +264,6 @@ CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     416: {"model": ErrorResponse, "description": "the Range starts past the end of the file"},
     **ERRORS,
 }
-
-
-def documented_as(schema: dict[str, Any]) -> WithJsonSchema:
-    """A query parameter read as text (the service parses it, with its own messages) but
-    documented as what it must hold, so the OpenAPI schema is as strict as the validator."""
-    return WithJsonSchema(schema)
-
-
-Variant = Annotated[str, documented_as({"type": "string", "enum": list(VARIANTS), "default": "video"})]
-Limit = Annotated[str | None, documented_as({"type": "integer", "minimum": 1, "maximum": 100, "default": 20})]
-Order = Annotated[str, documented_as({"type": "string", "enum": ["asc", "desc"], "default": "desc"})]
-StatusFilter = Annotated[str | None, documented_as({"type": "string", "enum": [s.value for s in Status]})]
 
 
 # GET and HEAD (a HEAD is a GET without the body: the size and type of the file, for players).

@@ -304,11 +304,15 @@ class TaskService:
         the store reads inline, byte for byte the same."""
         if self.store.inline is not None:
             try:
-                rows = self.store.inline.get(task_id, owner)
+                stamp = self.store.inline.stamp(task_id, owner)
+                body = None if stamp is None else self.bodies.known(*stamp, base_url)
+                rows = [] if stamp is None or body is not None else self.store.inline.get(task_id, owner)
             except sqlite3.Error:
                 pass  # the usual way decides
             else:
-                if not rows:
+                if body is not None:
+                    return body
+                if not rows:  # none, or deleted between the two reads
                     raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")
                 return self.bodies.body(rows[0], base_url)
         return encode(self.render(await self.get(task_id, owner), base_url))
@@ -321,7 +325,8 @@ class TaskService:
         limit_n, status_v = self._list_params(limit, status, order)
         if self.store.inline is not None and status_v is None and model is None:
             try:
-                items, has_more = self.store.inline.page(owner, limit_n, after, order == "desc", self.bodies.listed(base_url))
+                convert, known = self.bodies.listed(base_url)
+                items, has_more = self.store.inline.page(owner, limit_n, after, order == "desc", convert, known)
             except sqlite3.Error:
                 pass
             else:

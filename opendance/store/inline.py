@@ -30,11 +30,16 @@ from . import jsoncol
 from .models import TaskRow
 
 COLUMNS = tuple(c.name for c in TaskRow.__table__.columns)
-SEQ, ID = COLUMNS.index("seq"), COLUMNS.index("id")
+SEQ, ID, VERSION = COLUMNS.index("seq"), COLUMNS.index("id"), COLUMNS.index("version")
 JSON_COLUMNS = tuple(c.name for c in TaskRow.__table__.columns if isinstance(c.type, JSON))
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM tasks"
 GET = _SELECT + " WHERE id = ?"
 GET_OWNED = _SELECT + " WHERE id = ? AND owner = ?"
+# A row's identity and change counter (``TaskRow.version``, bumped by a trigger on every UPDATE):
+# what the memo of bodies needs to know a body is still right, without reading the whole row.
+STAMP = "SELECT id, version FROM tasks WHERE id = ? AND owner = ?"
+_LIGHT = "SELECT seq, id, version FROM tasks"
+LIGHT_SEQ, LIGHT_ID, LIGHT_VERSION = 0, 1, 2
 # ``after`` is a cursor: the seq of that task of the owner (no such task: no rows, as in TaskStore.list).
 _AFTER = " AND seq {op} (SELECT seq FROM tasks WHERE id = ? AND owner = ?)"
 _PAST = " AND seq {op} ?"
@@ -80,11 +85,27 @@ class InlineReader:
         """The task's row (or none), raw."""
         return self.raw(GET, (task_id,)) if owner is None else self.raw(GET_OWNED, (task_id, owner))
 
+    def stamp(self, task_id: str, owner: str) -> tuple[str, int] | None:
+        """The owner's task's (id, version), or None: the memo's key, two small columns."""
+        rows = self.raw(STAMP, (task_id, owner))
+        return rows[0] if rows else None
+
     def page(
-        self, owner: str, limit: int, after: str | None, newest_first: bool, convert: Callable[[tuple], T | None]
+        self,
+        owner: str,
+        limit: int,
+        after: str | None,
+        newest_first: bool,
+        convert: Callable[[tuple], T | None],
+        known: Callable[[str, int], T | None] | None = None,
     ) -> tuple[list[T], bool]:
         """One list page of ``convert``-ed rows and whether more follow, as ``TaskStore.list``:
-        a row ``convert`` cannot read (None) is left out without shortening the page."""
+        a row ``convert`` cannot read (None) is left out without shortening the page.
+
+        With ``known(id, version)``, which gives the item of a row whose id and version it
+        knows (a memo), the page is read as ids and versions and only the other rows whole, by
+        a second statement: a row changed between the two reads is converted as it is then, one
+        deleted between them is left out (it is gone)."""
         items: list[T] = []
         past: int | None = None
         while True:
@@ -94,12 +115,29 @@ class InlineReader:
                 params += [after, owner]
             if past is not None:
                 params.append(past)
-            rows = self.raw(list_sql(newest_first, after is not None, past is not None), [*params, wanted])
-            items += [item for item in map(convert, rows) if item is not None]
+            sql = list_sql(newest_first, after is not None, past is not None, _SELECT if known is None else _LIGHT)
+            rows = self.raw(sql, [*params, wanted])
+            items += self._converted(rows, convert, known)
             if len(rows) < wanted or len(items) > limit:
                 break
-            past = rows[-1][SEQ]  # some rows were unreadable: read on past them
+            past = rows[-1][SEQ if known is None else LIGHT_SEQ]  # some rows were unreadable: read on past them
         return items[:limit], len(items) > limit
+
+    def _converted(
+        self, rows: list[tuple], convert: Callable[[tuple], T | None], known: Callable[[str, int], T | None] | None
+    ) -> list[T]:
+        if known is None:
+            return [item for item in map(convert, rows) if item is not None]
+        found = [known(row[LIGHT_ID], row[LIGHT_VERSION]) for row in rows]
+        missing = [row[LIGHT_SEQ] for row, item in zip(rows, found, strict=True) if item is None]
+        whole = {row[SEQ]: row for row in self.raw(by_seq_sql(len(missing)), missing)} if missing else {}
+        items = []
+        for row, item in zip(rows, found, strict=True):
+            if item is None and row[LIGHT_SEQ] in whole:
+                item = convert(whole[row[LIGHT_SEQ]])
+            if item is not None:
+                items.append(item)
+        return items
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -118,9 +156,14 @@ def decoded(values: tuple) -> SimpleNamespace:
     return SimpleNamespace(**row)
 
 
-def list_sql(newest_first: bool, after: bool, past: bool) -> str:
+def by_seq_sql(n: int) -> str:
+    """The whole rows of ``n`` seqs (at most a page and one: 101, under SQLite's 999 variables)."""
+    return _SELECT + f" WHERE seq IN ({', '.join('?' * n)})"
+
+
+def list_sql(newest_first: bool, after: bool, past: bool, select: str = _SELECT) -> str:
     op = "<" if newest_first else ">"
-    sql = _SELECT + " WHERE owner = ?"
+    sql = select + " WHERE owner = ?"
     if after:
         sql += _AFTER.format(op=op)
     if past:

@@ -55,6 +55,9 @@ class TaskRow(Base):
     expires_at: Mapped[float | None] = mapped_column(Float)
     # The API whose task shape the callbacks carry ("ark"); NULL: the legacy task object.
     api: Mapped[str | None] = mapped_column(String(16))
+    # Bumped by the database itself (a trigger, migration 0005) on every UPDATE of the row, by
+    # any process: the API's memo of rendered bodies keys on (id, version).
+    version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
     __table_args__ = (
         Index("ix_tasks_owner_seq", "owner", "seq"),

@@ -114,3 +114,54 @@ def test_known_tells_environment_keys_only():
     for header in (None, "", "Bearer", "Bearer k3", "Basic k1", "k1"):
         assert auth.known(header) is None  # the full check (caller) decides these
     assert Auth([]).known("Bearer k1") is None
+
+
+def test_every_change_of_a_row_bumps_its_version_whoever_writes_it(store, tmp_path):
+    """The memo's key is (id, version): an UPDATE from this store, or from another connection
+    that knows nothing of opendance (a second process, a hand edit), makes a new version."""
+    task = make(store, "a", 1)
+    versions = [store.inline.stamp(task.id, "a")[1]]
+    store.transition(task.id, RawStatus.RUNNING)
+    versions.append(store.inline.stamp(task.id, "a")[1])
+    store.set_progress(task.id, 40)
+    versions.append(store.inline.stamp(task.id, "a")[1])
+    with sqlite3.connect(tmp_path / "tasks.db") as conn:
+        conn.execute("update tasks set error_message = 'by hand' where id = ?", (task.id,))
+    versions.append(store.inline.stamp(task.id, "a")[1])
+    with sqlite3.connect(tmp_path / "tasks.db") as conn:  # an UPDATE that changes nothing is a new version too
+        conn.execute("update tasks set progress = progress where id = ?", (task.id,))
+    versions.append(store.inline.stamp(task.id, "a")[1])
+    assert versions == sorted(set(versions)) and len(versions) == 5
+    assert store.inline.stamp(task.id, "b") is None and store.inline.stamp("task_nope", "a") is None
+
+
+def test_memoised_pages_follow_their_rows(store, tmp_path):
+    """A list page read through the memo (ids and versions, whole rows only for misses) is the
+    page rendered from the rows, after any change made behind the memo's back, with a row that
+    cannot be read left out; and as many whole rows are read as the memo misses."""
+    made = [make(store, "a", i) for i in range(6)]
+    seen: list[str] = []
+    bodies = Bodies(
+        lambda t, base: seen.append(t.id) or {"id": t.id, "progress": t.progress, "msg": t.error_message}, lambda: False
+    )
+
+    def memo_page(**args):
+        convert, known = bodies.listed("http://x")
+        items, more = store.inline.page(
+            "a", args.get("limit", 20), args.get("after"), args.get("newest_first", True), convert, known
+        )
+        return [body for _, body in items], more
+
+    def fresh_page(**args):
+        tasks, more = store.list("a", **args)
+        return [encode({"id": t.id, "progress": t.progress, "msg": t.error_message}) for t in tasks], more
+
+    assert memo_page() == fresh_page() and len(seen) == 6
+    assert memo_page() == fresh_page() and len(seen) == 6  # all from the memo
+    store.set_progress(made[1].id, 55)
+    with sqlite3.connect(tmp_path / "tasks.db") as conn:
+        conn.execute("update tasks set error_message = 'hand' where id = ?", (made[4].id,))
+        conn.execute("update tasks set status = 'no-such-status' where id = ?", (made[2].id,))
+    for args in (dict(), dict(limit=2), dict(limit=2, after=made[3].id), dict(newest_first=False, limit=3)):
+        assert memo_page(**args) == fresh_page(**args), args
+    assert sorted(seen[6:]) == sorted([made[1].id, made[4].id])  # only the changed rows rendered again

@@ -183,3 +183,24 @@ def test_finished_counts_outlive_deletes(store):
     store.delete("fin0")
     store.delete("fin3")
     assert store.finished_counts() == expected  # rolled up with the delete
+
+
+def test_every_update_bumps_the_row_version(store):
+    """Migration 0005's trigger on PostgreSQL: as on SQLite, each UPDATE is a new version."""
+    from sqlalchemy import text
+
+    task = new_task(store, "task_version")
+
+    def version() -> int:
+        with store.engine.connect() as conn:
+            return conn.execute(text("SELECT version FROM tasks WHERE id = 'task_version'")).scalar_one()
+
+    seen = [version()]
+    store.transition(task.id, RawStatus.RUNNING)
+    seen.append(version())
+    store.set_progress(task.id, 30)
+    seen.append(version())
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET progress = progress WHERE id = 'task_version'"))
+    seen.append(version())
+    assert seen == [0, 1, 2, 3]
