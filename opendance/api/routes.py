@@ -153,7 +153,7 @@ def query_parameters(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-LIST_QUERY = {
+LIST_QUERY: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
     "after": {"type": "string"},
     "status": {"type": "string", "enum": [s.value for s in Status]},

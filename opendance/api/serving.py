@@ -203,9 +203,13 @@ class TaskService:
                 "expires_at": time.time() + req.expires_after if req.expires_after is not None else None,
                 "api": api,
             }
+            fields = self._new_fields(req, job, aspect, owner, base_url, idempotency_key, request_hash, row)
             try:
-                task = await asyncio.to_thread(
-                    self._store_new, req, job, aspect, media.blobs, owner, base_url, idempotency_key, request_hash, row
+                # Without inputs to store or a quota to check, on the loop where the database
+                # takes the row at once (store/inline_insert.py); else, or when it did not, in a thread.
+                at_once = None if media.blobs else self.store.create_at_once(**fields)
+                task = (
+                    at_once if at_once is not None else await asyncio.to_thread(self._store_new, job.task_id, media.blobs, fields)
                 )
             except StoreWriteFailed as exc:
                 # The database did not take the row (a full disk under SQLite, PostgreSQL gone):
@@ -260,35 +264,39 @@ class TaskService:
             return "16:9"
         return nearest_aspect_ratio(first.width, first.height)
 
-    def _store_new(
-        self, req: CreateRequest, job: Job, aspect: str, blobs, owner, base_url, idempotency_key, request_hash, row
-    ) -> Task:
+    @staticmethod
+    def _new_fields(req: CreateRequest, job: Job, aspect: str, owner, base_url, idempotency_key, request_hash, row) -> dict:
+        """The store's ``create`` arguments for this request's task."""
+        return dict(
+            id=job.task_id,
+            owner=owner,
+            model=job.model,
+            mode=job.mode.value,
+            duration=job.duration,
+            aspect_ratio=aspect,
+            width=job.width,
+            height=job.height,
+            fps=job.fps,
+            seed=job.seed,
+            engine=job.engine["engine"],
+            job=job.to_dict(),
+            extra_body=req.extra_body,
+            callback_url=req.callback_url,
+            ignored_fields=req.ignored_fields,
+            base_url=base_url,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            **row,  # the quota check, expires_at, api
+        )
+
+    def _store_new(self, task_id: str, blobs, fields: dict) -> Task:
+        """The inputs, then the task row (in a thread); nothing is left behind when either fails."""
         try:
             for blob in blobs:  # inside the try: a write that fails half-way leaves nothing behind
                 self.storage.put_file(blob.key, blob.path, blob.content_type)
-            return self.store.create(
-                id=job.task_id,
-                owner=owner,
-                model=job.model,
-                mode=job.mode.value,
-                duration=job.duration,
-                aspect_ratio=aspect,
-                width=job.width,
-                height=job.height,
-                fps=job.fps,
-                seed=job.seed,
-                engine=job.engine["engine"],
-                job=job.to_dict(),
-                extra_body=req.extra_body,
-                callback_url=req.callback_url,
-                ignored_fields=req.ignored_fields,
-                base_url=base_url,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
-                **row,  # the quota check, expires_at, api
-            )
+            return self.store.create(**fields)
         except BaseException:
-            self.storage.delete_prefix(f"tasks/{job.task_id}/")
+            self.storage.delete_prefix(f"tasks/{task_id}/")
             raise
 
     # -- read ----------------------------------------------------------------------------

@@ -15,10 +15,11 @@ colour conversion.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -69,8 +70,18 @@ class Job:
         return self.duration * self.fps
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The job as JSON values (what the task row stores), sharing nothing mutable with it:
+        ``dataclasses.asdict`` field by field, without its generic recursion (a third of the
+        CPU time of a create once the rest was made cheap)."""
+        d = {name: getattr(self, name) for name in _JOB_FIELDS}
         d["mode"] = self.mode.value
+        for name in ("engine", "options", "loras"):
+            d[name] = copy.deepcopy(d[name])
+        for one in ("image", "last_image"):
+            if d[one] is not None:
+                d[one] = asdict(d[one])
+        for many in ("images", "videos", "audios"):
+            d[many] = [asdict(m) for m in d[many]]
         return d
 
     @classmethod
@@ -83,6 +94,9 @@ class Job:
         for many in ("images", "videos", "audios"):
             d[many] = [MediaRef(**m) for m in d.get(many) or []]
         return cls(**d)
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
 
 
 @dataclass

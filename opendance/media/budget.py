@@ -194,7 +194,7 @@ class MediaWork:
     async def intake(self, owner: str, name: str, *, stored: int = 0, cap: int = 0) -> AsyncIterator[IntakeScope]:
         """One create's share: a spool folder ``name`` and the bytes it takes, all given back at
         the end. ``stored`` is what ``owner`` has stored already; ``cap`` its limit (0 = none)."""
-        scope = IntakeScope(self, owner, self.spool_dir / name, stored, cap)
+        scope = IntakeScope(self, owner, name, stored, cap)
         try:
             yield scope
         finally:
@@ -206,15 +206,20 @@ class MediaWork:
 class IntakeScope:
     """What one create holds: its spool folder, and media bytes taken with ``take``."""
 
-    def __init__(self, work: MediaWork, owner: str, folder: Path, stored: int, cap: int) -> None:
+    def __init__(self, work: MediaWork, owner: str, name: str, stored: int, cap: int) -> None:
         self.work = work
         self.owner = owner
-        self.folder = folder
+        self.name = name
         self.stored = stored
         self.cap = cap
         self.held = 0
         self._wait_left = work.wait
         self._made: asyncio.Future[None] | None = None
+
+    @functools.cached_property
+    def folder(self) -> Path:
+        """The spool folder's path (built when first asked: most creates carry no media)."""
+        return self.work.spool_dir / self.name
 
     @property
     def folder_made(self) -> bool:

@@ -31,7 +31,8 @@ from . import jsoncol
 from .inline import ID, InlineReader, decoded
 from .keys import roll_up
 from .models import MetaRow, TaskRow, UsageRollupRow
-from .writes import writing
+from .inline_insert import InlineInsert
+from .writes import write_lock, writing
 
 log = logging.getLogger("opendance.store")
 
@@ -104,7 +105,32 @@ _CREATE_DEFAULTS: dict[str, Any] = {
     "base_url": "",
     "progress": 0,
     "attempts": 0,
+    "version": 0,
 }
+
+
+def _new_row(fields: dict[str, Any], ignored_fields: Collection[str]) -> dict[str, Any]:
+    """The values a new (queued) task row is inserted with: ``fields`` and the columns every new
+    task starts with."""
+    now = time.time()
+    if ignored_fields:
+        fields = {**fields, "job": {**fields["job"], IGNORED_FIELDS_KEY: list(ignored_fields)}}
+    return {
+        "status": Status.QUEUED.value,
+        "raw_status": RawStatus.QUEUED.value,
+        "callback_pending": RawStatus.QUEUED.value if fields.get("callback_url") else None,
+        "progress": 0,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        **fields,
+    }
+
+
+def _snapshot(values: dict[str, Any]) -> Task:
+    """The task a row inserted with ``values`` reads back as: the values written, the columns
+    not given at their defaults."""
+    return Task.from_row(SimpleNamespace(**{**_CREATE_DEFAULTS, "extra_body": {}, **values}))
 
 
 def readable(values: tuple) -> Task | None:
@@ -167,6 +193,8 @@ class TaskStore:
         self._session = sessionmaker(engine, expire_on_commit=False)
         # SQLite files: GET task and unfiltered list pages read on the event loop (store/inline.py).
         self.inline = InlineReader.for_url(str(engine.url))
+        # ... and creates without a quota check insert on it, where the file takes them at once.
+        self.inline_insert = None if self.inline is None else InlineInsert(self.inline.path, write_lock(engine))
 
     def _writing(self) -> contextlib.AbstractContextManager[Session]:
         """A session for a writing transaction (store/writes.py: one at a time per SQLite file)."""
@@ -179,6 +207,8 @@ class TaskStore:
     def close(self) -> None:
         if self.inline is not None:
             self.inline.close()
+        if self.inline_insert is not None:
+            self.inline_insert.close()
         self.engine.dispose()
 
     def ping(self) -> None:
@@ -206,23 +236,9 @@ class TaskStore:
     ) -> Task:
         """Insert a queued task. ``check`` runs first in the same transaction (a key's quota:
         it may lock rows and raise, and then nothing is written)."""
-        now = time.time()
-        if ignored_fields:
-            fields["job"] = {**fields["job"], IGNORED_FIELDS_KEY: list(ignored_fields)}
-        values = {
-            "status": Status.QUEUED.value,
-            "raw_status": RawStatus.QUEUED.value,
-            "callback_pending": RawStatus.QUEUED.value if fields.get("callback_url") else None,
-            "progress": 0,
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-            **fields,
-        }
+        values = _new_row(fields, ignored_fields)
         # A Core INSERT (the ORM's unit of work, identity map and instance state cost more than
-        # the INSERT itself); the snapshot is the values written, the columns not given at their
-        # defaults, as the ORM object was.
-        row = SimpleNamespace(**{**_CREATE_DEFAULTS, "extra_body": {}, **values})
+        # the INSERT itself).
         with self._writing() as s:
             if check is not None:
                 check(s)
@@ -235,7 +251,18 @@ class TaskStore:
                 raise
             except OperationalError as exc:  # "database or disk is full" and the like: no row was made
                 raise StoreWriteFailed(f"the task store did not take the write ({exc.orig})") from exc
-            return Task.from_row(row)
+            return _snapshot(values)
+
+    def create_at_once(
+        self, *, check: Callable[[Session], None] | None = None, ignored_fields: Collection[str] = (), **fields: Any
+    ) -> Task | None:
+        """``create`` on the calling thread (the event loop), where the database takes the row
+        at once (store/inline_insert.py: a SQLite file whose write lock is free) and there is no
+        ``check`` to run. None: nothing was written; call ``create`` (in a thread), which decides."""
+        if self.inline_insert is None or check is not None:
+            return None
+        values = _new_row(fields, ignored_fields)
+        return _snapshot(values) if self.inline_insert.insert(values) else None
 
     def get(self, task_id: str, owner: str | None = None) -> Task | None:
         q = select(TaskRow).where(TaskRow.id == task_id)

@@ -11,6 +11,11 @@ from ..store.repo import Task, TaskStore
 def add_task(store: TaskStore, **fields: Any) -> Task:
     """``store.create`` of a queued 5 s 864x480 text-to-video task; ``fields`` override any column
     (``id`` defaults to a new task id, ``job`` to ``{"task_id": id}``) or pass ``check``."""
+    return store.create(**task_fields(**fields))
+
+
+def task_fields(**fields: Any) -> dict[str, Any]:
+    """The arguments ``add_task`` gives ``store.create`` (for ``create_at_once`` too)."""
     task_id = fields.pop("id", None) or new_task_id()
     values: dict[str, Any] = {
         "owner": "o",
@@ -28,4 +33,4 @@ def add_task(store: TaskStore, **fields: Any) -> Task:
         "base_url": "http://x",
         **fields,
     }
-    return store.create(id=task_id, **values)
+    return {"id": task_id, **values}
