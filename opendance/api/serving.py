@@ -27,7 +27,7 @@ from ..errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from ..keys import Caller
 from ..media.budget import IntakeScope, MediaWork
 from ..media.fetch import SafeFetcher
-from ..media.intake import MediaRequest, intake_media
+from ..media.intake import IntakeResult, MediaRequest, intake_media
 from ..metrics import Metrics
 from ..runner.base import Runner
 from ..runner.execute import input_prefix
@@ -81,6 +81,7 @@ class TaskService:
         # tasks.api -> the task object its callbacks carry (the Ark route adds "ark")
         self.callback_shapes: dict[str, Callable[[Task], dict[str, Any]]] = {}
         self.bodies = Bodies(self.render, signed_urls)  # rendered task objects of the hot reads
+        self._created: dict[tuple[str, str], Any] = {}  # the tasks-created counter's children
         runner.add_listener(self.task_changed)
 
     def models_for(self, caller: Caller) -> dict[str, ModelConfig]:
@@ -158,16 +159,22 @@ class TaskService:
         quotas = self.quotas
         key_quota = quotas.admit(caller, task_id, req.duration) if quotas else contextlib.nullcontext()
         # The key's quota before the media budgets: a refused create holds no share of them.
-        async with self.admission.admit(owner, task_id), key_quota, self._intake_scope(owner, task_id, req) as scope:
+        # A text-only create takes no share of the media budgets and has no media to fetch.
+        intake = self._intake_scope(owner, task_id, req) if req.has_media else contextlib.nullcontext()
+        async with self.admission.admit(owner, task_id), key_quota, intake as scope:
             if req.callback_url:
                 await self.fetcher.check_url(req.callback_url, param="extra_body.callback_url")
             try:
-                media = await intake_media(
-                    MediaRequest(req.image, req.last_image, req.images, req.videos, req.audios),
-                    fetcher=self.fetcher,
-                    settings=self.settings,
-                    key_prefix=input_prefix(task_id),
-                    scope=scope,
+                media = (
+                    await intake_media(
+                        MediaRequest(req.image, req.last_image, req.images, req.videos, req.audios),
+                        fetcher=self.fetcher,
+                        settings=self.settings,
+                        key_prefix=input_prefix(task_id),
+                        scope=scope,
+                    )
+                    if scope is not None
+                    else IntakeResult(image=None, last_image=None, images=[], videos=[], audios=[], blobs=[])
                 )
             except OSError as exc:
                 # Spooling the media to disk failed (a full disk): the server's fault, not the request's.
@@ -232,18 +239,20 @@ class TaskService:
                 return self._same_request(earlier, request_hash)
         if req.ignored_fields:
             log.info("task %s: ignored the unknown fields %s (misspelt?)", task.id, ", ".join(req.ignored_fields))
-        self.metrics.created.labels(task.model, task.mode).inc()
+        created = self._created.get((task.model, task.mode))
+        if created is None:  # labels() takes a lock and builds the series key each call: kept per (model, mode)
+            created = self._created[task.model, task.mode] = self.metrics.created.labels(task.model, task.mode)
+        created.inc()
         await self.runner.submit(task)
         await self.task_changed(task)
         return task
 
     @contextlib.asynccontextmanager
     async def _intake_scope(self, owner: str, task_id: str, req: CreateRequest) -> AsyncIterator[IntakeScope]:
-        """The create's share of the media budgets and its spool folder; with the key's stored
-        input bytes counted first when it sends media and the per-key cap is on."""
+        """The create's share of the media budgets and its spool folder (for a create that sends
+        media); with the key's stored input bytes counted first when the per-key cap is on."""
         cap = self.settings.max_input_bytes_per_key
-        has_media = bool(req.image or req.last_image or req.images or req.videos or req.audios)
-        stored = await asyncio.to_thread(self.store.stored_input_bytes, owner) if cap and has_media else 0
+        stored = await asyncio.to_thread(self.store.stored_input_bytes, owner) if cap else 0
         async with self.media_work.intake(owner, task_id, stored=stored, cap=cap) as scope:
             yield scope
 

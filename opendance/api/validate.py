@@ -58,6 +58,10 @@ class CreateRequest:
     expires_after: int | None = None  # seconds from creation after which an unfinished task is EXPIRED
     loras: list[dict[str, Any]] = field(default_factory=list)  # extra_body.loras resolved (engines.lora.job_lora)
 
+    @property
+    def has_media(self) -> bool:
+        return bool(self.image or self.last_image or self.images or self.videos or self.audios)
+
 
 def _type_name(value: Any) -> str:
     if value is None:
