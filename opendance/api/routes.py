@@ -66,8 +66,11 @@ def get_owner(request: Request) -> str:
 def rate_limit(request: Request, owner: str) -> None:
     """429 when the caller is over its request rate: keyed by API key, or by client address on
     an open server (``owner`` "") and for signed links, which carry no key."""
+    limiter = request.app.state.limiter
+    if not limiter.enabled:  # off (OPENDANCE_RATE_LIMIT_PER_MINUTE=0): nothing to take
+        return
     address = request.client.host if request.client else "unknown"
-    request.app.state.limiter.check(owner or f"address:{address}")
+    limiter.check(owner or f"address:{address}")
 
 
 Service = Annotated[TaskService, Depends(get_service)]
