@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -63,8 +63,19 @@ class TaskRow(Base):
         Index("ix_tasks_owner_seq", "owner", "seq"),
         Index("ix_tasks_raw_status", "raw_status"),
         Index("ix_tasks_owner_idem", "owner", "idempotency_key", unique=True),
-        Index("ix_tasks_callback_pending", "callback_pending"),
-        Index("ix_tasks_expires_at", "expires_at"),
+        # Partial (migration 0006): most rows have neither, and their readers ask for values only.
+        Index(
+            "ix_tasks_callback_pending",
+            "callback_pending",
+            sqlite_where=text("callback_pending IS NOT NULL"),
+            postgresql_where=text("callback_pending IS NOT NULL"),
+        ),
+        Index(
+            "ix_tasks_expires_at",
+            "expires_at",
+            sqlite_where=text("expires_at IS NOT NULL"),
+            postgresql_where=text("expires_at IS NOT NULL"),
+        ),
     )
 
 
