@@ -28,6 +28,7 @@ from ..store.inline import ID, VERSION, decoded
 log = logging.getLogger("opendance.service")
 
 SIZE = 4096  # bodies kept (the rows behind them about 2-4 KB each: a few MB at most)
+PAGES = 256  # list pages kept: their items are the bodies above (shared bytes), plus up to 101 row stamps each
 
 
 def encode(content: Any) -> bytes:
@@ -60,6 +61,7 @@ class Bodies:
         self._signed = signed
         self._size = size
         self._cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self._pages: OrderedDict[tuple, Any] = OrderedDict()  # whole list pages (InlineReader.page)
 
     def _hit(self, key: tuple) -> bytes | None:
         body = self._cache.get(key)
@@ -115,3 +117,26 @@ class Bodies:
             return None if body is None else (task_id, body)
 
         return convert, known
+
+    def pages(self, base_url: str | None) -> _Pages:
+        """For ``InlineReader.page``: its memo of whole pages, for this base URL and signing."""
+        return _Pages(self._pages, (base_url, self._signed()), PAGES)
+
+
+class _Pages:
+    """A view of the shared LRU of pages whose keys all carry ``scope`` (base URL, signed)."""
+
+    def __init__(self, cache: OrderedDict[tuple, Any], scope: tuple, size: int) -> None:
+        self._cache, self._scope, self._size = cache, scope, size
+
+    def get(self, key: tuple) -> Any:
+        key = (key, self._scope)
+        page = self._cache.get(key)
+        if page is not None:
+            self._cache.move_to_end(key)
+        return page
+
+    def __setitem__(self, key: tuple, page: Any) -> None:
+        self._cache[key, self._scope] = page
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)

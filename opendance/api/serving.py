@@ -343,7 +343,9 @@ class TaskService:
         if self.store.inline is not None and status_v is None and model is None:
             try:
                 convert, known = self.bodies.listed(base_url)
-                items, has_more = self.store.inline.page(owner, limit_n, after, order == "desc", convert, known)
+                items, has_more = self.store.inline.page(
+                    owner, limit_n, after, order == "desc", convert, known, self.bodies.pages(base_url)
+                )
             except sqlite3.Error:
                 pass
             else:

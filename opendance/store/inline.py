@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import JSON
 from sqlalchemy.engine import make_url
@@ -45,6 +45,14 @@ _AFTER = " AND seq {op} (SELECT seq FROM tasks WHERE id = ? AND owner = ?)"
 _PAST = " AND seq {op} ?"
 T = TypeVar("T")
 BUSY_MS = 0  # a read that would wait at all (a WAL being recovered) goes to a thread: the loop never waits on a lock
+
+
+class PageMemo(Protocol):
+    """Where ``InlineReader.page`` keeps whole pages (a bounded mapping)."""
+
+    def get(self, key: tuple) -> Any: ...
+
+    def __setitem__(self, key: tuple, value: Any) -> None: ...
 
 
 class InlineReader:
@@ -98,6 +106,7 @@ class InlineReader:
         newest_first: bool,
         convert: Callable[[tuple], T | None],
         known: Callable[[str, int], T | None] | None = None,
+        pages: PageMemo | None = None,
     ) -> tuple[list[T], bool]:
         """One list page of ``convert``-ed rows and whether more follow, as ``TaskStore.list``:
         a row ``convert`` cannot read (None) is left out without shortening the page.
@@ -105,9 +114,15 @@ class InlineReader:
         With ``known(id, version)``, which gives the item of a row whose id and version it
         knows (a memo), the page is read as ids and versions and only the other rows whole, by
         a second statement: a row changed between the two reads is converted as it is then, one
-        deleted between them is left out (it is gone)."""
+        deleted between them is left out (it is gone).
+
+        With ``pages`` as well (a memo of whole pages), a page read in one statement whose every
+        row was readable is kept under its rows' (seq, id, version) and ``limit``: the next read
+        that finds the same rows answers from it without a lookup per row. (A page that read
+        past unreadable rows depends on rows beyond its first statement's: never kept.)"""
         items: list[T] = []
         past: int | None = None
+        first = True
         while True:
             wanted = limit + 1 - len(items)
             params: list[Any] = [owner]
@@ -117,7 +132,15 @@ class InlineReader:
                 params.append(past)
             sql = list_sql(newest_first, after is not None, past is not None, _SELECT if known is None else _LIGHT)
             rows = self.raw(sql, [*params, wanted])
+            key = (tuple(rows), limit) if pages is not None and first and known is not None else None
+            if key is not None and (kept := pages.get(key)) is not None:  # type: ignore[union-attr]
+                return kept
             items += self._converted(rows, convert, known)
+            if key is not None and len(items) == len(rows):  # every row readable: the rows decide the page
+                page = items[:limit], len(items) > limit
+                pages[key] = page  # type: ignore[index]
+                return page
+            first = False
             if len(rows) < wanted or len(items) > limit:
                 break
             past = rows[-1][SEQ if known is None else LIGHT_SEQ]  # some rows were unreadable: read on past them

@@ -85,7 +85,11 @@ class Task:
     @classmethod
     def from_row(cls, row: TaskRow | SimpleNamespace) -> Task:
         """From an ORM row, or anything with the same attributes (``inline`` rows)."""
-        values = {name: getattr(row, name) for name in _ROW_FIELDS}
+        return cls.from_values({name: getattr(row, name) for name in _ROW_FIELDS})
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> Task:
+        """From the row's values by column name (``values`` is taken over, not copied)."""
         values["status"] = Status(values["status"])
         values["raw_status"] = RawStatus(values["raw_status"])
         if isinstance(values["job"], dict) and IGNORED_FIELDS_KEY in values["job"]:
@@ -130,7 +134,8 @@ def _new_row(fields: dict[str, Any], ignored_fields: Collection[str]) -> dict[st
 def _snapshot(values: dict[str, Any]) -> Task:
     """The task a row inserted with ``values`` reads back as: the values written, the columns
     not given at their defaults."""
-    return Task.from_row(SimpleNamespace(**{**_CREATE_DEFAULTS, "extra_body": {}, **values}))
+    merged = {**_CREATE_DEFAULTS, "extra_body": {}, **values}
+    return Task.from_values({name: merged[name] for name in _ROW_FIELDS})
 
 
 def readable(values: tuple) -> Task | None:

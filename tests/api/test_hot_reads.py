@@ -148,7 +148,13 @@ def test_memoised_pages_follow_their_rows(store, tmp_path):
     def memo_page(**args):
         convert, known = bodies.listed("http://x")
         items, more = store.inline.page(
-            "a", args.get("limit", 20), args.get("after"), args.get("newest_first", True), convert, known
+            "a",
+            args.get("limit", 20),
+            args.get("after"),
+            args.get("newest_first", True),
+            convert,
+            known,
+            bodies.pages("http://x"),
         )
         return [body for _, body in items], more
 
@@ -162,6 +168,12 @@ def test_memoised_pages_follow_their_rows(store, tmp_path):
     with sqlite3.connect(tmp_path / "tasks.db") as conn:
         conn.execute("update tasks set error_message = 'hand' where id = ?", (made[4].id,))
         conn.execute("update tasks set status = 'no-such-status' where id = ?", (made[2].id,))
+    for _ in range(2):  # and again, from the memo of pages where one was kept
+        for args in (dict(), dict(limit=2), dict(limit=2, after=made[3].id), dict(newest_first=False, limit=3)):
+            assert memo_page(**args) == fresh_page(**args), args
+    with sqlite3.connect(tmp_path / "tasks.db") as conn:  # the unreadable row mended, another changed: pages follow
+        conn.execute("update tasks set status = 'queued' where id = ?", (made[2].id,))
+        conn.execute("update tasks set error_message = 'again' where id = ?", (made[5].id,))
     for args in (dict(), dict(limit=2), dict(limit=2, after=made[3].id), dict(newest_first=False, limit=3)):
         assert memo_page(**args) == fresh_page(**args), args
-    assert sorted(seen[6:]) == sorted([made[1].id, made[4].id])  # only the changed rows rendered again
+    assert sorted(seen[6:]) == sorted([made[1].id, made[4].id, made[2].id, made[5].id])  # only changed rows rendered again
