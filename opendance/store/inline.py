@@ -55,12 +55,33 @@ class PageMemo(Protocol):
     def __setitem__(self, key: tuple, value: Any) -> None: ...
 
 
-class InlineReader:
-    """Reads tasks from one SQLite file on the calling thread (see the module docstring)."""
+class ThreadConnections:
+    """A ``sqlite3`` connection to one file per calling thread, made by ``_connect`` on first
+    use: the readers and the inline inserts of a file each keep their own (store/inline_insert.py)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def close(self) -> None:
+        """Close the calling thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class InlineReader(ThreadConnections):
+    """Reads tasks from one SQLite file on the calling thread (see the module docstring)."""
 
     @classmethod
     def for_url(cls, url: str) -> InlineReader | None:
@@ -74,14 +95,11 @@ class InlineReader:
             return None
         return cls(database)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # autocommit (isolation_level None): each SELECT is its own read transaction, ended
-            # as soon as its rows are fetched (fetchall), so no reader holds a WAL snapshot.
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_MS / 1000)
-            conn.execute("PRAGMA query_only=1")
-            self._local.conn = conn
+    def _connect(self) -> sqlite3.Connection:
+        # autocommit (isolation_level None): each SELECT is its own read transaction, ended
+        # as soon as its rows are fetched (fetchall), so no reader holds a WAL snapshot.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_MS / 1000)
+        conn.execute("PRAGMA query_only=1")
         return conn
 
     def raw(self, sql: str, params: Sequence[Any]) -> list[tuple]:
@@ -161,12 +179,6 @@ class InlineReader:
             if item is not None:
                 items.append(item)
         return items
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
 
 def decoded(values: tuple) -> SimpleNamespace:

@@ -25,36 +25,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import threading
 from typing import Any
 
 from . import jsoncol
-from .inline import JSON_COLUMNS
+from .inline import JSON_COLUMNS, ThreadConnections
 
 log = logging.getLogger("opendance.store")
 
 CHECKPOINT_EVERY = 100  # rows: a few hundred pages of WAL (a row and its five index entries each)
 
 
-class InlineInsert:
+class InlineInsert(ThreadConnections):
     """INSERTs of new task rows on the calling thread for one SQLite file (see the module docstring)."""
 
     def __init__(self, path: str, lock: Any) -> None:
-        self.path = path
+        super().__init__(path)
         self._lock = lock  # writes.write_lock(engine): this process's writers of the file, in turn
-        self._local = threading.local()
         self._statements: dict[tuple[str, ...], str] = {}
         self.written = 0  # rows written here
         self._checkpointing: asyncio.Future[None] | None = None
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # autocommit: each INSERT is its own transaction, committed when it returns.
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
-            conn.execute("PRAGMA synchronous=NORMAL")  # as the engine's connections (durable across crashes in WAL mode)
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._local.conn = conn
+    def _connect(self) -> sqlite3.Connection:
+        # autocommit: each INSERT is its own transaction, committed when it returns.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+        conn.execute("PRAGMA synchronous=NORMAL")  # as the engine's connections (durable across crashes in WAL mode)
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         return conn
 
     def insert(self, values: dict[str, Any]) -> bool:
@@ -98,9 +93,3 @@ class InlineInsert:
             self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             log.debug("a WAL checkpoint did not run: %s", exc)
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
