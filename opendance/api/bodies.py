@@ -53,38 +53,45 @@ def page_body(bodies: list[bytes], first_id: str | None, last_id: str | None, ha
     )
 
 
+class _LRU:
+    """A bounded mapping that forgets the least recently used entry first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple, Any] = OrderedDict()
+
+    def get(self, key: tuple) -> Any:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def keep(self, key: tuple, value: Any) -> Any:
+        self._entries[key] = value
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return value
+
+
 class Bodies:
     """An LRU of encoded task objects keyed by (task id, row version, base URL, signed links)."""
 
     def __init__(self, render: Callable[[Task, str | None], dict[str, Any]], signed: Callable[[], bool], size: int = SIZE):
         self._render = render
         self._signed = signed
-        self._size = size
-        self._cache: OrderedDict[tuple, bytes] = OrderedDict()
-        self._pages: OrderedDict[tuple, Any] = OrderedDict()  # whole list pages (InlineReader.page)
-
-    def _hit(self, key: tuple) -> bytes | None:
-        body = self._cache.get(key)
-        if body is not None:
-            self._cache.move_to_end(key)
-        return body
-
-    def _keep(self, key: tuple, body: bytes) -> bytes:
-        self._cache[key] = body
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
-        return body
+        self._bodies = _LRU(size)
+        self._pages = _LRU(PAGES)  # whole list pages (InlineReader.page)
 
     def known(self, task_id: str, version: int, base_url: str | None) -> bytes | None:
         """The body of this version of the task, if the memo holds it."""
-        return self._hit((task_id, version, base_url, self._signed()))
+        return self._bodies.get((task_id, version, base_url, self._signed()))
 
     def body(self, values: tuple, base_url: str | None) -> bytes:
         """The task object of this raw row; raises what reading or rendering it raises."""
         key = (values[ID], values[VERSION], base_url, self._signed())
-        body = self._hit(key)
+        body = self._bodies.get(key)
         if body is None:
-            body = self._keep(key, encode(self._render(Task.from_row(decoded(values)), base_url)))
+            body = self._bodies.keep(key, encode(self._render(Task.from_row(decoded(values)), base_url)))
         return body
 
     def listed(
@@ -96,47 +103,41 @@ class Bodies:
         ``render_each`` do; and ``known``, (id, body) from the memo or None."""
         signed = self._signed()
 
+        def known(task_id: str, version: int) -> tuple[str, bytes | None] | None:
+            body = self._bodies.get((task_id, version, base_url, signed))
+            return None if body is None else (task_id, body)
+
         def convert(values: tuple) -> tuple[str, bytes | None] | None:
-            key = (values[ID], values[VERSION], base_url, signed)
-            body = self._hit(key)
-            if body is not None:
-                return values[ID], body
+            hit = known(values[ID], values[VERSION])
+            if hit is not None:
+                return hit
             try:
                 task = Task.from_row(decoded(values))
             except Exception:
                 log.exception("task %s cannot be read; left out of the list", values[ID])
                 return None
             try:
-                return task.id, self._keep(key, encode(self._render(task, base_url)))
+                body = encode(self._render(task, base_url))
             except Exception:
                 log.exception("task %s cannot be rendered; left out of the list", task.id)
                 return task.id, None
-
-        def known(task_id: str, version: int) -> tuple[str, bytes | None] | None:
-            body = self._hit((task_id, version, base_url, signed))
-            return None if body is None else (task_id, body)
+            return task.id, self._bodies.keep((task.id, values[VERSION], base_url, signed), body)
 
         return convert, known
 
     def pages(self, base_url: str | None) -> _Pages:
         """For ``InlineReader.page``: its memo of whole pages, for this base URL and signing."""
-        return _Pages(self._pages, (base_url, self._signed()), PAGES)
+        return _Pages(self._pages, (base_url, self._signed()))
 
 
 class _Pages:
-    """A view of the shared LRU of pages whose keys all carry ``scope`` (base URL, signed)."""
+    """The memo of whole pages as ``InlineReader.page`` sees it: keys scoped by (base URL, signed)."""
 
-    def __init__(self, cache: OrderedDict[tuple, Any], scope: tuple, size: int) -> None:
-        self._cache, self._scope, self._size = cache, scope, size
+    def __init__(self, lru: _LRU, scope: tuple) -> None:
+        self._lru, self._scope = lru, scope
 
     def get(self, key: tuple) -> Any:
-        key = (key, self._scope)
-        page = self._cache.get(key)
-        if page is not None:
-            self._cache.move_to_end(key)
-        return page
+        return self._lru.get((key, self._scope))
 
     def __setitem__(self, key: tuple, page: Any) -> None:
-        self._cache[key, self._scope] = page
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
+        self._lru.keep((key, self._scope), page)
