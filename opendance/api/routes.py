@@ -141,10 +141,14 @@ def documented_as(schema: dict[str, Any]) -> WithJsonSchema:
     return WithJsonSchema(schema)
 
 
+# What the list routes' query parameters must hold, as documented (the service checks them).
+LIMIT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}
+ORDER_SCHEMA = {"type": "string", "enum": ["asc", "desc"], "default": "desc"}
+STATUS_SCHEMA = {"type": "string", "enum": [s.value for s in Status]}
+
 Variant = Annotated[str, documented_as({"type": "string", "enum": list(VARIANTS), "default": "video"})]
-Limit = Annotated[str | None, documented_as({"type": "integer", "minimum": 1, "maximum": 100, "default": 20})]
-Order = Annotated[str, documented_as({"type": "string", "enum": ["asc", "desc"], "default": "desc"})]
-StatusFilter = Annotated[str | None, documented_as({"type": "string", "enum": [s.value for s in Status]})]
+Limit = Annotated[str | None, documented_as(LIMIT_SCHEMA)]
+Order = Annotated[str, documented_as(ORDER_SCHEMA)]
 
 
 def query_parameters(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -157,11 +161,11 @@ def query_parameters(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 LIST_QUERY: dict[str, dict[str, Any]] = {
-    "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    "limit": LIMIT_SCHEMA,
     "after": {"type": "string"},
-    "status": {"type": "string", "enum": [s.value for s in Status]},
+    "status": STATUS_SCHEMA,
     "model": {"type": "string"},
-    "order": {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
+    "order": ORDER_SCHEMA,
 }
 
 

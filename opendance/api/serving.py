@@ -174,7 +174,7 @@ class TaskService:
                         scope=scope,
                     )
                     if scope is not None
-                    else IntakeResult(image=None, last_image=None, images=[], videos=[], audios=[], blobs=[])
+                    else IntakeResult.empty()
                 )
             except OSError as exc:
                 # Spooling the media to disk failed (a full disk): the server's fault, not the request's.

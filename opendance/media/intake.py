@@ -81,6 +81,11 @@ class IntakeResult:
     audios: list[MediaRef]
     blobs: list[StoredBlob]  # what the service must write to storage (keys under key_prefix)
 
+    @classmethod
+    def empty(cls) -> IntakeResult:
+        """No media: what a request without any gets."""
+        return cls(image=None, last_image=None, images=[], videos=[], audios=[], blobs=[])
+
     @property
     def input_bytes(self) -> int:
         return sum(blob.size for blob in self.blobs)
@@ -111,7 +116,7 @@ async def intake_media(
     for index, task in enumerate(tasks):
         task.add_done_callback(functools.partial(cancel_later, index))
 
-    result = IntakeResult(image=None, last_image=None, images=[], videos=[], audios=[], blobs=[])
+    result = IntakeResult.empty()
     try:
         for position, (item, task) in enumerate(zip(items, tasks)):
             ref, blob = await task  # in field and index order: the first failure is the one raised
