@@ -15,7 +15,6 @@ import asyncio
 import re
 import sqlite3
 
-import pytest
 from starlette.responses import JSONResponse
 
 from opendance.api.auth import Auth
@@ -23,18 +22,8 @@ from opendance.api.bodies import Bodies, encode, page_body
 from opendance.api.routes import page
 from opendance.domain import RawStatus, new_task_id
 from opendance.keys import owner_of
-from opendance.store.migrate import upgrade
 from opendance.store.repo import TaskStore
 from opendance.testing.tasks import add_task
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = TaskStore.from_url(f"sqlite:///{tmp_path / 'tasks.db'}")
-    upgrade(store.engine)
-    assert store.inline is not None
-    yield store
-    store.close()
 
 
 def make(store: TaskStore, owner: str, n: int, **fields):

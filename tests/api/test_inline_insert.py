@@ -14,19 +14,8 @@ import pytest
 
 from opendance.domain import RawStatus
 from opendance.store import DuplicateIdempotencyKey, inline_insert
-from opendance.store.migrate import upgrade
-from opendance.store.repo import TaskStore
 from opendance.store.writes import write_lock
 from opendance.testing.tasks import task_fields
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = TaskStore.from_url(f"sqlite:///{tmp_path / 'tasks.db'}")
-    upgrade(store.engine)
-    assert store.inline_insert is not None
-    yield store
-    store.close()
 
 
 def raw_row(path, task_id: str) -> dict:
