@@ -37,24 +37,43 @@ _DATA_URI = re.compile(
 
 # Each pattern above needs one of these to match (in ASCII text, lower-cased), so text holding
 # none of them is returned as it is without running the four of them (every access-log line
-# passes here: its client address, method and path rarely hold any).
-_NEEDLES = ("bearer", "basic", "authorization", "data:", "data%3a", "%3f", "%26")
+# passes here: its client address, method and path rarely hold any). A secret query value needs
+# both a mark that starts a parameter and a name: every name ``_SECRET_QUERY`` knows holds one of
+# ``_QUERY_NAMES`` (a list page's ``?limit=20&after=...`` holds none).
+_NEEDLES = ("bearer", "basic", "authorization", "data:", "data%3a")
+_QUERY_MARKS = ("?", "&", ";", "%3f", "%26")
+_QUERY_NAMES = ("token", "sig", "key", "credential")
 
 
 def _may_hold_secret(text: str) -> bool:
     if not text.isascii():  # re.IGNORECASE also folds some non-ASCII letters (\u017f is "s"): scan it all
         return True
-    if "?" in text or "&" in text or ";" in text:
-        return True
     low = text.lower()
-    return any(needle in low for needle in _NEEDLES)
+    if any(needle in low for needle in _NEEDLES):
+        return True
+    return any(mark in low for mark in _QUERY_MARKS) and any(name in low for name in _QUERY_NAMES)
+
+
+# Short texts found clean, kept to skip even the needle scan next time: an access-log line's
+# fields repeat (its format, the method, the HTTP version, the client's address and port, the
+# paths polled). Bounded: emptied when full. Only the clean ones are kept, so nothing here can
+# let a secret through: a text is in it only if the full scan would return it unchanged.
+_CLEAN: set[str] = set()
+_CLEAN_KEPT = 4096
+_CLEAN_LONGEST = 512
 
 
 def redact(text: str) -> str:
     """``text`` with every credential, secret query value and data: URI payload replaced."""
-    if not text or not _may_hold_secret(text):
+    if not text or text in _CLEAN:
         return text
-    return _redact_all(text)
+    if _may_hold_secret(text):
+        return _redact_all(text)
+    if len(text) <= _CLEAN_LONGEST:
+        if len(_CLEAN) >= _CLEAN_KEPT:
+            _CLEAN.clear()
+        _CLEAN.add(text)
+    return text
 
 
 def _redact_all(text: str) -> str:
@@ -82,7 +101,7 @@ class RedactingFilter(logging.Filter):
         else:
             record.msg = redact(str(record.msg))
         if isinstance(record.args, tuple):
-            record.args = tuple(_redact_arg(a) for a in record.args)
+            record.args = tuple(map(_redact_arg, record.args))
         elif isinstance(record.args, dict):
             record.args = {k: _redact_arg(v) for k, v in record.args.items()}
         if record.exc_info and not record.exc_text:
