@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 log = logging.getLogger("opendance.connections")
 
@@ -41,15 +43,22 @@ def _raw_response(status: int, reason: str, code: str, message: str, error_type:
 
 
 class LimitedH11Protocol(H11Protocol):
-    """``H11Protocol`` plus the head deadline and the connection cap; configured by subclassing
-    (``protocol_class``), because uvicorn builds one protocol per connection from a class."""
+    """``H11Protocol`` plus the head and body deadlines and the connection cap; configured by
+    subclassing (``protocol_class``), because uvicorn builds one protocol per connection from a
+    class.
+
+    A deadline is a time on the loop's clock kept on the connection (0: none running), not a
+    timer: arming and cancelling a ``TimerHandle`` twice per request cost more than the rest of
+    this class, and a kept-alive connection arms one per request. One ``_Sweep`` per server and
+    loop closes the connections past theirs, ``_tick`` seconds late at most (a tenth of the
+    shorter timeout, within 0.05-1 s)."""
 
     header_timeout: float = 10.0
     body_timeout: float = 120.0
     max_connections: int = 0  # 0 = no cap
 
-    _head_timer: asyncio.TimerHandle | None = None
-    _body_timer: asyncio.TimerHandle | None = None
+    _head_deadline: float = 0.0
+    _body_deadline: float = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,40 +68,42 @@ class LimitedH11Protocol(H11Protocol):
             transport.write(_raw_response(503, "Service Unavailable", "too_many_connections", message, "server_error", 1))
             transport.close()
             return
-        self._arm_head_timer()
+        self._arm_head_deadline()
+        _Sweep.watch(self)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:  # the request head is complete (or the connection is done)
-            self._cancel_head_timer()
-        if self.conn.their_state is h11.SEND_BODY:  # a body is on its way: one deadline for all of it
-            if self._body_timer is None and self.body_timeout > 0:
-                self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+        state = self.conn.their_state
+        if state is not h11.IDLE:  # the request head is complete (or the connection is done)
+            self._head_deadline = 0.0
+        if state is h11.SEND_BODY:  # a body is on its way: one deadline for all of it
+            if not self._body_deadline and self.body_timeout > 0:
+                self._body_deadline = self.loop.time() + self.body_timeout
         else:
-            self._cancel_body_timer()
+            self._body_deadline = 0.0
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._arm_head_timer()  # the next request on this kept-alive connection has its own deadline
+            self._arm_head_deadline()  # the next request on this kept-alive connection has its own deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
-        self._cancel_body_timer()
+        self._head_deadline = self._body_deadline = 0.0
         super().connection_lost(exc)
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        if self.header_timeout > 0:
-            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+    def _arm_head_deadline(self) -> None:
+        self._head_deadline = self.loop.time() + self.header_timeout if self.header_timeout > 0 else 0.0
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _check_deadlines(self, now: float) -> None:
+        """Called by the sweep: close the connection if a deadline has passed."""
+        if self._head_deadline and now >= self._head_deadline:
+            self._head_deadline = 0.0
+            self._head_timed_out()
+        if self._body_deadline and now >= self._body_deadline:
+            self._body_deadline = 0.0
+            self._body_timed_out()
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
         if self.conn.trailing_data[0]:  # part of a request came: say why it is closed
@@ -101,13 +112,7 @@ class LimitedH11Protocol(H11Protocol):
             self.transport.write(_raw_response(408, "Request Timeout", "request_timeout", message, "invalid_request_error"))
         self.transport.close()
 
-    def _cancel_body_timer(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-
     def _body_timed_out(self) -> None:
-        self._body_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
             return
         log.debug("closed a connection from %s: request body incomplete after %g s", self.client, self.body_timeout)
@@ -120,6 +125,41 @@ class LimitedH11Protocol(H11Protocol):
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()
+
+
+class _Sweep:
+    """The one timer of a server's connections on one loop: every ``every`` seconds it checks
+    each open connection's deadlines, and it stops when no connection is left (the next
+    connection starts it again)."""
+
+    _running: weakref.WeakKeyDictionary[ServerState, _Sweep] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set, every: float) -> None:
+        self.loop = loop
+        self.connections = connections
+        self.every = every
+        self.handle: asyncio.TimerHandle | None = loop.call_later(every, self._tick)
+
+    @classmethod
+    def watch(cls, protocol: LimitedH11Protocol) -> None:
+        """Make sure a sweep runs for ``protocol``'s server on its loop."""
+        sweep = cls._running.get(protocol.server_state)
+        if sweep is None or sweep.handle is None or sweep.loop is not protocol.loop:
+            timeouts = [t for t in (protocol.header_timeout, protocol.body_timeout) if t > 0]
+            if not timeouts:
+                return
+            every = min(1.0, max(0.05, min(timeouts) / 10))
+            cls._running[protocol.server_state] = cls(protocol.loop, protocol.connections, every)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        for connection in tuple(self.connections):
+            if isinstance(connection, LimitedH11Protocol):
+                try:
+                    connection._check_deadlines(now)
+                except Exception:  # one broken connection must not stop the deadlines of the others
+                    log.exception("checking the deadlines of a connection from %s failed", connection.client)
+        self.handle = self.loop.call_later(self.every, self._tick) if self.connections else None
 
 
 def protocol_class(header_timeout: float, max_connections: int, *, body_timeout: float = 120.0) -> type[LimitedH11Protocol]:
