@@ -13,29 +13,68 @@ saw: sum them over the API servers.
 
 from __future__ import annotations
 
+import bisect
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from .domain import RawStatus
 from .runner.messages import ModelLoaded, UpstreamRequest
 from .store import Task
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class HttpRequests:
+    """``opendance_http_requests_total`` (by method, route and status) and the
+    ``opendance_http_request_seconds`` histogram (by method and route), as a collector.
+
+    Every request records here, so it is kept as plain numbers: one list per (method, route,
+    status), the count of each latency bucket and the sum of seconds, with no lock (a
+    prometheus_client child takes one per ``inc`` and per ``observe``, and finds its bucket
+    by a loop). ``record`` runs on the event loop only; a scrape (another thread) reads a copy of
+    each list, so it sees every request whole or not at all, give or take the one being added.
+    The label values are bounded by the caller (api/app.py: ``MetricsMiddleware``)."""
+
+    def __init__(self, buckets: tuple[float, ...] = HTTP_BUCKETS) -> None:
+        self.buckets = buckets
+        self._series: dict[tuple[str, str, int], list] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        counts = self._series.get((method, route, status))
+        if counts is None:  # a bucket per bound and +Inf, then the sum
+            counts = self._series[method, route, status] = [0] * (len(self.buckets) + 1) + [0.0]
+        counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        counts[-1] += seconds
+
+    def collect(self):
+        series = [(key, list(counts)) for key, counts in list(self._series.items())]
+        requests = CounterMetricFamily("opendance_http_requests", "HTTP requests", labels=["method", "route", "status"])
+        latency: dict[tuple[str, str], list] = {}
+        for (method, route, status), counts in sorted(series):
+            requests.add_metric([method, route, str(status)], sum(counts[:-1]))
+            merged = latency.setdefault((method, route), [0] * len(counts))
+            for i, n in enumerate(counts):
+                merged[i] += n
+        yield requests
+        seconds = HistogramMetricFamily("opendance_http_request_seconds", "HTTP request latency", labels=["method", "route"])
+        for (method, route), counts in latency.items():
+            cumulative, buckets = 0, []
+            for bound, n in zip((*self.buckets, float("inf")), counts[:-1], strict=True):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            seconds.add_metric([method, route], buckets, counts[-1])
+        yield seconds
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("opendance_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
-        self.latency = Histogram(
-            "opendance_http_request_seconds",
-            "HTTP request latency",
-            ["method", "route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=r,
-        )
+        self.http = HttpRequests()
+        r.register(self.http)
         self.created = Counter("opendance_tasks_created", "tasks created", ["model", "mode"], registry=r)
         self.task_seconds = Histogram(
             "opendance_task_seconds",

@@ -39,6 +39,7 @@ from .limits import QueueAdmission, RateLimiter
 from .openai_routes import router as openai_router
 from .quotas import KeyQuotas
 from .readiness import WriteProbe
+from .route_order import hot_routes_first
 from .routes import router
 from .serving import TaskService
 
@@ -171,6 +172,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
     _add_routes(app, keys_router)  # /v1/admin/keys, /v1/usage
     add_web_routes(app)  # the playground at /, and /docs and /redoc from packaged assets (no CDN)
     _add_health_routes(app)
+    hot_routes_first(app)  # polls and creates are tried first (api/route_order.py)
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
@@ -360,10 +362,7 @@ class MetricsMiddleware:
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app = app
-        self.metrics = metrics
-        # (method, route, status) -> its counter and histogram children: ``labels()`` takes a
-        # lock and builds the series key on every call; the label sets are bounded (see above).
-        self._series: dict[tuple[str, str, int], tuple] = {}
+        self.record = metrics.http.record
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -381,13 +380,10 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-            series = self._series.get((method, path, status))
-            if series is None:
-                series = self._series[method, path, status] = (
-                    self.metrics.requests.labels(method, path, str(status)),
-                    self.metrics.latency.labels(method, path),
-                )
-            series[0].inc()
-            series[1].observe(time.perf_counter() - t0)
+            method = scope["method"]
+            self.record(
+                method if method in KNOWN_METHODS else "OTHER",
+                getattr(scope.get("route"), "path", "unmatched"),
+                status,
+                time.perf_counter() - t0,
+            )
