@@ -244,11 +244,19 @@ def page(data: list[dict[str, Any]], tasks: list, has_more: bool) -> dict[str, A
     }
 
 
-@router.get("/v1/video/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS})
+# The task id is read from the matched path, not as a FastAPI parameter (as list_tasks reads its
+# query): the route is polled more than any other; the document still names the parameter.
+TASK_ID_PATH = {
+    "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string", "title": "Task Id"}}]
+}
+
+
+@router.get("/v1/video/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS}, openapi_extra=TASK_ID_PATH)
 @router.get("/v1/videos/generations/{task_id}", responses={200: {"model": TaskObject}, **ERRORS}, include_in_schema=False)
-async def get_task(task_id: str, request: Request) -> Response:
+async def get_task(request: Request) -> Response:
     service: TaskService = request.app.state.service
     owner = await owner_dep(request)  # as in list_tasks
+    task_id = request.scope["path_params"]["task_id"]
     return Response(await service.get_body(task_id, owner, base_url(request)), media_type="application/json")
 
 
