@@ -9,6 +9,12 @@ columns) and read whole only the rows the memo does not hold. A hit skips readin
 JSON decoding, the ``Task``, the rendering (a signed link per completed task) and the JSON
 encoding; a list page is then the cached bodies joined, as the floor app joins stored ones.
 
+One step further, while nothing at all commits to the file (``InlineReader.snapshot``: SQLite's
+``PRAGMA data_version``, a few microseconds), a GET or a list page is what was served under the
+same snapshot for the same request: no row and no stamp is read. Any commit, by any connection
+or process, gives a new snapshot, and the entries of older ones are never found again (the LRU
+forgets them).
+
 The bytes are those ``JSONResponse`` writes for the same object (``json.dumps`` with
 ``ensure_ascii=False``, ``allow_nan=False`` and compact separators), so a response is the same
 byte for byte whether it came from here or from the ORM path.
@@ -81,10 +87,19 @@ class Bodies:
         self._signed = signed
         self._bodies = _LRU(size)
         self._pages = _LRU(PAGES)  # whole list pages (InlineReader.page)
+        self._current = _LRU(size)  # GET task's bodies by the file's snapshot (InlineReader.snapshot)
 
     def known(self, task_id: str, version: int, base_url: str | None) -> bytes | None:
         """The body of this version of the task, if the memo holds it."""
         return self._bodies.get((task_id, version, base_url, self._signed()))
+
+    def current(self, snapshot: tuple, task_id: str, owner: str, base_url: str | None) -> bytes | None:
+        """The body last served for the owner's task while the file was at ``snapshot``."""
+        return self._current.get((snapshot, task_id, owner, base_url, self._signed()))
+
+    def keep_current(self, snapshot: tuple, task_id: str, owner: str, base_url: str | None, body: bytes) -> bytes:
+        """``body`` as the owner's task's at ``snapshot``, taken before it was read."""
+        return self._current.keep((snapshot, task_id, owner, base_url, self._signed()), body)
 
     def body(self, values: tuple, base_url: str | None) -> bytes:
         """The task object of this raw row; raises what reading or rendering it raises."""

@@ -319,19 +319,26 @@ class TaskService:
     async def get_body(self, task_id: str, owner: str, base_url: str) -> bytes:
         """``render(get(...))`` as response bytes; from the memo of bodies (api/bodies.py) where
         the store reads inline, byte for byte the same."""
-        if self.store.inline is not None:
+        inline = self.store.inline
+        if inline is not None:
             try:
-                stamp = self.store.inline.stamp(task_id, owner)
+                # While nothing commits to the file, the body served last under its snapshot;
+                # else the row's stamp, and the row itself only when the memo lacks that version.
+                snapshot = inline.snapshot()
+                body = self.bodies.current(snapshot, task_id, owner, base_url)
+                if body is not None:
+                    return body
+                stamp = inline.stamp(task_id, owner)
                 body = None if stamp is None else self.bodies.known(*stamp, base_url)
-                rows = [] if stamp is None or body is not None else self.store.inline.get(task_id, owner)
+                rows = [] if stamp is None or body is not None else inline.get(task_id, owner)
             except sqlite3.Error:
                 pass  # the usual way decides
             else:
-                if body is not None:
-                    return body
-                if not rows:  # none, or deleted between the two reads
-                    raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")
-                return self.bodies.body(rows[0], base_url)
+                if body is None:
+                    if not rows:  # none, or deleted between the two reads
+                        raise NotFound(f"no task {task_id!r}", param="task_id", code="task_not_found")
+                    body = self.bodies.body(rows[0], base_url)
+                return self.bodies.keep_current(snapshot, task_id, owner, base_url, body)
         return encode(self.render(await self.get(task_id, owner), base_url))
 
     async def list_body(

@@ -17,6 +17,7 @@ thread, which then answer or fail exactly as before.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -43,6 +44,9 @@ LIGHT_SEQ, LIGHT_ID, LIGHT_VERSION = 0, 1, 2
 # ``after`` is a cursor: the seq of that task of the owner (no such task: no rows, as in TaskStore.list).
 _AFTER = " AND seq {op} (SELECT seq FROM tasks WHERE id = ? AND owner = ?)"
 _PAST = " AND seq {op} ?"
+# Changes whenever another connection (any thread or process) commits to the file; never for
+# this connection's own writes, and the reader's connections write nothing (query_only).
+DATA_VERSION = "PRAGMA data_version"
 T = TypeVar("T")
 BUSY_MS = 0  # a read that would wait at all (a WAL being recovered) goes to a thread: the loop never waits on a lock
 
@@ -83,6 +87,8 @@ class ThreadConnections:
 class InlineReader(ThreadConnections):
     """Reads tasks from one SQLite file on the calling thread (see the module docstring)."""
 
+    _serials = itertools.count(1)  # which connection a data_version was read on (see ``snapshot``)
+
     @classmethod
     def for_url(cls, url: str) -> InlineReader | None:
         """A reader for a SQLite file URL; None for anything else (PostgreSQL, ``:memory:``,
@@ -100,7 +106,16 @@ class InlineReader(ThreadConnections):
         # as soon as its rows are fetched (fetchall), so no reader holds a WAL snapshot.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_MS / 1000)
         conn.execute("PRAGMA query_only=1")
+        self._local.serial = next(self._serials)
         return conn
+
+    def snapshot(self) -> tuple[int, int]:
+        """What the file holds, as a token: (this thread's connection, its ``PRAGMA
+        data_version``). Two reads give the same token only when no connection committed a change
+        between them, so what was read under one token is still right under it (a handful of
+        microseconds: no table is read)."""
+        conn = self._conn()
+        return self._local.serial, conn.execute(DATA_VERSION).fetchone()[0]
 
     def raw(self, sql: str, params: Sequence[Any]) -> list[tuple]:
         """The rows as the database gives them (``COLUMNS`` in order). Raises ``sqlite3.Error``
@@ -137,7 +152,16 @@ class InlineReader(ThreadConnections):
         With ``pages`` as well (a memo of whole pages), a page read in one statement whose every
         row was readable is kept under its rows' (seq, id, version) and ``limit``: the next read
         that finds the same rows answers from it without a lookup per row. (A page that read
-        past unreadable rows depends on rows beyond its first statement's: never kept.)"""
+        past unreadable rows depends on rows beyond its first statement's: never kept.) Such a
+        page is also kept under the query and the file's ``snapshot`` taken before reading it:
+        while nothing commits to the file, the same query is answered from it without reading a
+        row. (A commit between the snapshot and the reads changes the token every later read
+        gets, so what the reads saw is never found under an older state.)"""
+        query: tuple | None = None
+        if pages is not None and known is not None:
+            query = ("query", self.snapshot(), owner, limit, after, newest_first)
+            if (kept := pages.get(query)) is not None:
+                return kept
         items: list[T] = []
         past: int | None = None
         first = True
@@ -157,6 +181,8 @@ class InlineReader(ThreadConnections):
             if key is not None and len(items) == len(rows):  # every row readable: the rows decide the page
                 page = items[:limit], len(items) > limit
                 pages[key] = page  # type: ignore[index]
+                if query is not None:
+                    pages[query] = page  # type: ignore[index]
                 return page
             first = False
             if len(rows) < wanted or len(items) > limit:

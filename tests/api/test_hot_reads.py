@@ -23,7 +23,7 @@ from opendance.api.routes import page
 from opendance.domain import RawStatus, new_task_id
 from opendance.keys import owner_of
 from opendance.store.repo import TaskStore
-from opendance.testing.tasks import add_task
+from opendance.testing.tasks import add_task, task_fields
 
 
 def make(store: TaskStore, owner: str, n: int, **fields):
@@ -166,3 +166,67 @@ def test_memoised_pages_follow_their_rows(store, tmp_path):
     for args in (dict(), dict(limit=2), dict(limit=2, after=made[3].id), dict(newest_first=False, limit=3)):
         assert memo_page(**args) == fresh_page(**args), args
     assert sorted(seen[6:]) == sorted([made[1].id, made[4].id, made[2].id, made[5].id])  # only changed rows rendered again
+
+
+def test_a_page_is_answered_without_reading_rows_until_anything_commits(store, tmp_path):
+    """The memo of pages under the file's snapshot (``PRAGMA data_version``): the same query
+    again reads no row while nothing commits; any commit by anyone (the store's ORM, its inline
+    insert, another connection, a delete) changes the snapshot, and the next page follows it."""
+    made = [make(store, "a", i) for i in range(3)]
+    bodies = Bodies(lambda t, base: {"id": t.id, "progress": t.progress}, lambda: False)
+    statements: list[str] = []
+    store.inline._conn().set_trace_callback(statements.append)
+
+    def memo_page():
+        convert, known = bodies.listed("http://x")
+        items, more = store.inline.page("a", 20, None, True, convert, known, bodies.pages("http://x"))
+        return [body for _, body in items], more
+
+    def fresh_page():
+        tasks, more = store.list("a", limit=20)
+        return [encode({"id": t.id, "progress": t.progress}) for t in tasks], more
+
+    def reads_rows() -> bool:
+        read = any("FROM tasks" in s for s in statements)
+        statements.clear()
+        return read
+
+    assert memo_page() == fresh_page() and reads_rows()
+    snapshot = store.inline.snapshot()
+    for _ in range(3):
+        assert memo_page() == fresh_page() and not reads_rows()
+    assert store.inline.snapshot() == snapshot
+    changes = [
+        lambda: store.set_progress(made[0].id, 30),  # the ORM
+        lambda: made.append(store.create_at_once(**task_fields(owner="a", seed=3, base_url="http://h"))),  # its own connection
+        lambda: _by_hand(tmp_path / "tasks.db", "update tasks set progress = 70 where id = ?", made[1].id),
+        lambda: store.delete(made[2].id),
+    ]
+    for change in changes:
+        change()
+        assert store.inline.snapshot() != snapshot
+        snapshot = store.inline.snapshot()
+        assert memo_page() == fresh_page() and reads_rows()
+        assert memo_page() == fresh_page() and not reads_rows()
+    assert len(memo_page()[0]) == 3 and made[-1] is not None  # the inline insert wrote its row
+
+
+def _by_hand(database, sql: str, *params) -> None:
+    with sqlite3.connect(database) as conn:
+        conn.execute(sql, params)
+    conn.close()
+
+
+def test_get_task_follows_every_commit_to_the_file(server, client):
+    """GET task through the served app: a body kept under the file's snapshot is served again
+    only while nothing commits; a change or a delete by another process shows at once."""
+    from opendance.testing.server import wait_for_task
+
+    task = client.post("/v1/video/generations", json={"model": "jisudance2.0-fast-480p", "prompt": "a kept body"}).json()
+    done = wait_for_task(client, task["id"])
+    assert [client.get(f"/v1/video/generations/{task['id']}").json() for _ in range(3)] == [done] * 3
+    database = server.data_dir / "opendance.db"
+    _by_hand(database, "update tasks set seed = 7 where id = ?", task["id"])
+    assert client.get(f"/v1/video/generations/{task['id']}").json()["seed"] == 7  # the row's new version
+    _by_hand(database, "delete from tasks where id = ?", task["id"])
+    assert client.get(f"/v1/video/generations/{task['id']}").status_code == 404
