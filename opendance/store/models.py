@@ -62,8 +62,15 @@ class TaskRow(Base):
     __table_args__ = (
         Index("ix_tasks_owner_seq", "owner", "seq"),
         Index("ix_tasks_raw_status", "raw_status"),
-        Index("ix_tasks_owner_idem", "owner", "idempotency_key", unique=True),
-        # Partial (migration 0006): most rows have neither, and their readers ask for values only.
+        # Partial (migrations 0006, 0007): most rows have none of these, and their readers ask for values only.
+        Index(
+            "ix_tasks_owner_idem",
+            "owner",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
         Index(
             "ix_tasks_callback_pending",
             "callback_pending",

@@ -6,14 +6,17 @@ checkpoints."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from opendance.domain import RawStatus
-from opendance.store import DuplicateIdempotencyKey, inline_insert
+from opendance.store import DuplicateIdempotencyKey, inline_insert, jsoncol
 from opendance.store.writes import write_lock
 from opendance.testing.tasks import task_fields
 
@@ -89,6 +92,28 @@ def test_a_duplicate_idempotency_key_is_left_to_create(store):
         store.create(**fields)
 
 
+def test_the_idempotency_index_holds_keyed_rows_only_and_still_refuses_duplicates(store, tmp_path):
+    """Migration 0007: keyless creates add nothing to ix_tasks_owner_idem; a key is still one
+    task per owner, whichever way it is written, and its lookup reads the index."""
+    for _ in range(3):
+        assert store.create_at_once(**task_fields(owner="a")) is not None
+    store.create(**task_fields(owner="a"))
+    keyed = store.create(**task_fields(owner="a", idempotency_key="k"))
+    assert store.create_at_once(**task_fields(owner="a", idempotency_key="k")) is None
+    with pytest.raises(DuplicateIdempotencyKey):
+        store.create(**task_fields(owner="a", idempotency_key="k"))
+    assert store.create_at_once(**task_fields(owner="b", idempotency_key="k")) is not None  # per owner
+    assert store.get_by_idempotency_key("a", "k") == keyed
+    with sqlite3.connect(tmp_path / "tasks.db") as conn:
+        entries = conn.execute("SELECT count(*) FROM tasks INDEXED BY ix_tasks_owner_idem WHERE idempotency_key IS NOT NULL")
+        assert entries.fetchone()[0] == 2 and conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 6
+        plan = conn.execute("EXPLAIN QUERY PLAN SELECT * FROM tasks WHERE owner = ? AND idempotency_key = ?", ("a", "k"))
+        assert "ix_tasks_owner_idem" in " ".join(str(row) for row in plan)
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'ix_tasks_owner_idem'").fetchone()
+        assert "WHERE idempotency_key IS NOT NULL" in sql
+    conn.close()
+
+
 def test_the_wal_is_checkpointed_by_the_inserts_themselves(store, tmp_path, monkeypatch):
     """The inline connection never checkpoints on its own (wal_autocheckpoint=0): without its
     checkpoint every CHECKPOINT_EVERY rows the WAL grows with every row; with it, it stays at
@@ -106,3 +131,30 @@ def test_the_wal_is_checkpointed_by_the_inserts_themselves(store, tmp_path, monk
     store.inline_insert.checkpoint()
     unchecked = grow(400)
     assert checked < unchecked / 3, (checked, unchecked)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_the_json_columns_are_written_as_json_dumps_writes_them(value):
+    """``jsoncol.dumps`` (one shared encoder) gives ``json.dumps(allow_nan=False,
+    ensure_ascii=False)``'s text, and refuses what it cannot hold (NaN, an unpaired surrogate)."""
+
+    def reference():
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+        return text
+
+    outcomes = []
+    for write in (reference, lambda: jsoncol.dumps(value)):
+        try:
+            outcomes.append(write())
+        except (ValueError, UnicodeEncodeError) as exc:
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1]

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from opendance.domain import IllegalTransition, RawStatus
 from opendance.store import DuplicateIdempotencyKey, TaskStore
@@ -132,6 +132,10 @@ def test_idempotency_key_and_shared_secret(store):
     with pytest.raises(DuplicateIdempotencyKey):
         new_task(store, "task_i2", idempotency_key="k", request_hash="h")
     new_task(store, "task_i3", owner="bob", idempotency_key="k")  # keys are per owner
+    new_task(store, "task_i4")  # no key: not in the index at all (migration 0007)
+    with store.engine.connect() as conn:
+        indexdef = conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_tasks_owner_idem'")).scalar_one()
+    assert "UNIQUE" in indexdef and "WHERE (idempotency_key IS NOT NULL)" in indexdef
     other = TaskStore.from_url(store.engine.url.render_as_string(hide_password=False))
     try:
         with ThreadPoolExecutor(6) as pool:
