@@ -128,10 +128,13 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
+WRK = ["wrk"]  # with --pin: on its own CPU (main)
+
+
 def wrk(url: str, script: Path, seconds: int, connections: int) -> Run:
     out = subprocess.run(
         [
-            "wrk",
+            *WRK,
             "-t1",
             f"-c{connections}",
             f"-d{seconds}s",
@@ -252,6 +255,13 @@ def main() -> None:
         help="temporal: a Temporal dev server and one `opendance worker` for the fast model are started too",
     )
     parser.add_argument("--workers", type=int, default=1, help="opendance serve --workers (API processes; Temporal mode)")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=(os.cpu_count() or 1) >= 2,
+        help="wrk on CPU 0, each server (all its threads) on CPU 1, so they never take each other's core "
+        "(default on 2 or more CPUs)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench_http needs wrk: apt-get install -y wrk")
@@ -303,6 +313,8 @@ def main() -> None:
                 for name, text in scripts.items():
                     (folder / f"{name}.lua").write_text(text)
                 servers = {"opendance": (server.process.pid, server.url), "floor": (floor.pid, floor_url)}
+                if args.pin:
+                    pin(servers, args)
                 results: dict[tuple[str, str], list[Run]] = {}
                 load = [os.getloadavg()[0]]
                 for endpoint in endpoints:
@@ -322,6 +334,25 @@ def main() -> None:
                 floor_log.close()
 
 
+def pin(servers: dict[str, tuple[int, str]], args: argparse.Namespace) -> None:
+    """wrk on CPU 0; every thread of each server process on CPU 1 (its worker processes, which
+    the bench never wakes, stay where they are). ``--workers`` above 1 shares CPU 1."""
+    if shutil.which("taskset") is None:
+        sys.exit("--pin needs taskset (util-linux); or pass --no-pin")
+    WRK[:0] = ["taskset", "-c", "0"]
+    for pid, _ in servers.values():
+        subprocess.run(["taskset", "-a", "-cp", "1", str(pid)], check=True, capture_output=True)
+        for child in _children(pid) if args.workers > 1 else []:
+            subprocess.run(["taskset", "-a", "-cp", "1", str(child)], check=True, capture_output=True)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def _median_run(runs: list[Run]) -> Run:
     ordered = sorted(runs, key=lambda r: r.rps)
     return ordered[len(ordered) // 2]
@@ -336,7 +367,8 @@ def report(results: dict[tuple[str, str], list[Run]], endpoints: list[str], args
 
     labels = {"get": "GET task", "list": "list (20 items)", "create": "create (text-to-video)"}
     print(
-        f"wrk -t1 -c{args.connections}, {args.seconds} s per run, {args.rounds} interleaved rounds per endpoint and server; "
+        f"wrk -t1 -c{args.connections}, {args.seconds} s per run, {args.rounds} interleaved rounds per endpoint and server"
+        f"{', wrk on CPU 0 and each server on CPU 1' if args.pin else ''}; "
         f"{os.cpu_count()} CPUs, {platform.machine()}, Python {sys.version.split()[0]}, FastAPI {fastapi.__version__}, "
         f"Starlette {starlette.__version__}, uvicorn {uvicorn.__version__}; load average {' -> '.join(f'{x:.1f}' for x in load)}\n"
     )
