@@ -101,14 +101,16 @@ class QueueAdmission:
         self._lock = asyncio.Lock()
         self._reserved: dict[str, str] = {}  # task id -> owner, for creates still under way
 
-    @contextlib.asynccontextmanager
-    async def admit(self, owner: str, task_id: str) -> AsyncIterator[None]:
+    def admit(self, owner: str, task_id: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Hold a place for the new task ``task_id`` of ``owner`` until the block ends (the task
         is stored by then, so the store's count includes it; or the create failed and the place
-        is given back)."""
+        is given back). With both limits off, nothing to hold."""
         if not self.per_key and not self.total:
-            yield
-            return
+            return contextlib.nullcontext()
+        return self._admit(owner, task_id)
+
+    @contextlib.asynccontextmanager
+    async def _admit(self, owner: str, task_id: str) -> AsyncIterator[None]:
         async with self._lock:
             # Counted under the lock, and each reserved task exactly once: the store's count
             # leaves the reserved ids out, whether their rows are written yet or not (counting
