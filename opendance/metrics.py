@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -50,7 +51,7 @@ class HttpRequests:
         counts[bisect.bisect_left(self.buckets, seconds)] += 1
         counts[-1] += seconds
 
-    def collect(self):
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         series = [(key, list(counts)) for key, counts in list(self._series.items())]
         requests = CounterMetricFamily("opendance_http_requests", "HTTP requests", labels=["method", "route", "status"])
         latency: dict[tuple[str, str], list] = {}

@@ -42,7 +42,7 @@ def hot_routes_first(app: FastAPI, hot: tuple[tuple[str, str], ...] = HOT) -> No
 
     def place(route: Any) -> int:
         if isinstance(route, APIRoute):
-            found = [rank[m, route.path] for m in route.methods if (m, route.path) in rank]
+            found = [rank[m, route.path] for m in route.methods or () if (m, route.path) in rank]
             if found:
                 return min(found)
         return len(rank)
@@ -53,7 +53,7 @@ def hot_routes_first(app: FastAPI, hot: tuple[tuple[str, str], ...] = HOT) -> No
 
 def _operations(routes: list) -> list[tuple[str, str]]:
     """(path, lower-case method) of every API route, in list order."""
-    return [(r.path, m.lower()) for r in routes if isinstance(r, APIRoute) for m in sorted(r.methods)]
+    return [(r.path, m.lower()) for r in routes if isinstance(r, APIRoute) for m in sorted(r.methods or ())]
 
 
 def _in_declared_order(generate: Callable[[], dict[str, Any]], declared: list[tuple[str, str]]) -> Callable[[], dict[str, Any]]:
