@@ -113,6 +113,7 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
                 settings.max_queued_per_key,
                 settings.max_queued_total,
                 lambda owner, leave_out: (store.count_unfinished(owner, leave_out), store.count_unfinished(None, leave_out)),
+                store.unfinished_at_once,
             ),
             media_work=media_work,
         )

@@ -86,18 +86,24 @@ class RateLimiter:
 
 # (owner, ids to leave out) -> (that owner's unfinished tasks, all unfinished tasks)
 Counter = Callable[[str, frozenset[str]], tuple[int, int]]
+# The same on the event loop, or None when it cannot count at once.
+NowCounter = Callable[[str, frozenset[str]], tuple[int, int] | None]
 
 
 class QueueAdmission:
     """Refuses a create when its key, or the whole server, has too many unfinished tasks.
 
     ``count`` is a blocking store query (run in a thread); 0 for a limit turns it off.
+    ``count_now``, where given, counts on the event loop itself (the embedded SQLite store's
+    inline reads) or returns None when it cannot at once; then the count and the reservation
+    are one step with no await between them, so they need neither the lock nor a thread.
     """
 
-    def __init__(self, per_key: int, total: int, count: Counter) -> None:
+    def __init__(self, per_key: int, total: int, count: Counter, count_now: NowCounter | None = None) -> None:
         self.per_key = per_key
         self.total = total
         self._count = count
+        self._count_now = count_now
         self._lock = asyncio.Lock()
         self._reserved: dict[str, str] = {}  # task id -> owner, for creates still under way
 
@@ -111,34 +117,47 @@ class QueueAdmission:
 
     @contextlib.asynccontextmanager
     async def _admit(self, owner: str, task_id: str) -> AsyncIterator[None]:
-        async with self._lock:
-            # Counted under the lock, and each reserved task exactly once: the store's count
-            # leaves the reserved ids out, whether their rows are written yet or not (counting
-            # both the row and the reservation of a create that is just finishing would refuse
-            # a create the limit allows).
-            reserved = frozenset(self._reserved)
-            mine, everyone = await asyncio.to_thread(self._count, owner, reserved)
-            mine += sum(1 for who in self._reserved.values() if who == owner)
-            everyone += len(reserved)
-            if self.per_key and mine >= self.per_key:
-                raise RateLimited(
-                    f"this API key has {mine} unfinished tasks; at most {self.per_key} may be queued or "
-                    "running at once: wait for some to finish (or cancel them)",
-                    code="too_many_queued_tasks",
-                    retry_after=QUEUE_RETRY_AFTER,
-                )
-            if self.total and everyone >= self.total:
-                raise ServiceUnavailable(
-                    f"the server's queue is full ({everyone} unfinished tasks); try again later",
-                    code="queue_full",
-                    retry_after=QUEUE_RETRY_AFTER,
-                )
-            self._reserved[task_id] = owner
+        # Counted with each reserved task exactly once: the store's count leaves the reserved ids
+        # out, whether their rows are written yet or not (counting both the row and the
+        # reservation of a create that is just finishing would refuse a create the limit allows).
+        # While a count in a thread holds the lock, every other count and release waits for it.
+        reserved = frozenset(self._reserved)
+        counted = None if self._lock.locked() or self._count_now is None else self._count_now(owner, reserved)
+        if counted is not None:
+            self._reserve(owner, task_id, *counted)
+        else:
+            async with self._lock:
+                reserved = frozenset(self._reserved)
+                mine, everyone = await asyncio.to_thread(self._count, owner, reserved)
+                self._reserve(owner, task_id, mine, everyone)
         try:
             yield
         finally:
-            # Shielded: a client that hangs up must not leave its place reserved forever.
-            await asyncio.shield(self._release(task_id))
+            if not self._lock.locked():
+                del self._reserved[task_id]  # no count is under way: nothing to wait for
+            else:
+                # Shielded: a client that hangs up must not leave its place reserved forever.
+                await asyncio.shield(self._release(task_id))
+
+    def _reserve(self, owner: str, task_id: str, mine: int, everyone: int) -> None:
+        """Refuse, or hold a place: ``mine`` and ``everyone`` are the store's counts without
+        the reserved ids, to which the reservations are added here."""
+        mine += sum(1 for who in self._reserved.values() if who == owner)
+        everyone += len(self._reserved)
+        if self.per_key and mine >= self.per_key:
+            raise RateLimited(
+                f"this API key has {mine} unfinished tasks; at most {self.per_key} may be queued or "
+                "running at once: wait for some to finish (or cancel them)",
+                code="too_many_queued_tasks",
+                retry_after=QUEUE_RETRY_AFTER,
+            )
+        if self.total and everyone >= self.total:
+            raise ServiceUnavailable(
+                f"the server's queue is full ({everyone} unfinished tasks); try again later",
+                code="queue_full",
+                retry_after=QUEUE_RETRY_AFTER,
+            )
+        self._reserved[task_id] = owner
 
     async def _release(self, task_id: str) -> None:
         async with self._lock:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from types import SimpleNamespace
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import JSON
 from sqlalchemy.engine import make_url
 
+from ..domain import RawStatus
 from . import jsoncol
 from .models import TaskRow
 
@@ -41,6 +42,8 @@ GET_OWNED = _SELECT + " WHERE id = ? AND owner = ?"
 STAMP = "SELECT id, version FROM tasks WHERE id = ? AND owner = ?"
 _LIGHT = "SELECT seq, id, version FROM tasks"
 LIGHT_SEQ, LIGHT_ID, LIGHT_VERSION = 0, 1, 2
+UNFINISHED_STATUSES = (RawStatus.QUEUED.value, RawStatus.RUNNING.value)  # what the queue caps count
+UNFINISHED = "SELECT count(*) FROM tasks WHERE raw_status IN (?, ?)"
 # ``after`` is a cursor: the seq of that task of the owner (no such task: no rows, as in TaskStore.list).
 _AFTER = " AND seq {op} (SELECT seq FROM tasks WHERE id = ? AND owner = ?)"
 _PAST = " AND seq {op} ?"
@@ -125,6 +128,16 @@ class InlineReader(ThreadConnections):
     def get(self, task_id: str, owner: str | None) -> list[tuple]:
         """The task's row (or none), raw."""
         return self.raw(GET, (task_id,)) if owner is None else self.raw(GET_OWNED, (task_id, owner))
+
+    def count_unfinished(self, owner: str | None, leave_out: Collection[str]) -> int:
+        """Queued or running tasks (of ``owner``, when given) but the ids in ``leave_out``, as
+        ``TaskStore.count_unfinished`` counts them (the ``raw_status`` index)."""
+        sql, params = UNFINISHED, [*UNFINISHED_STATUSES]
+        if owner is not None:
+            sql, params = sql + " AND owner = ?", [*params, owner]
+        if leave_out:
+            sql, params = sql + f" AND id NOT IN ({', '.join('?' * len(leave_out))})", [*params, *leave_out]
+        return self.raw(sql, params)[0][0]
 
     def stamp(self, task_id: str, owner: str) -> tuple[str, int] | None:
         """The owner's task's (id, version), or None: the memo's key, two small columns."""

@@ -163,6 +163,7 @@ class DuplicateIdempotencyKey(Exception):
     """Another task of this owner already holds the idempotency key."""
 
 
+INLINE_LEAVE_OUT = 500  # ids one inline count may leave out (SQLite binds up to 32766 variables)
 WRITE_PROBE_KEY = "write_probe"  # the meta row check_writable rewrites
 
 
@@ -414,6 +415,18 @@ class TaskStore:
             q = q.where(TaskRow.id.not_in(list(leave_out)))
         with self._session() as s:
             return int(s.scalar(q) or 0)
+
+    def unfinished_at_once(self, owner: str, leave_out: Collection[str] = ()) -> tuple[int, int] | None:
+        """(``count_unfinished(owner, leave_out)``, ``count_unfinished(None, leave_out)``) read on
+        the calling thread (the event loop) where the store reads inline; None where it cannot
+        (another database, a busy file, more ids to leave out than one statement takes): then
+        count in a thread."""
+        if self.inline is None or len(leave_out) > INLINE_LEAVE_OUT:
+            return None
+        try:
+            return self.inline.count_unfinished(owner, leave_out), self.inline.count_unfinished(None, leave_out)
+        except sqlite3.Error:
+            return None
 
     def stored_input_bytes(self, owner: str) -> int:
         """Bytes of inputs the owner's tasks keep stored (``job.input_bytes``, 0 in tasks made
