@@ -45,6 +45,11 @@ class RawStatus(str, enum.Enum):
         return self.status.is_terminal()
 
 
+# The raw statuses of a task not yet finished (queued, or running): what a runner takes up again,
+# what the queue caps count, where progress may still move.
+UNFINISHED = (RawStatus.QUEUED.value, RawStatus.RUNNING.value)
+
+
 # Legal moves of the lifecycle. RUNNING -> RUNNING is a re-run after a crash or restart.
 TRANSITIONS: dict[RawStatus, set[RawStatus]] = {
     RawStatus.QUEUED: {RawStatus.RUNNING, RawStatus.CANCELLED, RawStatus.EXPIRED, RawStatus.FAILED},

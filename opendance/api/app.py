@@ -112,8 +112,8 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             admission=QueueAdmission(
                 settings.max_queued_per_key,
                 settings.max_queued_total,
-                lambda owner, leave_out: (store.count_unfinished(owner, leave_out), store.count_unfinished(None, leave_out)),
-                store.unfinished_at_once,
+                store.unfinished_counts,
+                store.unfinished_counts_at_once,
             ),
             media_work=media_work,
         )

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import JSON
 from sqlalchemy.engine import make_url
 
-from ..domain import RawStatus
+from ..domain import UNFINISHED
 from . import jsoncol
 from .models import TaskRow
 
@@ -42,8 +42,7 @@ GET_OWNED = _SELECT + " WHERE id = ? AND owner = ?"
 STAMP = "SELECT id, version FROM tasks WHERE id = ? AND owner = ?"
 _LIGHT = "SELECT seq, id, version FROM tasks"
 LIGHT_SEQ, LIGHT_ID, LIGHT_VERSION = 0, 1, 2
-UNFINISHED_STATUSES = (RawStatus.QUEUED.value, RawStatus.RUNNING.value)  # what the queue caps count
-UNFINISHED = "SELECT count(*) FROM tasks WHERE raw_status IN (?, ?)"
+COUNT_UNFINISHED = f"SELECT count(*) FROM tasks WHERE raw_status IN ({', '.join('?' * len(UNFINISHED))})"
 # ``after`` is a cursor: the seq of that task of the owner (no such task: no rows, as in TaskStore.list).
 _AFTER = " AND seq {op} (SELECT seq FROM tasks WHERE id = ? AND owner = ?)"
 _PAST = " AND seq {op} ?"
@@ -132,7 +131,7 @@ class InlineReader(ThreadConnections):
     def count_unfinished(self, owner: str | None, leave_out: Collection[str]) -> int:
         """Queued or running tasks (of ``owner``, when given) but the ids in ``leave_out``, as
         ``TaskStore.count_unfinished`` counts them (the ``raw_status`` index)."""
-        sql, params = UNFINISHED, [*UNFINISHED_STATUSES]
+        sql, params = COUNT_UNFINISHED, [*UNFINISHED]
         if owner is not None:
             sql, params = sql + " AND owner = ?", [*params, owner]
         if leave_out:

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..domain import TRANSITIONS, IllegalTransition, RawStatus, Status
+from ..domain import TRANSITIONS, UNFINISHED, IllegalTransition, RawStatus, Status
 from . import jsoncol
 from .inline import ID, InlineReader, decoded
 from .keys import roll_up
@@ -388,7 +388,7 @@ class TaskStore:
             .where(
                 TaskRow.expires_at.is_not(None),
                 TaskRow.expires_at <= now,
-                TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value]),
+                TaskRow.raw_status.in_(UNFINISHED),
             )
             .order_by(TaskRow.expires_at)
             .limit(limit)
@@ -398,17 +398,13 @@ class TaskStore:
 
     def unfinished(self) -> builtins.list[Task]:
         """Tasks queued or running, oldest first (what a runner must take up again on start)."""
-        q = select(TaskRow).where(TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value])).order_by(TaskRow.seq)
+        q = select(TaskRow).where(TaskRow.raw_status.in_(UNFINISHED)).order_by(TaskRow.seq)
         with self._session() as s:
             return _readable(s.scalars(q).all())
 
     def count_unfinished(self, owner: str | None = None, leave_out: Collection[str] = ()) -> int:
         """Queued or running tasks (of ``owner``, when given), not counting the ids in ``leave_out``."""
-        q = (
-            select(func.count())
-            .select_from(TaskRow)
-            .where(TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value]))
-        )
+        q = select(func.count()).select_from(TaskRow).where(TaskRow.raw_status.in_(UNFINISHED))
         if owner is not None:
             q = q.where(TaskRow.owner == owner)
         if leave_out:
@@ -416,11 +412,15 @@ class TaskStore:
         with self._session() as s:
             return int(s.scalar(q) or 0)
 
-    def unfinished_at_once(self, owner: str, leave_out: Collection[str] = ()) -> tuple[int, int] | None:
-        """(``count_unfinished(owner, leave_out)``, ``count_unfinished(None, leave_out)``) read on
-        the calling thread (the event loop) where the store reads inline; None where it cannot
-        (another database, a busy file, more ids to leave out than one statement takes): then
-        count in a thread."""
+    def unfinished_counts(self, owner: str, leave_out: Collection[str] = ()) -> tuple[int, int]:
+        """(the owner's, everyone's) ``count_unfinished`` without ``leave_out``: what the queue
+        caps compare (api/limits.py). Blocking."""
+        return self.count_unfinished(owner, leave_out), self.count_unfinished(None, leave_out)
+
+    def unfinished_counts_at_once(self, owner: str, leave_out: Collection[str] = ()) -> tuple[int, int] | None:
+        """``unfinished_counts`` read on the calling thread (the event loop) where the store
+        reads inline; None where it cannot (another database, a busy file, more ids to leave out
+        than one statement takes): then count in a thread."""
         if self.inline is None or len(leave_out) > INLINE_LEAVE_OUT:
             return None
         try:
@@ -511,7 +511,7 @@ class TaskStore:
                 update(TaskRow)
                 .where(
                     TaskRow.id == task_id,
-                    TaskRow.raw_status.in_([RawStatus.QUEUED.value, RawStatus.RUNNING.value]),
+                    TaskRow.raw_status.in_(UNFINISHED),
                 )
                 .values(progress=case((TaskRow.progress < p, p), else_=TaskRow.progress), updated_at=time.time())
                 .execution_options(synchronize_session=False)

@@ -17,17 +17,14 @@ from opendance.testing.tasks import task_fields
 
 
 def admission(store, per_key: int, total: int, now: str) -> QueueAdmission:
-    def count(owner, leave_out):
-        return store.count_unfinished(owner, leave_out), store.count_unfinished(None, leave_out)
-
     flip = itertools.cycle([True, False])
     counters = {
-        "inline": store.unfinished_at_once,
+        "inline": store.unfinished_counts_at_once,
         "thread": None,
         # as when the file is busy now and then: every other count falls back to the thread
-        "mixed": lambda owner, leave_out: store.unfinished_at_once(owner, leave_out) if next(flip) else None,
+        "mixed": lambda owner, leave_out: store.unfinished_counts_at_once(owner, leave_out) if next(flip) else None,
     }
-    return QueueAdmission(per_key, total, count, counters[now])
+    return QueueAdmission(per_key, total, store.unfinished_counts, counters[now])
 
 
 async def create(admit: QueueAdmission, store, owner: str) -> str:
@@ -87,5 +84,6 @@ def test_the_inline_count_is_the_stores_count(store):
     for owner in ("a", "b", "c"):
         for leave_out in ((), (ids[0],), tuple(ids)):
             expected = (store.count_unfinished(owner, leave_out), store.count_unfinished(None, leave_out))
-            assert store.unfinished_at_once(owner, leave_out) == expected
-    assert store.unfinished_at_once("a", [f"task_{i}" for i in range(501)]) is None  # too many to bind: a thread counts
+            assert store.unfinished_counts(owner, leave_out) == expected
+            assert store.unfinished_counts_at_once(owner, leave_out) == expected
+    assert store.unfinished_counts_at_once("a", [f"task_{i}" for i in range(501)]) is None  # too many to bind: a thread counts
